@@ -1,0 +1,88 @@
+"""`mixjax prepare`: tokenise domain source files into TFDS datasets with a manifest."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "prepare", help="tokenise domain files into TFDS (array_record) datasets",
+        description="Tokenise each domain's JSONL/Parquet files (chat template, loss mask), split "
+                    "train/validation deterministically, and write one TFDS dataset per domain plus "
+                    "manifest.json. Unchanged inputs are skipped on a rerun.")
+    p.add_argument("--domain", action="append", default=[], metavar="NAME=PATH",
+                   help="a domain and its file or directory of .jsonl/.parquet files (repeatable)")
+    p.add_argument("--collection", action="append", default=[], metavar="PATH",
+                   help="a file/directory to split into domains by --split-field (repeatable)")
+    p.add_argument("--split-field", metavar="FIELD",
+                   help="record field whose value names the domain (Tulu3: source; OpenOrca: id)")
+    p.add_argument("--split-prefix", metavar="SEP",
+                   help="use only the text before SEP of the split field (OpenOrca ids: '.')")
+    p.add_argument("--format", action="append", default=[], metavar="[NAME=]FORMAT",
+                   help="override format detection for one domain or all: messages, sharegpt, orca, "
+                        "openmath, alpaca, prompt_response, text")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--tokenizer", default="byte", help="'byte' or a directory with tokenizer.json")
+    p.add_argument("--loss-on", choices=["assistant", "all"], default="assistant",
+                   help="train on assistant tokens only (SFT) or on all tokens (pre-training style)")
+    p.add_argument("--validation-fraction", type=float, default=0.05)
+    p.add_argument("--max-validation", type=int, default=1000, help="cap on validation examples per domain")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _formats(values: list[str]) -> tuple[str | None, dict[str, str]]:
+    from mixjax.data.formats import check_format_name
+
+    default, per_domain = None, {}
+    for v in values:
+        if "=" in v:
+            name, fmt = v.split("=", 1)
+            per_domain[name] = check_format_name(fmt, f"--format {v}")
+        else:
+            default = check_format_name(v, f"--format {v}")
+    return default, per_domain
+
+
+def run(args: argparse.Namespace) -> int:
+    from mixjax.data.prepare import PrepareOptions, SourceSpec, parse_domain_flag, prepare
+    from mixjax.data.sources import source_files
+    from mixjax.errors import MixjaxError
+
+    default_format, per_domain = _formats(args.format)
+    specs = [parse_domain_flag(v) for v in args.domain]
+    names = [s.domain for s in specs]
+    duplicate = sorted({n for n in names if names.count(n) > 1})
+    if duplicate:
+        raise MixjaxError(f"--domain: duplicate domain name '{duplicate[0]}'")
+    unknown = sorted(set(per_domain) - set(names))
+    if unknown:
+        raise MixjaxError(f"--format: no --domain named '{unknown[0]}'")
+    for s in specs:
+        s.format = per_domain.get(s.domain, default_format)
+    if args.collection and not args.split_field:
+        raise MixjaxError("--collection needs --split-field")
+    for path in args.collection:
+        flag = f"--collection {path}"
+        specs.append(SourceSpec(flag=flag, paths=source_files(path, flag), split_field=args.split_field,
+                                split_prefix_sep=args.split_prefix, format=default_format))
+    options = PrepareOptions(tokenizer=args.tokenizer, loss_on=args.loss_on,
+                             validation_fraction=args.validation_fraction,
+                             max_validation=args.max_validation)
+    manifest = prepare(specs, args.out, options, progress=not args.quiet)
+    print(format_manifest(manifest))
+    return 0
+
+
+def format_manifest(manifest: dict) -> str:
+    """A table of each domain's train/validation examples and tokens."""
+    rows = [f"{'domain':<16} {'train ex':>9} {'train tok':>11} {'loss tok':>11} {'val ex':>7} {'val tok':>9}"]
+    for name, d in manifest["domains"].items():
+        t, v = d["train"], d["validation"]
+        rows.append(f"{name:<16} {t['examples']:>9,} {t['tokens']:>11,} {t['loss_tokens']:>11,} "
+                    f"{v['examples']:>7,} {v['tokens']:>9,}")
+    last = manifest.get("last_prepare", {})
+    rebuilt = last.get("rebuilt") or []
+    rows.append(f"rebuilt: {', '.join(rebuilt) if rebuilt else 'nothing (inputs unchanged)'}")
+    return "\n".join(rows)

@@ -1,0 +1,1 @@
+"""Domain data: sources, tokenisation, TFDS preparation, packing and the mixture sampler."""

@@ -1,0 +1,79 @@
+"""Reading domain source files (JSONL or Parquet) record by record, with file and line for errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+from mixjax.errors import MixjaxError
+
+SOURCE_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def source_files(path: str | os.PathLike, flag: str) -> list[Path]:
+    """A file, or the JSONL/Parquet files directly inside a directory, sorted by name."""
+    p = Path(path)
+    if p.is_file():
+        if p.suffix not in SOURCE_SUFFIXES:
+            raise MixjaxError(f"{flag}: {p} is not a .jsonl or .parquet file")
+        return [p]
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix in SOURCE_SUFFIXES)
+        if not files:
+            raise MixjaxError(f"{flag}: directory {p} holds no .jsonl or .parquet files")
+        return files
+    raise MixjaxError(f"{flag}: {p} does not exist")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_records(path: Path) -> Iterator[tuple[str, dict]]:
+    """Yield (where, record) with where = 'file:line' (JSONL) or 'file:row N' (Parquet)."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.ParquetFile(path)
+        except Exception as e:  # pyarrow raises several types for a bad file
+            raise MixjaxError(f"{path}: not a readable Parquet file ({e})") from None
+        row = 0
+        for batch in table.iter_batches(batch_size=4096):
+            for record in batch.to_pylist():
+                row += 1
+                yield f"{path}:row {row}", record
+        return
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise MixjaxError(f"{path}:{line_no}: malformed JSON ({e.__class__.__name__}: "
+                                  f"{str(e).splitlines()[0]})") from None
+            yield f"{path}:{line_no}", record
+
+
+def split_key(record: dict, field: str, prefix_sep: str | None, where: str) -> str:
+    """The value a collection is split on: a field (Tulu3 'source') or its prefix (OpenOrca 'id')."""
+    if field not in record:
+        raise MixjaxError(f"{where}: missing split field '{field}'")
+    value = str(record[field])
+    if prefix_sep:
+        value = value.split(prefix_sep, 1)[0]
+    return value
+
+
+def domain_name_for(value: str) -> str:
+    """A split value made safe to use as a domain and directory name."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in value.strip()).strip("_")
+    return safe or "unnamed"
