@@ -1,0 +1,1 @@
+"""Mixture methods behind one interface (see `base.py`)."""

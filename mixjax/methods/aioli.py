@@ -1,0 +1,141 @@
+"""Aioli (Chen et al., ICLR 2025): learn the linear dynamic mixing law inside the training run.
+
+The run is cut into rounds of `update_steps`. Each round starts with LearnParams: `lp_rounds`
+sweeps over the K smoothed one-hot mixtures in a seeded random order, `lp_steps` steps each, with a
+validation evaluation before the first interval and after every interval. The loss drops give
+beta = A P^T, solved for A, normalised, optionally smoothed by an EMA, and an EG step moves the
+weights; the rest of the round trains on them. With `prior_weights` the first `prior_steps` train
+on weights learned elsewhere (the paper's "restricted" setting) and Aioli adjusts them from there.
+
+The schedule is a pure function of the step, so the state to checkpoint is only the weights, the
+current round's partial loss drops and the history.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from mixjax.errors import MixjaxError
+from mixjax.methods.online_rules import (
+    aioli_update, normalise_interactions, smoothed_one_hot, solve_interaction_matrix)
+
+
+@dataclasses.dataclass
+class AioliConfig:
+    """Defaults: the released 3-domain settings (papers.md)."""
+
+    eta: float = 0.1
+    lp_rounds: int = 4
+    lp_steps: int = 6
+    one_hot_factor: float = 0.5
+    update_steps: int = 250
+    ema: float | None = None
+    normalize_a: bool = True
+    diagonal: bool = False
+    prior_weights: list[float] | None = None
+    prior_steps: int = 0
+    seed: int = 0
+
+    @classmethod
+    def released(cls, k: int, **overrides) -> "AioliConfig":
+        """The released settings for 2, 3 or 7 domains (the nearest for other K)."""
+        if k <= 2:
+            base = dict(lp_rounds=4, lp_steps=4, eta=0.2, one_hot_factor=0.625)
+        elif k <= 4:
+            base = dict(lp_rounds=4, lp_steps=6, eta=0.1, one_hot_factor=0.5)
+        else:
+            base = dict(lp_rounds=2, lp_steps=10, eta=1.0, one_hot_factor=0.75)
+        return cls(**{**base, **overrides})
+
+
+class Aioli:
+    name = "aioli"
+
+    def __init__(self, config: AioliConfig | None = None):
+        self.config = config or AioliConfig()
+
+    # -- schedule (pure functions of the step) -------------------------------------------------
+    def begin(self, domains: list[str], num_steps: int) -> None:
+        c = self.config
+        self.domains, self.num_steps, k = list(domains), num_steps, len(domains)
+        if k < 2:
+            raise MixjaxError("aioli needs at least 2 domains")
+        if not 0 < c.one_hot_factor <= 1 or (c.one_hot_factor == 1 / k and not c.diagonal):
+            raise MixjaxError("--one-hot-factor must be in (0, 1] and not 1/K (the mixtures would be equal)")
+        self.lp_length = c.lp_rounds * k * c.lp_steps
+        if self.lp_length >= c.update_steps:
+            raise MixjaxError(f"--update-steps {c.update_steps} must exceed LearnParams' "
+                              f"lp_rounds x K x lp_steps = {self.lp_length} steps")
+        start = np.full(k, 1.0 / k) if c.prior_weights is None else np.asarray(c.prior_weights, np.float64)
+        if c.prior_weights is not None and (start.shape != (k,) or abs(start.sum() - 1) > 1e-6 or start.min() < 0):
+            raise MixjaxError(f"--prior-weights must be {k} non-negative numbers summing to 1")
+        if c.prior_weights is None and c.prior_steps:
+            raise MixjaxError("--prior-steps needs --prior-weights")
+        self.mixtures = smoothed_one_hot(k, c.one_hot_factor)
+        self.state = {"start": start.tolist(), "weights": start.tolist(), "ema_a": None,
+                      "loss_prev": None, "drops": np.zeros((k, k)).tolist(),
+                      "trajectory": [[0, start.tolist()]], "raw_a": [], "a": []}
+
+    def _round_offset(self, step: int):
+        s = step - self.config.prior_steps
+        return (None, None) if s < 0 else divmod(s, self.config.update_steps)
+
+    def _order(self, round_index: int) -> np.ndarray:
+        rng = np.random.default_rng([self.config.seed, round_index])
+        k = len(self.domains)
+        return np.concatenate([rng.permutation(k) for _ in range(self.config.lp_rounds)])
+
+    def weights(self, step: int) -> np.ndarray:
+        r, offset = self._round_offset(step)
+        if r is None:
+            return np.asarray(self.state["start"])
+        if offset < self.lp_length:
+            return self.mixtures[self._order(r)[offset // self.config.lp_steps]]
+        return np.asarray(self.state["weights"])
+
+    def eval_due(self, step: int) -> bool:
+        r, offset = self._round_offset(step)
+        if r is None or step >= self.num_steps:
+            return False
+        return offset <= self.lp_length and offset % self.config.lp_steps == 0
+
+    # -- observations ---------------------------------------------------------------------------
+    def observe_train(self, step: int, train_loss: np.ndarray) -> None:
+        pass  # Aioli learns from validation losses only
+
+    def observe_eval(self, step: int, val_loss: np.ndarray) -> None:
+        c, st = self.config, self.state
+        r, offset = self._round_offset(step)
+        val_loss = np.asarray(val_loss, np.float64)
+        if offset == 0:
+            st["loss_prev"], st["drops"] = val_loss.tolist(), np.zeros_like(self.mixtures).tolist()
+            return
+        j = self._order(r)[offset // c.lp_steps - 1]
+        drops = np.asarray(st["drops"])
+        drops[:, j] += np.asarray(st["loss_prev"]) - val_loss
+        st["drops"], st["loss_prev"] = drops.tolist(), val_loss.tolist()
+        if offset == self.lp_length:
+            self._update(step, drops / c.lp_rounds)
+
+    def _update(self, step: int, drops: np.ndarray) -> None:
+        c, st = self.config, self.state
+        raw = solve_interaction_matrix(drops, self.mixtures, c.diagonal)
+        a = normalise_interactions(raw) if c.normalize_a else raw
+        if c.ema is not None:
+            st["ema_a"] = a.tolist() if st["ema_a"] is None else \
+                ((1 - c.ema) * a + c.ema * np.asarray(st["ema_a"])).tolist()
+            weights = aioli_update(np.asarray(st["start"]), np.asarray(st["ema_a"]), c.eta)
+        else:
+            weights = aioli_update(np.asarray(st["weights"]), a, c.eta)
+        st["weights"] = weights.tolist()
+        st["raw_a"].append(raw.tolist())
+        st["a"].append(a.tolist())
+        st["trajectory"].append([step, weights.tolist()])
+
+    def state_dict(self) -> dict:
+        return self.state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = state

@@ -1,0 +1,61 @@
+"""Static offline designs: stratified sampling and the simplex grid."""
+
+from __future__ import annotations
+
+import itertools
+from fractions import Fraction
+
+import numpy as np
+
+from mixjax.errors import MixjaxError
+from mixjax.methods.base import ProposedRun, as_weights, uniform
+
+
+def simplex_grid(k: int, step: float, include_zero: bool = False) -> np.ndarray:
+    """All weight vectors with entries in multiples of `step` that sum to 1.
+
+    With step 1/8 and no zero weights, 3 domains give the paper's 21 mixtures
+    ({0.125, ..., 0.75}).
+    """
+    inverse = Fraction(step).limit_denominator(10_000)
+    units = int(round(1 / inverse)) if inverse.numerator == 1 else None
+    if units is None or abs(units * step - 1) > 1e-9:
+        raise MixjaxError(f"--grid-step {step}: must be 1/n for an integer n")
+    low = 0 if include_zero else 1
+    if units < low * k:
+        raise MixjaxError(f"--grid-step {step}: too coarse for {k} domains without zero weights")
+    points = [c + (units - sum(c),) for c in itertools.product(range(low, units + 1), repeat=k - 1)
+              if units - sum(c) >= low]
+    return np.array(points, np.float64) / units
+
+
+class Stratified:
+    """Uniform weights; no runs needed."""
+
+    name = "stratified"
+
+    def propose(self, domains, budget_tokens):
+        return []
+
+    def recommend(self, observations, domains, budget_tokens):
+        return as_weights(domains, uniform(len(domains)))
+
+
+class Grid:
+    """Train every grid mixture; recommend the one with the lowest total validation loss."""
+
+    name = "grid"
+
+    def __init__(self, step: float = 0.125, include_zero: bool = False):
+        self.step, self.include_zero = step, include_zero
+
+    def propose(self, domains, budget_tokens):
+        if len(domains) < 2:
+            raise MixjaxError("grid needs at least 2 domains")
+        return [ProposedRun(f"grid-{i:03d}", as_weights(domains, w), budget_tokens)
+                for i, w in enumerate(simplex_grid(len(domains), self.step, self.include_zero))]
+
+    def recommend(self, observations, domains, budget_tokens):
+        best = min(observations, key=lambda run: sum(run["loss"][d] for d in domains))
+        total = sum(best["tokens"][d] for d in domains)
+        return {d: best["tokens"][d] / total for d in domains}

@@ -1,0 +1,46 @@
+"""Offline designs: the simplex grid and li2025's perturbation runs."""
+
+import numpy as np
+import pytest
+
+from mixjax.errors import MixjaxError
+from mixjax.methods.li2025_design import perturbation_runs
+from mixjax.methods.static import Grid, Stratified, simplex_grid
+
+
+def test_grid_of_eighths_is_the_papers_21_mixtures():
+    grid = simplex_grid(3, 1 / 8)
+    assert grid.shape == (21, 3)
+    np.testing.assert_allclose(grid.sum(axis=1), 1)
+    assert set(np.unique(grid)) == {k / 8 for k in range(1, 7)}          # 0.125 .. 0.75, never 0
+    assert len({tuple(g) for g in grid}) == 21
+    assert simplex_grid(3, 1 / 8, include_zero=True).shape == (45, 3)    # C(10, 2)
+    assert simplex_grid(2, 1 / 4).tolist() == [[0.25, 0.75], [0.5, 0.5], [0.75, 0.25]]
+    with pytest.raises(MixjaxError, match="must be 1/n"):
+        simplex_grid(3, 0.3)
+
+
+def test_grid_recommends_lowest_total_loss():
+    runs = Grid(step=0.5).propose(["a", "b"], 1000)
+    assert [r.weights for r in runs] == [{"a": 0.5, "b": 0.5}]
+    observations = [{"tokens": {"a": 250, "b": 750}, "loss": {"a": 2.0, "b": 1.0}},
+                    {"tokens": {"a": 600, "b": 400}, "loss": {"a": 1.5, "b": 1.2}}]
+    assert Grid().recommend(observations, ["a", "b"], 1000) == {"a": 0.6, "b": 0.4}
+    assert Stratified().recommend([], ["a", "b", "c", "d"], 1) == {d: 0.25 for d in "abcd"}
+
+
+def test_li2025_perturbation_design():
+    runs = perturbation_runs(["if", "math", "code"], 660_000)
+    assert len(runs) == 1 + 4 * 3 and len({r.name for r in runs}) == 13
+    base = runs[0]
+    assert base.name == "base" and base.budget_tokens == 3 * 660_000
+    assert base.weights == pytest.approx({"if": 1 / 3, "math": 1 / 3, "code": 1 / 3})
+    quarter = next(r for r in runs if r.name == "math-x0.25")
+    tokens = {d: w * quarter.budget_tokens for d, w in quarter.weights.items()}
+    assert tokens == pytest.approx({"if": 660_000, "math": 165_000, "code": 660_000})
+    triple = next(r for r in runs if r.name == "code-x3")
+    assert triple.budget_tokens == 5 * 660_000 and triple.weights["code"] == pytest.approx(0.6)
+    with pytest.raises(MixjaxError, match="at least 2 domains"):
+        perturbation_runs(["if"], 10)
+    with pytest.raises(MixjaxError, match="not 1"):
+        perturbation_runs(["a", "b"], 10, factors=(1.0,))
