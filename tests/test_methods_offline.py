@@ -5,6 +5,7 @@ import pytest
 
 from mixjax.errors import MixjaxError
 from mixjax.methods.li2025_design import perturbation_runs
+from mixjax.observations import Observations
 from mixjax.methods.static import Grid, Stratified, simplex_grid
 
 
@@ -23,8 +24,9 @@ def test_grid_of_eighths_is_the_papers_21_mixtures():
 def test_grid_recommends_lowest_total_loss():
     runs = Grid(step=0.5).propose(["a", "b"], 1000)
     assert [r.weights for r in runs] == [{"a": 0.5, "b": 0.5}]
-    observations = [{"tokens": {"a": 250, "b": 750}, "loss": {"a": 2.0, "b": 1.0}},
-                    {"tokens": {"a": 600, "b": 400}, "loss": {"a": 1.5, "b": 1.2}}]
+    observations = Observations(runs=["r1", "r2", "r3"], domains=["b", "a"],
+                                tokens=[[750, 250], [400, 600], [100, 900]],
+                                losses=[[1.0, 2.0], [1.2, 1.5], [np.nan, 0.1]])  # r3 incomplete
     assert Grid().recommend(observations, ["a", "b"], 1000) == {"a": 0.6, "b": 0.4}
     assert Stratified().recommend([], ["a", "b", "c", "d"], 1) == {d: 0.25 for d in "abcd"}
 

@@ -56,6 +56,11 @@ class Grid:
                 for i, w in enumerate(simplex_grid(len(domains), self.step, self.include_zero))]
 
     def recommend(self, observations, domains, budget_tokens):
-        best = min(observations, key=lambda run: sum(run["loss"][d] for d in domains))
-        total = sum(best["tokens"][d] for d in domains)
-        return {d: best["tokens"][d] / total for d in domains}
+        """The mixture of the complete run with the lowest total validation loss."""
+        obs = observations.select(domains)
+        complete = obs.observed.all(axis=1)
+        if not complete.any():
+            raise MixjaxError("grid: no run has a loss on every domain")
+        total_loss = np.where(complete, np.nan_to_num(obs.losses).sum(axis=1), np.inf)
+        best = obs.tokens[int(np.argmin(total_loss))]
+        return as_weights(domains, best / best.sum())
