@@ -175,19 +175,12 @@ def _format(x: float) -> str:
 def perturbation_design(
     domains: list[str], base_tokens: float, factors=(0.25, 0.5, 2.0, 3.0)
 ) -> tuple[list[str], np.ndarray]:
-    """The li2025 design (Algorithm 1): an equal base run, then each domain scaled by each factor.
+    """Run names and tokens (1 + K * len(factors), K) of the li2025 design (Algorithm 1)."""
+    from mixjax.methods.li2025_design import perturbation_runs
 
-    Returns run names and tokens (1 + K * len(factors), K).
-    """
-    K = len(domains)
-    runs, tokens = ["base"], [np.full(K, float(base_tokens))]
-    for j, d in enumerate(domains):
-        for f in factors:
-            t = np.full(K, float(base_tokens))
-            t[j] *= f
-            runs.append(f"{d}_x{f:g}")
-            tokens.append(t)
-    return runs, np.stack(tokens)
+    runs = perturbation_runs(list(domains), base_tokens, factors)
+    tokens = [[r.weights[d] * r.budget_tokens for d in domains] for r in runs]
+    return [r.name for r in runs], np.array(tokens, np.float64)
 
 
 def simulate(fitted_law, runs: list[str], tokens_RxK: np.ndarray, noise: float = 0.0, seed: int = 0):

@@ -46,3 +46,58 @@ def test_li2025_perturbation_design():
         perturbation_runs(["if"], 10)
     with pytest.raises(MixjaxError, match="not 1"):
         perturbation_runs(["a", "b"], 10, factors=(1.0,))
+
+
+def _li2025_truth(k=3):
+    """A known li2025 law (token unit 1e6), as in the paper's ranges."""
+    from mixjax import laws
+    from mixjax.laws import FittedLaw
+
+    law = laws.get("li2025")
+    params = law.params_type(C=np.array([2.0, 1.5, 1.8][:k]), k=np.array([0.4, 0.2, 0.3][:k]),
+                             alpha=np.array([0.6, 0.5, 0.7][:k]), beta=np.array([0.3, 0.4, 0.25][:k]),
+                             E=np.array([1.0, 0.6, 0.8][:k]))
+    return FittedLaw(law, ["if", "math", "code"][:k], 1e6, params, {})
+
+
+def _observe(truth, runs, noise, seed):
+    from mixjax.observations import simulate
+
+    tokens = np.array([[r.weights[d] * r.budget_tokens for d in truth.domains] for r in runs])
+    return simulate(truth, [r.name for r in runs], tokens, noise=noise, seed=seed)
+
+
+def test_li2025_method_recovers_the_true_optimum_in_simulation():
+    """Noise-free runs at a tenth of the budget pin the optimum down exactly; with 0.2% loss noise
+    the runs must sit nearer the target budget (extrapolating 10x then misses by up to 0.07)."""
+    from mixjax.fit import FitOptions
+    from mixjax.methods.offline import Li2025
+    from mixjax.optimize import optimize
+
+    truth = _li2025_truth()
+    budget = 20_000_000
+    true_weights = optimize(truth, [budget]).weights[0]
+    options = FitOptions(n_bootstrap=0, leave_one_out=False)
+    for base_fraction, noise, tolerance in ((0.1, 0.0, 1e-3), (1.0, 0.002, 0.02)):
+        method = Li2025(base_fraction=base_fraction, fit_options=options)
+        runs = method.propose(truth.domains, budget)
+        assert len(runs) == 13
+        got = method.recommend(_observe(truth, runs, noise=noise, seed=0), truth.domains, budget)
+        np.testing.assert_allclose([got[d] for d in truth.domains], true_weights, atol=tolerance)
+        assert method.fitted.law.name == "li2025"
+
+
+def test_regmix_finds_the_minimum_of_a_quadratic_total_loss():
+    from mixjax.methods.offline import RegMix
+    from mixjax.observations import Observations
+
+    target = np.array([0.5, 0.3, 0.2])
+    method = RegMix(seed=1)
+    runs = method.propose(["a", "b", "c"], 4000)
+    p = np.array([[r.weights[d] for d in "abc"] for r in runs])
+    total = 3.0 + ((p - target) ** 2).sum(axis=1)                  # a quadratic bowl
+    obs = Observations([r.name for r in runs], list("abc"), p * 1000, np.stack([total / 3] * 3, 1))
+    got = method.recommend(obs, list("abc"), 4000)
+    np.testing.assert_allclose([got[d] for d in "abc"], target, atol=0.03)
+    with pytest.raises(MixjaxError, match="too few"):
+        RegMix(n_runs=3).propose(list("abc"), 4000)

@@ -9,7 +9,7 @@ from mixjax.methods.base import ProposedRun
 DEFAULT_FACTORS = (0.25, 0.5, 2.0, 3.0)
 
 
-def perturbation_runs(domains: list[str], base_tokens_per_domain: int,
+def perturbation_runs(domains: list[str], base_tokens_per_domain: float,
                       factors=DEFAULT_FACTORS) -> list[ProposedRun]:
     """The base run and its perturbations, each with its own total budget."""
     if len(domains) < 2:
