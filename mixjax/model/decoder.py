@@ -1,0 +1,281 @@
+"""Flax NNX decoder of the Llama/Qwen2 family, segment-aware for packed batches.
+
+Array names carry their shapes: B batch, L query length, S key length, D model dim, H query heads,
+K key/value heads, G = H // K query heads per kv head, E head dim, F MLP hidden dim, V vocabulary.
+Each parameter declares its sharding over the mesh axes ("data", "fsdp", "tensor") where it is made.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mixjax.model.config import ModelConfig
+
+
+def _param(rngs: nnx.Rngs | None, init, shape, axes, dtype=jnp.float32) -> nnx.Param:
+    key = rngs.params() if rngs is not None else None
+    return nnx.Param(init(key, shape, dtype), out_sharding=axes, eager_sharding=False)
+
+
+def _ones(key, shape, dtype):
+    return jnp.ones(shape, dtype)
+
+
+def _zeros(key, shape, dtype):
+    return jnp.zeros(shape, dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+    """Inverse frequencies [E/2] (float32), with the Llama-3 frequency scaling when configured."""
+    e = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, e, 2, dtype=np.float64) / e))
+    sc = cfg.rope_scaling_dict
+    if sc and sc.get("rope_type", sc.get("type")) == "llama3":
+        factor, lo, hi = sc["factor"], sc["low_freq_factor"], sc["high_freq_factor"]
+        old = sc["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv
+        lo_wl, hi_wl = old / lo, old / hi
+        scaled = np.where(wavelen > lo_wl, inv / factor, inv)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        mid = (1 - smooth) * scaled / factor + smooth * scaled
+        is_mid = ~(wavelen < hi_wl) & ~(wavelen > lo_wl)
+        inv = np.where(is_mid, mid, scaled)
+    elif sc and sc.get("rope_type", sc.get("type")) not in (None, "default"):
+        raise ValueError(f"unsupported rope_scaling {sc!r}")
+    return inv.astype(np.float32)
+
+
+def rope_tables(positions_BxL, inv_freq):
+    """cos, sin [B, L, E/2] (float32) for the given positions."""
+    ang_BxLxE2 = positions_BxL.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
+    return jnp.cos(ang_BxLxE2), jnp.sin(ang_BxLxE2)
+
+
+def apply_rope(x_xE, cos_xE2, sin_xE2):
+    """Rotate-half RoPE (the HF convention), computed in float32; cos/sin broadcast against x
+    without its last axis (x [..., E], cos/sin [..., E/2])."""
+    dtype = x_xE.dtype
+    x = x_xE.astype(jnp.float32)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return jnp.concatenate([x1 * cos_xE2 - x2 * sin_xE2, x2 * cos_xE2 + x1 * sin_xE2], axis=-1).astype(dtype)
+
+
+@jax.custom_vjp
+def dense(x_NxD, w_DxF):
+    """x @ w whose weight gradient is a plain matmul on a separately transposed *smaller* operand.
+
+    Left alone, XLA CPU computes dW = x^T dy by fusing a transpose of the larger [N, F] operand
+    into the elementwise chain that produces it (e.g. the SwiGLU backward), a strided loop that
+    cost more than the matmuls themselves. Here the transpose is explicit, of whichever of x [N, D]
+    or dy [N, F] is smaller, and an optimization barrier keeps it from being folded back."""
+    return x_NxD @ w_DxF
+
+
+def _dense_fwd(x_NxD, w_DxF):
+    return x_NxD @ w_DxF, (x_NxD, w_DxF)
+
+
+def _dense_bwd(res, dy_NxF):
+    x_NxD, w_DxF = res
+    dx_NxD = jax.lax.dot_general(dy_NxF, w_DxF, (((1,), (1,)), ((), ())))
+    if x_NxD.shape[1] <= dy_NxF.shape[1]:
+        xt_DxN = jax.lax.optimization_barrier(x_NxD.T)
+        dw_DxF = xt_DxN @ dy_NxF
+    else:
+        dyt_FxN = jax.lax.optimization_barrier(dy_NxF.T)
+        dw_DxF = (dyt_FxN @ x_NxD).T
+    return dx_NxD.astype(x_NxD.dtype), dw_DxF.astype(w_DxF.dtype)
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+def project(x_BxLxD, w_Dx_):
+    """x [B, L, D] times a weight [D, ...] (heads etc. flattened for the matmul) -> [B, L, ...]."""
+    b, l, d = x_BxLxD.shape
+    out = dense(x_BxLxD.reshape(b * l, d), w_Dx_.reshape(d, -1))
+    return out.reshape(b, l, *w_Dx_.shape[1:])
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, rngs: nnx.Rngs | None = None):
+        self.eps = eps
+        self.weight = _param(None, _ones, (dim,), (None,))
+
+    def __call__(self, x_BxLxD):
+        x = x_BxLxD.astype(jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+        return self.weight[...].astype(x_BxLxD.dtype) * x.astype(x_BxLxD.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        d, h, k, e = cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        init = nnx.initializers.normal(cfg.init_std)
+        self.n_heads, self.n_kv, self.head_dim = h, k, e
+        self.attn_blocks = cfg.attn_blocks
+        self.q_DxHxE = _param(rngs, init, (d, h, e), ("fsdp", "tensor", None))
+        self.k_DxKxE = _param(rngs, init, (d, k, e), ("fsdp", "tensor", None))
+        self.v_DxKxE = _param(rngs, init, (d, k, e), ("fsdp", "tensor", None))
+        self.o_HxExD = _param(rngs, init, (h, e, d), ("tensor", None, "fsdp"))
+        if cfg.qkv_bias:
+            self.q_bias_HxE = _param(None, _zeros, (h, e), ("tensor", None))
+            self.k_bias_KxE = _param(None, _zeros, (k, e), ("tensor", None))
+            self.v_bias_KxE = _param(None, _zeros, (k, e), ("tensor", None))
+        else:
+            self.q_bias_HxE = self.k_bias_KxE = self.v_bias_KxE = None
+
+    def __call__(self, x_BxLxD, cos, sin, mask_Bx1x1xLxS):
+        # Layout: queries as [B, K, G, L, E] so that, per (batch, kv head), the G query heads'
+        # L positions are the rows of ONE plain matmul against that kv head's keys [S, E]: the
+        # [.., L, S] score tensors then need no transposes (XLA CPU spent more time on the
+        # transposes of a [B, L, K, G, E] layout than on the matmuls), and k/v are not repeated.
+        dt = x_BxLxD.dtype
+        k_heads, e = self.n_kv, self.head_dim
+        g = self.n_heads // k_heads
+        d = x_BxLxD.shape[-1]
+        b, l, _ = x_BxLxD.shape
+        q = project(x_BxLxD, self.q_DxHxE[...].astype(dt)).reshape(b, l, k_heads, g, e).transpose(0, 2, 3, 1, 4)
+        k = project(x_BxLxD, self.k_DxKxE[...].astype(dt)).transpose(0, 2, 1, 3)
+        v = project(x_BxLxD, self.v_DxKxE[...].astype(dt)).transpose(0, 2, 1, 3)
+        if self.q_bias_HxE is not None:
+            q = q + self.q_bias_HxE[...].astype(dt).reshape(k_heads, g, 1, e)
+            k = k + self.k_bias_KxE[...].astype(dt)[:, None, :]
+            v = v + self.v_bias_KxE[...].astype(dt)[:, None, :]
+        cos_Bx1x1xLxE2, sin_Bx1x1xLxE2 = cos[:, None, None], sin[:, None, None]
+        q_BxKxGxLxE = apply_rope(q, cos_Bx1x1xLxE2, sin_Bx1x1xLxE2) * jnp.asarray(1.0 / math.sqrt(e), dt)
+        k_BxKxSxE = apply_rope(k, cos_Bx1x1xLxE2[:, :, 0], sin_Bx1x1xLxE2[:, :, 0])
+        # Causal blocks: query block i only meets keys [0, end of block i), so the masked upper
+        # triangle is mostly not computed ((n+1)/2n of the full score matrix for n blocks).
+        n = self.query_blocks(l)
+        c = l // n
+        outs = []
+        for i in range(n):
+            hi = (i + 1) * c
+            s_BxKxGxCxS = jnp.einsum("bkgle,bkse->bkgls", q_BxKxGxLxE[:, :, :, i * c:hi], k_BxKxSxE[:, :, :hi],
+                                     preferred_element_type=jnp.float32)
+            s_BxKxGxCxS = jnp.where(mask_Bx1x1xLxS[..., i * c:hi, :hi], s_BxKxGxCxS, jnp.finfo(jnp.float32).min)
+            p_BxKxGxCxS = jax.nn.softmax(s_BxKxGxCxS, axis=-1).astype(dt)
+            outs.append(jnp.einsum("bkgls,bkse->bkgle", p_BxKxGxCxS, v[:, :, :hi]))
+        o_BxKxGxLxE = outs[0] if n == 1 else jnp.concatenate(outs, axis=3)
+        o_BxLxHxE = o_BxKxGxLxE.transpose(0, 3, 1, 2, 4).reshape(b, l, k_heads * g * e)
+        return project(o_BxLxHxE, self.o_HxExD[...].astype(dt).reshape(-1, d))
+
+    def query_blocks(self, l: int) -> int:
+        n = self.attn_blocks or max(1, min(8, l // 64))
+        while l % n:
+            n -= 1
+        return n
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        init = nnx.initializers.normal(cfg.init_std)
+        self.gate_DxF = _param(rngs, init, (cfg.dim, cfg.hidden_dim), ("fsdp", "tensor"))
+        self.up_DxF = _param(rngs, init, (cfg.dim, cfg.hidden_dim), ("fsdp", "tensor"))
+        self.down_FxD = _param(rngs, init, (cfg.hidden_dim, cfg.dim), ("tensor", "fsdp"))
+
+    def __call__(self, x_BxLxD):
+        dt = x_BxLxD.dtype
+        gate = project(x_BxLxD, self.gate_DxF[...].astype(dt))
+        up = project(x_BxLxD, self.up_DxF[...].astype(dt))
+        return project(jax.nn.silu(gate) * up, self.down_FxD[...].astype(dt))
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg, rngs)
+        self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MLP(cfg, rngs)
+
+    def __call__(self, x_BxLxD, cos, sin, mask):
+        x_BxLxD = x_BxLxD + self.attn(self.attn_norm(x_BxLxD), cos, sin, mask)
+        return x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD))
+
+
+def attention_mask(segment_ids_BxL):
+    """[B, 1, 1, L, S]: causal and within the same segment (padding, id 0, attends to itself)."""
+    l = segment_ids_BxL.shape[1]
+    causal_LxS = jnp.tril(jnp.ones((l, l), dtype=bool))
+    same_BxLxS = segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :]
+    return (causal_LxS[None] & same_BxLxS)[:, None, None]
+
+
+class Decoder(nnx.Module):
+    """Token ids [B, L] (with optional positions and segment ids for packing) -> logits [B, L, V]."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        init = nnx.initializers.normal(cfg.init_std)
+        self.embed_VxD = _param(rngs, init, (cfg.vocab_size, cfg.dim), ("tensor", "fsdp"))
+        self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.lm_head_DxV = None if cfg.tie_embeddings else _param(
+            rngs, init, (cfg.dim, cfg.vocab_size), ("fsdp", "tensor"))
+
+    def embed(self, tokens_BxL, dtype):
+        table_VxD = self.embed_VxD[...].astype(dtype)
+        if self.cfg.use_onehot_embed:
+            # A one-hot matmul: its gradient is a matmul instead of a scatter-add (slow on CPU).
+            return project(jax.nn.one_hot(tokens_BxL, self.cfg.vocab_size, dtype=dtype), table_VxD)
+        return jnp.take(table_VxD, tokens_BxL, axis=0)
+
+    def hidden(self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None, dtype=None):
+        """Final normalised hidden states [B, L, D]."""
+        dtype = dtype or self.embed_VxD[...].dtype
+        b, l = tokens_BxL.shape
+        if positions_BxL is None:
+            positions_BxL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+        if segment_ids_BxL is None:
+            segment_ids_BxL = jnp.ones((b, l), jnp.int32)
+        cos, sin = rope_tables(positions_BxL, rope_inv_freq(self.cfg))
+        mask = attention_mask(segment_ids_BxL)
+        x_BxLxD = self.embed(tokens_BxL, dtype)
+        for block in self.layers:
+            x_BxLxD = block(x_BxLxD, cos, sin, mask)
+        return self.norm(x_BxLxD)
+
+    def head_DxV(self, dtype):
+        if self.lm_head_DxV is None:
+            return self.embed_VxD[...].astype(dtype).T
+        return self.lm_head_DxV[...].astype(dtype)
+
+    def __call__(self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None, dtype=None):
+        x_BxLxD = self.hidden(tokens_BxL, positions_BxL, segment_ids_BxL, dtype)
+        return project(x_BxLxD, self.head_DxV(x_BxLxD.dtype)).astype(jnp.float32)
+
+
+def init_model(cfg: ModelConfig, seed: int = 0) -> Decoder:
+    return Decoder(cfg, rngs=nnx.Rngs(seed))
+
+
+def init_params(cfg: ModelConfig, key) -> dict:
+    """Random parameters as the pure dict of `nnx.to_pure_dict(nnx.state(Decoder(cfg), nnx.Param))`,
+    with the Decoder's initialisers (normal(init_std) matrices, unit norms, zero biases), but one
+    random draw per distinct shape: XLA compiles each draw separately, so this compiles in a
+    fraction of the time of initialising parameter by parameter (seconds on a CPU)."""
+    abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
+    pure = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(pure)
+    names = [jax.tree_util.keystr(p) for p, _ in leaves]
+    groups: dict[tuple, list[int]] = {}
+    for i, (name, (_, leaf)) in enumerate(zip(names, leaves)):
+        if "norm" not in name and "bias" not in name:
+            groups.setdefault(tuple(leaf.shape), []).append(i)
+    values: list = [None] * len(leaves)
+    for i, (name, (_, leaf)) in enumerate(zip(names, leaves)):
+        if "norm" in name:
+            values[i] = jnp.ones(leaf.shape, leaf.dtype)
+        elif "bias" in name:
+            values[i] = jnp.zeros(leaf.shape, leaf.dtype)
+    for j, (shape, idx) in enumerate(sorted(groups.items())):
+        draw = cfg.init_std * jax.random.normal(jax.random.fold_in(key, j), (len(idx), *shape), jnp.float32)
+        for n, i in enumerate(idx):
+            values[i] = draw[n]
+    return jax.tree.unflatten(jax.tree.structure(pure), values)

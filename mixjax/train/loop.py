@@ -1,0 +1,395 @@
+"""The training loop: sampler -> jitted step -> callbacks, evaluation, checkpoints, metrics.
+
+`run_training(config, data, weights, budget_tokens, out_dir=...)` is the Python entry point that
+`mixjax train`, sweeps and mixing methods call (many times in one process: same-shaped runs reuse
+one compiled step). Online methods are `Callback`s: they see each step's per-domain training
+losses and each evaluation, and may call `ctx.sampler.set_weights(...)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+import weakref
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from mixjax.errors import MixjaxError
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """A training run. `model` is a preset name or a Hugging Face directory (None: the --init
+    checkpoint's model, else "tiny"); `init` a mixjax run/checkpoint directory or a HF directory."""
+
+    model: str | None = None
+    init: str | None = None
+    batch_size: int = 16
+    seq_len: int = 256
+    lr: float = 1e-3
+    schedule: str = "cosine"          # cosine | linear | constant
+    warmup: float = 0.05              # < 1: fraction of the steps; >= 1: steps
+    final_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    clip_norm: float | None = 1.0
+    grad_accum: int = 1
+    compute_dtype: str = "float32"    # float32 | bfloat16 (float32 master weights either way)
+    seed: int = 0
+    max_epochs: float = 10
+    eval_every: int = 0               # steps between evaluations; 0 = only at the end
+    eval_max_batches: int | None = None  # per domain; None = the whole held-out split
+    keep_best: bool = False           # keep the lowest-validation-loss checkpoint (RUN_DIR/best)
+    checkpoint_every: int = 0         # steps between checkpoints (RUN_DIR/checkpoints); 0 = none
+    resume: bool = True               # continue from RUN_DIR/checkpoints when present
+    mesh_shape: tuple[int, int, int] | None = None  # (data, fsdp, tensor); None = all data
+    progress: bool = True
+    model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class StepInfo:
+    """What a step reports. Per-domain dicts have NaN for domains with no target in the batch."""
+
+    step: int                            # 1-based: number of steps done
+    loss: float                          # token-weighted mean over the batch
+    train_loss: dict[str, float]         # each domain's mean token loss in this batch
+    loss_counts: dict[str, int]          # each domain's number of loss targets in this batch
+    tokens_per_domain: dict[str, int]    # each domain's tokens in this batch
+    lr: float
+    grad_norm: float
+
+
+@dataclasses.dataclass
+class RunContext:
+    """Handed to callbacks: the sampler (set its weights), the domains, and an `evaluate` function
+    (per-domain validation loss now, optionally for a subset / fewer batches)."""
+
+    sampler: Any
+    domains: list[str]
+    num_steps: int
+    config: TrainConfig
+    evaluate: Callable[..., dict[str, float]]
+    step: int = 0
+
+
+class Callback:
+    """Base class of training callbacks (all methods optional)."""
+
+    def on_train_start(self, ctx: RunContext) -> None:
+        pass
+
+    def on_step(self, ctx: RunContext, info: StepInfo) -> None:
+        pass
+
+    def on_eval(self, ctx: RunContext, step: int, val_loss: dict[str, float]) -> None:
+        pass
+
+    def on_train_end(self, ctx: RunContext, result: dict) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------------------------
+_VAL_CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
+def _validation_arrays(data, domain, batch_size, seq_len, max_batches, validation_fn):
+    try:
+        cache = _VAL_CACHE.setdefault(data, {})
+    except TypeError:
+        cache = {}
+    key = (domain, batch_size, seq_len, max_batches, validation_fn)
+    if key not in cache:
+        out = []
+        for i, b in enumerate(validation_fn(data, domain, batch_size, seq_len)):
+            if max_batches is not None and i >= max_batches:
+                break
+            out.append(b.arrays())
+        cache[key] = out
+    return cache[key]
+
+
+def resolve_model_config(cfg: TrainConfig, vocab_size: int | None):
+    """(ModelConfig, where its weights come from: ('hf', dir) | ('ckpt', dir) | None)."""
+    from mixjax.model import get_config, is_hf_dir, load_hf_config
+    from mixjax.train.checkpoint import read_meta
+    from mixjax.model.config import ModelConfig
+
+    init_cfg, init_src = None, None
+    if cfg.init:
+        if not Path(cfg.init).exists():
+            raise MixjaxError(f"--init: {cfg.init} does not exist")
+        if is_hf_dir(cfg.init):
+            init_cfg, init_src = load_hf_config(cfg.init), ("hf", cfg.init)
+        else:
+            init_cfg, init_src = ModelConfig.from_dict(read_meta(cfg.init)["model"]), ("ckpt", cfg.init)
+    if cfg.model is None:
+        mcfg = init_cfg or get_config("tiny", vocab_size)
+    elif Path(cfg.model).is_dir() or "/" in cfg.model:
+        if not is_hf_dir(cfg.model):
+            raise MixjaxError(f"--model: {cfg.model} is neither a preset nor a Hugging Face directory")
+        mcfg = load_hf_config(cfg.model)
+        if init_src is None:
+            init_src = ("hf", cfg.model)
+    else:
+        mcfg = get_config(cfg.model, vocab_size if init_cfg is None else init_cfg.vocab_size)
+    if cfg.model_overrides:
+        mcfg = mcfg.replace(**cfg.model_overrides)
+    if init_cfg is not None:
+        keys = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "head_dim",
+                "arch", "qkv_bias", "tie_embeddings")
+        diff = [k for k in keys if getattr(init_cfg, k) != getattr(mcfg, k)]
+        if diff:
+            raise MixjaxError(f"--init {cfg.init}: model config does not match --model: "
+                              + ", ".join(f"{k}={getattr(init_cfg, k)} vs {getattr(mcfg, k)}" for k in diff))
+    if vocab_size is not None and vocab_size > mcfg.vocab_size:
+        raise MixjaxError(f"model vocab_size {mcfg.vocab_size} is smaller than the data's {vocab_size} "
+                          f"(prepare the data with the model's tokenizer)")
+    return mcfg, init_src
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _per_domain(sums, counts, domains) -> dict[str, float]:
+    return {d: (float(s) / float(c) if c > 0 else float("nan")) for d, s, c in zip(domains, sums, counts)}
+
+
+def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_dir: str | os.PathLike | None = None,
+                 callbacks: Sequence[Callback] = (), sampler=None, validation_fn=None, devices=None) -> dict:
+    """Train one model on the mixture `weights` (dict domain -> weight, or an array in domain order)
+    of the prepared `data` for `budget_tokens` tokens. Returns (and writes to out_dir/result.json)
+    {"tokens", "loss_tokens", "val_loss", "train_loss", "val_history", "steps", "config", "model",
+    "timings", ...}. `sampler` may replace the MixtureSampler (any object with its API);
+    `validation_fn(data, domain, batch_size, seq_len)` the held-out batches."""
+    import jax
+
+    from mixjax.model import load_hf
+    from mixjax.train import mesh as meshlib
+    from mixjax.train.checkpoint import Checkpointer, restore_params
+    from mixjax.train.metrics import MetricsWriter, Progress
+    from mixjax.train.optim import learning_rate
+    from mixjax.train.step import StepConfig, get_stepper
+
+    t_start = time.perf_counter()
+    cfg = config
+    meshlib.maybe_initialize_distributed()
+    domains = list(data.domains)
+    mcfg, init_src = resolve_model_config(cfg, getattr(data, "vocab_size", None))
+    if sampler is None:
+        from mixjax.data.sampler import MixtureSampler
+        sampler = MixtureSampler(data, weights, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
+                                 budget_tokens=budget_tokens, seed=cfg.seed, max_epochs=cfg.max_epochs)
+    if validation_fn is None:
+        from mixjax.data.sampler import validation_batches as validation_fn
+    num_steps = int(sampler.num_steps)
+    if cfg.batch_size * cfg.seq_len > int(budget_tokens) or num_steps < 1:
+        raise MixjaxError(f"--budget-tokens {budget_tokens} is smaller than one batch "
+                          f"({cfg.batch_size} x {cfg.seq_len} tokens)")
+    mesh = meshlib.make_mesh(cfg.mesh_shape, devices)
+    try:
+        stepper = get_stepper(StepConfig(
+            model=mcfg, batch_size=cfg.batch_size, seq_len=cfg.seq_len, num_domains=len(domains),
+            grad_accum=cfg.grad_accum, compute_dtype=cfg.compute_dtype, b1=cfg.b1, b2=cfg.b2,
+            eps=cfg.eps, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm), mesh)
+    except ValueError as e:
+        raise MixjaxError(f"--batch-size: {e}") from None
+
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt = best_ckpt = None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.checkpoint_every:
+            ckpt = Checkpointer(out / "checkpoints", max_to_keep=1)
+        if cfg.keep_best:
+            best_ckpt = Checkpointer(out / "best", max_to_keep=1, async_save=False)
+
+    # ---- state: resume > init checkpoint > random -------------------------------------------
+    start_step, meta = 0, None
+    if ckpt is not None and cfg.resume and ckpt.latest_step() is not None:
+        start_step = ckpt.latest_step()
+        state, meta = ckpt.restore(start_step, stepper.abstract_state, stepper.state_shardings)
+        if meta.get("model") != mcfg.to_dict():
+            raise MixjaxError(f"{out}/checkpoints: the checkpoint is of another model; use a new --out")
+        sampler.load_state_dict(meta["sampler"])
+        for cb, s in zip(callbacks, meta.get("callbacks", [])):
+            cb.load_state_dict(s)
+    else:
+        if init_src is None:
+            params = stepper.init_params(cfg.seed)
+        elif init_src[0] == "hf":
+            params = stepper.params_from_model(load_hf(init_src[1], expect=mcfg))
+        else:
+            params, _ = restore_params(init_src[1], stepper.abstract_params, stepper.param_shardings)
+        state = stepper.init_state(params)
+
+    loss_tokens = np.asarray(meta["loss_tokens"] if meta else np.zeros(len(domains)), np.int64)
+    seen_tokens = np.asarray(meta["seen_tokens"] if meta else np.zeros(len(domains)), np.int64)
+    val_history: list[dict] = list(meta["val_history"]) if meta else []
+    best = meta.get("best") if meta else None
+    timings = dict(meta["timings"]) if meta else {"train_s": 0.0, "timed_steps": 0, "eval_s": 0.0,
+                                                  "first_step_s": None}
+    initial_weights = meta["initial_weights"] if meta else [float(w) for w in np.asarray(sampler.weights)]
+    metrics = MetricsWriter(out / "metrics.jsonl" if out else None,
+                            resume_step=start_step if meta else None)
+
+    def evaluate(eval_domains=None, max_batches=cfg.eval_max_batches, params=None) -> dict[str, float]:
+        params = state["params"] if params is None else params
+        res = {}
+        for d in (eval_domains or domains):
+            s = c = 0.0
+            for arrays in _validation_arrays(data, d, cfg.batch_size, cfg.seq_len, max_batches, validation_fn):
+                m = jax.device_get(stepper.eval_step(params, stepper.put_batch(arrays)))
+                s += float(np.sum(m["domain_loss_sum"]))
+                c += float(np.sum(m["domain_count"]))
+            res[d] = s / c if c > 0 else float("nan")
+        return res
+
+    ctx = RunContext(sampler=sampler, domains=domains, num_steps=num_steps, config=cfg,
+                     evaluate=evaluate, step=start_step)
+    if not meta:
+        for cb in callbacks:
+            cb.on_train_start(ctx)
+
+    def run_eval(step: int):
+        nonlocal best
+        t0 = time.perf_counter()
+        val = evaluate()
+        timings["eval_s"] += time.perf_counter() - t0
+        rec = {"step": step, "val_loss": val, "val_loss_mean": float(np.mean(list(val.values())))}
+        val_history.append(rec)
+        metrics.write(rec)
+        for cb in callbacks:
+            cb.on_eval(ctx, step, val)
+        if best_ckpt is not None and (best is None or rec["val_loss_mean"] < best["val_loss_mean"]):
+            best = rec
+            best_ckpt.save(step, {"params": state["params"]}, {"step": step, "model": mcfg.to_dict(),
+                                                             "val_loss": val, "config": cfg.to_dict()})
+        return val
+
+    def save(step: int):
+        meta_out = {"step": step, "sampler": sampler.state_dict(),
+                    "callbacks": [cb.state_dict() for cb in callbacks],
+                    "loss_tokens": loss_tokens.tolist(), "seen_tokens": seen_tokens.tolist(),
+                    "val_history": val_history, "best": best, "timings": timings,
+                    "initial_weights": initial_weights, "model": mcfg.to_dict(), "config": cfg.to_dict()}
+        ckpt.save(step, state, json.loads(json.dumps(meta_out, default=float)))
+
+    warmup = int(cfg.warmup * num_steps) if cfg.warmup < 1 else int(cfg.warmup)
+    progress = Progress(num_steps, start_step, enabled=cfg.progress and jax.process_index() == 0)
+    batch_tokens = cfg.batch_size * cfg.seq_len
+    # Without callbacks (which may change the weights after a step) or checkpoints (which save the
+    # sampler state), the next batch is packed on the host while the device runs this step.
+    prefetch = not callbacks and ckpt is None
+    next_batch = None
+    try:
+        for step in range(start_step, num_steps):
+            t0 = time.perf_counter()
+            batch = next_batch if next_batch is not None else sampler.next_batch()
+            lr = learning_rate(step, num_steps, cfg.lr, cfg.schedule, warmup, cfg.final_lr_ratio)
+            state, m = stepper.train_step(state, stepper.put_batch(batch), np.float32(lr))
+            next_batch = sampler.next_batch() if prefetch and step + 1 < num_steps else None
+            m = jax.device_get(m)
+            dt = time.perf_counter() - t0
+            if step == start_step:  # includes compilation (unless cached in this process)
+                timings["first_step_s"] = (timings["first_step_s"] or 0.0) + dt
+            else:
+                timings["train_s"] += dt
+                timings["timed_steps"] += 1
+            if not math.isfinite(float(m["loss"])):
+                raise MixjaxError(f"training diverged at step {step + 1} (loss {float(m['loss'])}); lower --lr")
+            tpd = np.asarray(batch.tokens_per_domain, np.int64)
+            seen_tokens += tpd
+            loss_tokens += np.asarray(batch.loss_tokens_per_domain, np.int64)
+            info = StepInfo(step=step + 1, loss=float(m["loss"]),
+                            train_loss=_per_domain(m["domain_loss_sum"], m["domain_count"], domains),
+                            loss_counts={d: int(c) for d, c in zip(domains, m["domain_count"])},
+                            tokens_per_domain={d: int(t) for d, t in zip(domains, tpd)},
+                            lr=lr, grad_norm=float(m["grad_norm"]))
+            ctx.step = step + 1
+            metrics.write({"step": step + 1, "loss": info.loss, "train_loss": info.train_loss, "lr": lr,
+                           "grad_norm": info.grad_norm, "tokens": int(seen_tokens.sum()),
+                           "weights": [float(w) for w in np.asarray(sampler.weights)]})
+            progress.update(info.loss, batch_tokens / dt)
+            for cb in callbacks:
+                cb.on_step(ctx, info)
+            last = step + 1 == num_steps
+            if last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0):
+                run_eval(step + 1)
+            if ckpt is not None and (last or (step + 1) % cfg.checkpoint_every == 0):
+                save(step + 1)
+    finally:
+        progress.close()
+        metrics.close()
+        if ckpt is not None:
+            ckpt.close()
+        if best_ckpt is not None:
+            best_ckpt.close()
+
+    if not val_history:  # a finished run resumed: nothing left to do
+        run_eval(num_steps)
+    final = val_history[-1]
+    chosen = best if (cfg.keep_best and best) else final
+    consumed = getattr(sampler, "tokens_consumed", None)
+    tokens = dict(consumed) if consumed else {d: int(t) for d, t in zip(domains, seen_tokens)}
+    timings["total_s"] = time.perf_counter() - t_start
+    timings["tokens_per_s"] = (timings["timed_steps"] * batch_tokens / timings["train_s"]
+                               if timings["train_s"] else None)
+    result = {
+        "tokens": tokens,
+        "loss_tokens": {d: int(t) for d, t in zip(domains, loss_tokens)},
+        "val_loss": chosen["val_loss"],
+        "val_loss_step": chosen["step"],
+        "final_val_loss": final["val_loss"],
+        "val_history": val_history,
+        "steps": num_steps,
+        "budget_tokens": int(budget_tokens),
+        "domains": domains,
+        "weights": dict(zip(domains, initial_weights)),
+        "final_weights": {d: float(w) for d, w in zip(domains, np.asarray(sampler.weights))},
+        "config": cfg.to_dict(),
+        "model": mcfg.to_dict(),
+        "num_params": mcfg.num_params(),
+        "devices": {"count": len(mesh.devices.flat), "platform": mesh.devices.flat[0].platform,
+                    "mesh": dict(mesh.shape)},
+        "timings": timings,
+    }
+    for cb in callbacks:
+        cb.on_train_end(ctx, result)
+    if out is not None and jax.process_index() == 0:
+        _write_json(out / "result.json", json.loads(json.dumps(result, default=float),
+                                                    parse_constant=lambda c: None))
+    return result
+
+
+def export_hf(run_dir: str | os.PathLike, out: str | os.PathLike, dtype: str = "float32"):
+    """Write a run's best (else latest) checkpoint as a Hugging Face directory."""
+    from mixjax.model.config import ModelConfig
+    from mixjax.model.hf import save_hf
+    from mixjax.train import mesh as meshlib
+    from mixjax.train.checkpoint import read_meta, restore_params
+    from mixjax.train.step import Stepper, StepConfig
+
+    mcfg = ModelConfig.from_dict(read_meta(run_dir)["model"])
+    st = Stepper(StepConfig(mcfg, 1, 2, 1), meshlib.make_mesh(None, __import__("jax").devices()[:1]))
+    params, _ = restore_params(run_dir, st.abstract_params, st.param_shardings)
+    return save_hf(st.merge(params), out, dtype)

@@ -1,0 +1,93 @@
+"""Metrics to JSONL (and TensorBoard when `tensorboardX` is installed), and the progress bar."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+
+def _clean(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+class MetricsWriter:
+    """Appends one JSON object a line. On resume, records after the restored step are dropped, so a
+    resumed run's file equals an uninterrupted run's."""
+
+    def __init__(self, path: str | Path | None, resume_step: int | None = None, tensorboard: bool = True):
+        self.path = Path(path) if path else None
+        self._fh = None
+        self._tb = None
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.exists():
+            keep = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            os.replace(tmp, self.path)
+        elif self.path.exists():
+            self.path.unlink()
+        self._fh = open(self.path, "a")
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter  # optional
+                self._tb = SummaryWriter(str(self.path.parent / "tb"))
+            except ImportError:
+                pass
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._fh is None:
+            return
+        self._fh.write(json.dumps(_clean(record), sort_keys=True) + "\n")
+        self._fh.flush()
+        if self._tb is not None:
+            step = record.get("step", 0)
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self._tb.add_scalar(k, v, step)
+                elif isinstance(v, dict):
+                    for d, x in v.items():
+                        if isinstance(x, (int, float)) and math.isfinite(x):
+                            self._tb.add_scalar(f"{k}/{d}", x, step)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+class Progress:
+    """tqdm bar with loss and tokens/s (a no-op when disabled)."""
+
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "train"):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+
+    def update(self, loss: float, tokens_per_s: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

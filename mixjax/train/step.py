@@ -1,0 +1,184 @@
+"""Per-domain losses and the jitted train / eval steps.
+
+A `Stepper` holds one compiled train step and one eval step for a (model shape, batch shape,
+optimizer, mesh) combination; `get_stepper` caches them so many runs in one process (sweeps,
+mixing methods) compile once. The learning rate is a step input, so budgets and schedules do not
+recompile. Train state = {"params": pure dict of float32 master weights, "opt": optax state}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from mixjax.data.batch import PackedBatch, next_token_targets
+from mixjax.model.config import ModelConfig
+from mixjax.model.decoder import Decoder, init_params
+from mixjax.train import mesh as meshlib
+from mixjax.train.optim import adamw_direction
+
+BATCH_KEYS = ("tokens", "segment_ids", "positions", "loss_mask", "domain_ids")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Everything that changes the compiled step."""
+
+    model: ModelConfig
+    batch_size: int
+    seq_len: int
+    num_domains: int
+    grad_accum: int = 1
+    compute_dtype: str = "float32"
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    clip_norm: float | None = 1.0
+
+
+def token_losses(logits_BxLxV, targets_BxL):
+    """Cross-entropy of each position (float32)."""
+    logits_BxLxV = logits_BxLxV.astype(jnp.float32)
+    lse_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
+    tgt_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
+    return lse_BxL - tgt_BxL
+
+
+def domain_sums(values_BxL, domain_ids_BxL, num_domains: int):
+    """Sum of `values` over the tokens of each domain [K] (domain -1 = padding, dropped).
+    A one-hot contraction: cheaper than a scatter (segment_sum) on CPU for few domains."""
+    onehot_BxLxK = jax.nn.one_hot(domain_ids_BxL, num_domains, dtype=jnp.float32)
+    return jnp.einsum("bl,blk->k", values_BxL.astype(jnp.float32), onehot_BxLxK)
+
+
+class Stepper:
+    def __init__(self, cfg: StepConfig, mesh):
+        self.cfg, self.mesh = cfg, mesh
+        div = meshlib.batch_divisor(mesh)
+        if cfg.batch_size % (div * cfg.grad_accum):
+            raise ValueError(f"batch size {cfg.batch_size} must be a multiple of data*fsdp ({div}) "
+                             f"x grad_accum ({cfg.grad_accum})")
+        abstract = nnx.eval_shape(lambda: Decoder(cfg.model, rngs=nnx.Rngs(0)))
+        self.graphdef, abs_state = nnx.split(abstract, nnx.Param)
+        self._state_def = jax.tree.structure(abs_state)
+        abs_pure = nnx.to_pure_dict(abs_state)
+        paths_a = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(abs_state)[0]]
+        paths_b = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(abs_pure)[0]]
+        assert [a.replace(".value", "") for a in paths_a] == paths_b, (paths_a, paths_b)
+        spec_pure = jax.tree.unflatten(jax.tree.structure(abs_pure),
+                                       jax.tree.leaves(nnx.get_partition_spec(abs_state),
+                                                       is_leaf=lambda x: isinstance(x, P)))
+        self.param_shardings = meshlib.shardings_for(abs_pure, spec_pure, mesh)
+        self.abstract_params = abs_pure
+        self.tx = adamw_direction(cfg.b1, cfg.b2, cfg.eps, cfg.weight_decay, cfg.clip_norm)
+        abs_opt = jax.eval_shape(self.tx.init, abs_pure)
+        pdef = jax.tree.structure(abs_pure)
+        repl = meshlib.replicated(mesh)
+        opt_sh = jax.tree.map(
+            lambda x: self.param_shardings if jax.tree.structure(x) == pdef else repl, abs_opt,
+            is_leaf=lambda x: jax.tree.structure(x) == pdef)
+        self.state_shardings = {"params": self.param_shardings, "opt": opt_sh}
+        self.abstract_state = {"params": abs_pure, "opt": abs_opt}
+        self.batch_sharding = meshlib.batch_sharding(mesh)
+        bsh = {k: self.batch_sharding for k in BATCH_KEYS}
+        self.train_step = jax.jit(self._train, in_shardings=(self.state_shardings, bsh, repl),
+                                  out_shardings=(self.state_shardings, repl), donate_argnums=0)
+        self.eval_step = jax.jit(self._eval, in_shardings=(self.param_shardings, bsh), out_shardings=repl)
+        self._init_params = None
+        self._init_opt = jax.jit(self.tx.init, out_shardings=opt_sh)
+
+    # -- model <-> params ---------------------------------------------------------------------
+    def merge(self, params) -> Decoder:
+        return nnx.merge(self.graphdef, jax.tree.unflatten(self._state_def, jax.tree.leaves(params)))
+
+    def _init(self, key):
+        return init_params(self.cfg.model, key)
+
+    def init_params(self, seed: int = 0):
+        """Random parameters, made directly in their shardings (no host copy of a big model)."""
+        if self._init_params is None:  # random-number code is slow to optimise and runs once
+            self._init_params = jax.jit(self._init, out_shardings=self.param_shardings).lower(
+                jax.random.key(0)).compile({"xla_backend_optimization_level": 0})
+        return self._init_params(jax.random.key(seed))
+
+    def params_from_model(self, model: Decoder):
+        pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        return jax.device_put(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), pure), self.param_shardings)
+
+    def init_state(self, params):
+        """{"params", "opt"} in their shardings. The train step donates its state: arrays passed
+        here may be consumed by the first step (copy them first to keep using them)."""
+        params = jax.device_put(params, self.param_shardings)
+        return {"params": params, "opt": self._init_opt(params)}
+
+    def put_batch(self, batch: PackedBatch | dict):
+        """The global batch as arrays sharded over (data, fsdp). Multi-host: every process builds
+        the same global batch (the sampler is deterministic) and contributes its own shards."""
+        arrays = batch.arrays() if isinstance(batch, PackedBatch) else batch
+        out = {}
+        for k in BATCH_KEYS:
+            a = np.asarray(arrays[k])
+            a = a.astype(np.int32) if a.dtype != np.bool_ else a
+            out[k] = jax.make_array_from_callback(a.shape, self.batch_sharding, lambda idx, a=a: a[idx])
+        return out
+
+    # -- the jitted functions -----------------------------------------------------------------
+    def _sums(self, params, b):
+        """(sum of token losses, per-domain loss sums [K], per-domain target counts [K])."""
+        dtype = DTYPES[self.cfg.compute_dtype]
+        if dtype != jnp.float32:
+            params = jax.tree.map(lambda p: p.astype(dtype), params)
+        model = self.merge(params)
+        targets_BxL, w_BxL = next_token_targets(b["tokens"], b["segment_ids"], b["loss_mask"], xp=jnp)
+        logits_BxLxV = model(b["tokens"], b["positions"], b["segment_ids"], dtype=dtype)
+        ce_BxL = token_losses(logits_BxLxV, targets_BxL) * w_BxL
+        k = self.cfg.num_domains
+        return jnp.sum(ce_BxL), domain_sums(ce_BxL, b["domain_ids"], k), domain_sums(w_BxL, b["domain_ids"], k)
+
+    def _train(self, state, b, lr):
+        params = state["params"]
+        _, w_BxL = next_token_targets(b["tokens"], b["segment_ids"], b["loss_mask"], xp=jnp)
+        denom = jnp.maximum(jnp.sum(w_BxL), 1.0)
+
+        def loss_fn(p, mb):
+            total, dl, dw = self._sums(p, mb)
+            return total / denom, (dl, dw)
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        a = self.cfg.grad_accum
+        if a == 1:
+            (loss, (dl, dw)), grads = grad_fn(params, b)
+        else:
+            micro = jax.tree.map(lambda x: x.reshape(a, x.shape[0] // a, *x.shape[1:]), b)
+
+            def body(carry, mb):
+                (loss, (dl, dw)), g = grad_fn(params, mb)
+                acc = jax.tree.map(jnp.add, carry, (loss, dl, dw, g))
+                return acc, None
+
+            zeros = jax.tree.map(jnp.zeros_like, (jnp.float32(0), jnp.zeros(self.cfg.num_domains),
+                                                   jnp.zeros(self.cfg.num_domains), params))
+            (loss, dl, dw, grads), _ = jax.lax.scan(body, zeros, micro)
+        gnorm = optax.tree.norm(grads)
+        direction, opt = self.tx.update(grads, state["opt"], params)
+        params = jax.tree.map(lambda p, u: p - lr * u.astype(p.dtype), params, direction)
+        metrics = {"loss": loss, "domain_loss_sum": dl, "domain_count": dw, "grad_norm": gnorm}
+        return {"params": params, "opt": opt}, metrics
+
+    def _eval(self, params, b):
+        _, dl, dw = self._sums(params, b)
+        return {"domain_loss_sum": dl, "domain_count": dw}
+
+
+@functools.lru_cache(maxsize=16)
+def get_stepper(cfg: StepConfig, mesh) -> Stepper:
+    return Stepper(cfg, mesh)

@@ -1,0 +1,99 @@
+"""The decoder on its own: shapes, parameter counts, packing, embedding variants, presets."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mixjax.errors import MixjaxError
+from mixjax.model import PRESETS, ModelConfig, get_config, init_model
+from mixjax.model.decoder import rope_inv_freq
+
+CFG = ModelConfig(vocab_size=61, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64)
+
+
+def jitted(model):
+    """The model's forward as one jitted function (eager op-by-op calls are slow to dispatch)."""
+    g, p = nnx.split(model)
+    f = jax.jit(lambda p, *a, dtype=None: nnx.merge(g, p)(*a, dtype=dtype), static_argnames="dtype")
+    return lambda *a, dtype=None: f(p, *a, dtype=dtype)
+
+
+def test_shapes_and_parameter_count():
+    model = init_model(CFG)
+    logits = jitted(model)(jnp.zeros((3, 11), jnp.int32))
+    assert logits.shape == (3, 11, 61) and logits.dtype == jnp.float32
+    n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert n == CFG.num_params()
+    untied = CFG.replace(tie_embeddings=False, arch="qwen2", qkv_bias=True)
+    n2 = sum(x.size for x in jax.tree.leaves(nnx.state(init_model(untied), nnx.Param)))
+    assert n2 == untied.num_params() and n2 > n
+
+
+def test_presets():
+    assert 0.4e6 < get_config("tiny", vocab_size=259).num_params() < 0.6e6
+    assert 2e6 < get_config("small", vocab_size=259).num_params() < 5e6
+    assert 0.45e9 < get_config("qwen2.5-0.5b").num_params() < 0.55e9
+    assert 7.5e9 < get_config("llama-3.1-8b").num_params() < 8.5e9
+    assert 3.0e9 < get_config("llama-3.2-3b").num_params() < 3.5e9
+    assert set(PRESETS) >= {"tiny", "small", "qwen2.5-0.5b", "qwen2.5-1.5b", "llama-3.2-3b", "llama-3.1-8b"}
+    with pytest.raises(MixjaxError, match="unknown model preset"):
+        get_config("gpt5")
+    with pytest.raises(MixjaxError, match="needs a vocab_size"):
+        get_config("tiny")
+    with pytest.raises(MixjaxError, match="smaller|<"):
+        get_config("qwen2.5-0.5b", vocab_size=200_000)
+
+
+def test_packed_rows_equal_separate_sequences():
+    model = jitted(init_model(CFG, seed=1))
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 61, 7), rng.integers(0, 61, 5)
+    row = jnp.asarray(np.concatenate([a, b, [0, 0]])[None], jnp.int32)
+    seg = jnp.asarray([[1] * 7 + [2] * 5 + [0, 0]], jnp.int32)
+    pos = jnp.asarray([list(range(7)) + list(range(5)) + [0, 1]], jnp.int32)
+    packed = np.asarray(model(row, pos, seg))
+    np.testing.assert_allclose(packed[0, :7], np.asarray(model(jnp.asarray(a[None], jnp.int32)))[0], atol=1e-5)
+    np.testing.assert_allclose(packed[0, 7:12], np.asarray(model(jnp.asarray(b[None], jnp.int32)))[0], atol=1e-5)
+
+
+def test_onehot_and_take_embeddings_agree_with_gradients():
+    toks = jnp.asarray(np.random.default_rng(0).integers(0, 61, (2, 9)), jnp.int32)
+    outs = []
+    for impl in ("onehot", "take"):
+        model = init_model(CFG.replace(embed_impl=impl), seed=2)
+        g, p = nnx.split(model, nnx.Param)
+        loss = lambda p: jnp.mean(nnx.merge(g, p)(toks) ** 2)  # noqa: E731
+        outs.append(jax.jit(jax.value_and_grad(loss))(p))
+    np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(outs[0][1]), jax.tree.leaves(outs[1][1])):
+        np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+def test_llama3_rope_scaling_changes_only_low_frequencies():
+    base = CFG.replace(head_dim=64, rope_theta=500000.0)
+    scaled = base.replace(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 64})
+    a, b = rope_inv_freq(base), rope_inv_freq(scaled)
+    assert a[0] == b[0] and np.isclose(b[-1], a[-1] / 8)
+    assert hash(scaled) and scaled.rope_scaling_dict["factor"] == 8.0
+
+
+def test_bf16_compute_is_close_to_f32():
+    model = jitted(init_model(CFG, seed=3))
+    toks = jnp.asarray(np.random.default_rng(1).integers(0, 61, (2, 16)), jnp.int32)
+    a = np.asarray(model(toks))
+    b = np.asarray(model(toks, dtype=jnp.bfloat16))
+    assert b.dtype == np.float32 and np.max(np.abs(a - b)) < 0.05
+
+
+def test_causal_query_blocks_do_not_change_the_result():
+    rng = np.random.default_rng(4)
+    toks = jnp.asarray(rng.integers(0, 61, (2, 48)), jnp.int32)
+    seg = jnp.asarray(np.repeat([[1] * 20 + [2] * 20 + [0] * 8], 2, 0), jnp.int32)
+    pos = jnp.asarray(np.repeat([list(range(20)) * 2 + list(range(8))], 2, 0), jnp.int32)
+    ref = np.asarray(jitted(init_model(CFG.replace(attn_blocks=1), seed=5))(toks, pos, seg))
+    for n in (3, 4):  # 48 / 4 and 48 / 3: blocks that cut through segments
+        got = np.asarray(jitted(init_model(CFG.replace(attn_blocks=n), seed=5))(toks, pos, seg))
+        np.testing.assert_allclose(got, ref, atol=1e-5)

@@ -1,0 +1,64 @@
+"""The train step on 1 device and on 8 fake CPU devices (several mesh shapes) gives the same
+losses; parameter shardings come from where the parameters are declared."""
+
+import jax
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from mixjax.model import ModelConfig
+from mixjax.train.mesh import fit_spec, make_mesh
+from mixjax.train.step import StepConfig, Stepper
+
+CFG = ModelConfig(vocab_size=67, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=64)
+
+
+def _batches(n, B=8, L=24, K=3):
+    rng = np.random.default_rng(0)
+    for _ in range(n):
+        seg = np.ones((B, L), int)
+        seg[:, L // 2:] = 2
+        seg[:, -3:] = 0
+        pos = np.concatenate([np.arange(L // 2), np.arange(L - L // 2)])[None].repeat(B, 0)
+        dom = rng.integers(0, K, (B, 2)).repeat(L // 2, 1)
+        dom[seg == 0] = -1
+        yield {"tokens": rng.integers(0, 67, (B, L)), "segment_ids": seg, "positions": pos,
+               "loss_mask": rng.random((B, L)) < 0.7, "domain_ids": dom}
+
+
+def _run(devices, shape, grad_accum=1, steps=3):
+    st = Stepper(StepConfig(CFG, 8, 24, 3, grad_accum=grad_accum), make_mesh(shape, devices))
+    state = st.init_state(st.init_params(0))
+    out = []
+    for b in _batches(steps):
+        state, m = st.train_step(state, st.put_batch(b), np.float32(3e-3))
+        m = jax.device_get(m)
+        out.append(np.concatenate([[m["loss"]], m["domain_loss_sum"] / m["domain_count"]]))
+    return np.array(out), st, state
+
+
+def test_one_device_and_eight_devices_give_the_same_losses():
+    assert len(jax.devices()) == 8
+    ref, _, ref_state = _run(jax.devices()[:1], None)
+    assert np.all(np.isfinite(ref)) and not np.allclose(ref[0], ref[-1])
+    for shape in [(2, 2, 2), (1, 4, 2)]:
+        got, st, state = _run(jax.devices(), shape)
+        np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-5)
+        for x, y in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(ref_state["params"])):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-4)
+    # the declared shardings are really used: q is split over fsdp and tensor on the (1,4,2) mesh
+    q = state["params"]["layers"][0]["attn"]["q_DxHxE"]
+    assert q.sharding.spec == P("fsdp", "tensor", None)
+    assert q.addressable_shards[0].data.shape == (32 // 4, 4 // 2, 8)
+
+
+def test_gradient_accumulation_matches_one_big_batch():
+    ref, _, _ = _run(jax.devices()[:1], None, grad_accum=1, steps=2)
+    acc, _, _ = _run(jax.devices()[:1], None, grad_accum=2, steps=2)
+    np.testing.assert_allclose(acc, ref, rtol=2e-5, atol=2e-5)
+
+
+def test_fit_spec_drops_axes_that_do_not_divide():
+    mesh = make_mesh((1, 2, 4), jax.devices())
+    assert fit_spec((32, 2, 8), P("fsdp", "tensor", None), mesh) == P("fsdp", None, None)
+    assert fit_spec((32, 8), P("fsdp", "tensor"), mesh) == P("fsdp", "tensor")
+    assert fit_spec((3,), P(None), mesh) == P(None)
