@@ -140,3 +140,44 @@ def test_aioli_bad_settings():
     with pytest.raises(MixjaxError, match="not 1/K"):
         Aioli(AioliConfig(one_hot_factor=0.5)).begin(["a", "b"], 1000)
     assert AioliConfig.released(7).lp_steps == 10 and AioliConfig.released(2).one_hot_factor == 0.625
+
+
+class _FakeSampler:
+    def __init__(self, k):
+        self.weights = np.full(k, 1.0 / k)
+
+    def set_weights(self, w):
+        assert abs(np.sum(w) - 1) < 1e-9
+        self.weights = np.asarray(w)
+
+
+def test_online_callback_drives_the_sampler_like_the_simulation():
+    """The trainer-callback adapter gives the sampler exactly the weights the method chooses."""
+    from types import SimpleNamespace
+
+    from mixjax.methods.online_callback import OnlineMethodCallback
+
+    a_true = np.array([[0.02, 0.004], [0.002, 0.01]])
+    cfg = AioliConfig.released(2, lp_rounds=2, lp_steps=2, update_steps=20)
+    expected = _simulate(_begun(Aioli(cfg), 60), a_true, 60, [3.0, 3.0])
+
+    loss = np.array([3.0, 3.0])
+    ctx = SimpleNamespace(domains=["a", "b"], num_steps=60, sampler=_FakeSampler(2),
+                          evaluate=lambda max_batches=None: dict(zip(["a", "b"], loss)))
+    callback = OnlineMethodCallback(Aioli(cfg))
+    callback.on_train_start(ctx)
+    used = []
+    for step in range(60):
+        used.append(ctx.sampler.weights)
+        loss = loss - a_true @ ctx.sampler.weights
+        callback.on_step(ctx, SimpleNamespace(step=step + 1, train_loss={"a": 0.0, "b": 0.0}))
+    np.testing.assert_allclose(used, expected)
+    assert callback.evaluations == 3 * (1 + 4)                 # per round: before LP + 4 intervals
+    restored = OnlineMethodCallback(Aioli(cfg))
+    restored.load_state_dict(json.loads(json.dumps(callback.state_dict())))
+    assert restored.method.state == callback.method.state and restored.trajectory == callback.trajectory
+
+
+def _begun(method, steps):
+    method.begin(["a", "b"], steps)
+    return method

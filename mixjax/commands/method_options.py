@@ -1,0 +1,64 @@
+"""Command-line options of the mixture methods, shared by `mixjax sweep` and `mixjax mix`."""
+
+from __future__ import annotations
+
+import argparse
+
+from mixjax.errors import MixjaxError
+
+# flag dest -> (methods it applies to, constructor keyword)
+OPTION_TARGETS = {
+    "grid_step": (("grid",), "step"),
+    "factors": (("li2025",), "factors"),
+    "base_fraction": (("li2025",), "base_fraction"),
+    "runs": (("dml", "regmix"), "n_runs"),
+    "eta": (("aioli",), "eta"),
+    "lp_rounds": (("aioli",), "lp_rounds"),
+    "lp_steps": (("aioli",), "lp_steps"),
+    "one_hot_factor": (("aioli",), "one_hot_factor"),
+    "update_steps": (("aioli",), "update_steps"),
+    "ema": (("aioli",), "ema"),
+    "prior_weights": (("aioli",), "prior_weights"),
+    "prior_steps": (("aioli",), "prior_steps"),
+}
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def add_method_arguments(p: argparse.ArgumentParser, methods: list[str]) -> None:
+    p.add_argument("--method", required=True, choices=methods)
+    g = p.add_argument_group("method options (defaults: the papers' settings)")
+    g.add_argument("--grid-step", type=float, help="grid: weight step, e.g. 0.125 (the paper's 21 mixtures)")
+    g.add_argument("--factors", type=_floats, help="li2025: perturbation factors (default 0.25,0.5,2,3)")
+    g.add_argument("--base-fraction", type=float,
+                   help="li2025: base run size as a fraction of the budget (default 0.25)")
+    g.add_argument("--runs", type=int, help="dml/regmix: number of Dirichlet runs")
+    g.add_argument("--eta", type=float, help="aioli: EG step size")
+    g.add_argument("--lp-rounds", type=int, help="aioli: LearnParams sweeps per round")
+    g.add_argument("--lp-steps", type=int, help="aioli: steps per LearnParams interval")
+    g.add_argument("--one-hot-factor", type=float, help="aioli: weight of the interval's own domain")
+    g.add_argument("--update-steps", type=int, help="aioli: steps per round")
+    g.add_argument("--ema", type=float, help="aioli: EMA of the interaction matrix")
+    g.add_argument("--prior-weights", type=_floats, help="aioli: start from these weights (restricted)")
+    g.add_argument("--prior-steps", type=int, help="aioli: steps at --prior-weights first")
+    g.add_argument("--online-eval-batches", type=int, default=4,
+                   help="validation batches per domain for each evaluation an online method asks for")
+
+
+def method_options(args) -> dict:
+    """The constructor options the user set; an option of another method is an error."""
+    options = {}
+    for dest, (methods, keyword) in OPTION_TARGETS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if args.method not in methods:
+            flag = "--" + dest.replace("_", "-")
+            raise MixjaxError(f"{flag} does not apply to --method {args.method} (only {', '.join(methods)})")
+        options[keyword] = value
+    return options

@@ -1,0 +1,40 @@
+"""`mixjax mix`: run a mixture method end to end and train at its weights."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    from mixjax.commands.method_options import add_method_arguments
+    from mixjax.commands.train import add_train_arguments
+    from mixjax.methods import names
+
+    p = subparsers.add_parser(
+        "mix", help="run a mixture method end to end",
+        description="Offline methods: train their runs, recommend weights, train a final run at them. "
+                    "Online methods: one run whose weights the method sets as it trains. Writes "
+                    "MIX_DIR/weights.json and MIX_DIR/final/result.json.")
+    add_method_arguments(p, names())
+    p.add_argument("--data", required=True, help="prepared data directory")
+    p.add_argument("--budget-tokens", required=True, help="tokens of the final run")
+    p.add_argument("--out", required=True, metavar="MIX_DIR")
+    add_train_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from mixjax.commands.method_options import method_options
+    from mixjax.commands.train import parse_tokens, train_config_from_args
+    from mixjax.data.prepared import PreparedData
+    from mixjax.methods.mix import run_mix
+
+    options = method_options(args)
+    budget = parse_tokens(args.budget_tokens, "--budget-tokens")
+    config = train_config_from_args(args)
+    data = PreparedData(args.data)
+    summary = run_mix(args.method, options, data, budget, args.out, config,
+                      eval_max_batches=args.online_eval_batches)
+    result = summary["results"][0]
+    print("weights: " + ", ".join(f"{d}={w:.4f}" for d, w in result["weights"].items()))
+    print("final val_loss: " + ", ".join(f"{d}={v:.4f}" for d, v in result["val_loss"].items()))
+    print(f"wrote {args.out}/weights.json and {args.out}/final/result.json")
+    return 0

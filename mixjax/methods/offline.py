@@ -1,0 +1,122 @@
+"""Offline methods that fit a model of loss against mixture to their own runs:
+li2025 (perturbation design + effective-data-transfer law), dml (Dirichlet runs + log-linear
+law) and regmix (many small Dirichlet runs + a regression of total loss on the mixture)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mixjax.errors import MixjaxError
+from mixjax.methods.base import ProposedRun, as_weights
+from mixjax.methods.li2025_design import DEFAULT_FACTORS, perturbation_runs
+
+
+def dirichlet_runs(prefix: str, domains: list[str], n_runs: int, budget_tokens: int, seed: int,
+                   alpha: float = 1.0) -> list[ProposedRun]:
+    rng = np.random.default_rng([seed, len(domains), n_runs])
+    mixtures = rng.dirichlet(np.full(len(domains), alpha), size=n_runs)
+    return [ProposedRun(f"{prefix}-{i:03d}", as_weights(domains, w), int(budget_tokens))
+            for i, w in enumerate(mixtures)]
+
+
+class _LawMethod:
+    """Fit `law_name` to the observations and optimise it at the target budget."""
+
+    law_name: str
+
+    def __init__(self, fit_options=None, available: dict | None = None, max_epochs: float | None = None):
+        self.fit_options, self.available, self.max_epochs = fit_options, available, max_epochs
+        self.fitted = None  # the FittedLaw of the last recommendation (written as law.json)
+
+    def recommend(self, observations, domains, budget_tokens):
+        from mixjax import laws
+        from mixjax.fit import fit
+        from mixjax.optimize import optimize
+
+        obs = observations.select(domains)
+        self.fitted = fit(laws.get(self.law_name), obs, token_unit=1e6, budgets=[budget_tokens],
+                          options=self.fit_options)
+        result = optimize(self.fitted, [budget_tokens], available=self.available, max_epochs=self.max_epochs)
+        return as_weights(domains, result.weights[0])
+
+
+class Li2025(_LawMethod):
+    """Algorithm 1: a base run of `base_fraction` x budget split evenly, each domain perturbed by
+    `factors`; fit the li2025 law on every run's loss on every domain; optimise at the budget."""
+
+    name = "li2025"
+    law_name = "li2025"
+
+    def __init__(self, base_fraction: float = 0.25, factors=DEFAULT_FACTORS, **kwargs):
+        super().__init__(**kwargs)
+        if not 0 < base_fraction:
+            raise MixjaxError("--base-fraction must be positive")
+        self.base_fraction, self.factors = base_fraction, tuple(factors)
+
+    def propose(self, domains, budget_tokens):
+        per_domain = int(self.base_fraction * budget_tokens / len(domains))
+        return perturbation_runs(domains, per_domain, self.factors)
+
+
+class DataMixingLaws(_LawMethod):
+    """DML (Ye et al.): Dirichlet mixtures at the target budget, a static log-linear law."""
+
+    name = "dml"
+    law_name = "loglinear"
+
+    def __init__(self, n_runs: int | None = None, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.n_runs, self.seed = n_runs, seed
+
+    def propose(self, domains, budget_tokens):
+        k = len(domains)
+        n = self.n_runs or 2 * k + 2
+        if n < k + 2:
+            raise MixjaxError(f"dml: --runs {n} is too few; the log-linear law needs at least K + 2 = {k + 2}")
+        return dirichlet_runs("dml", domains, n, budget_tokens, self.seed)
+
+
+def quadratic_features(p_NxK: np.ndarray) -> np.ndarray:
+    """[p_j, p_j p_l (j <= l)]: enough to bend towards an interior optimum."""
+    k = p_NxK.shape[1]
+    upper = np.triu_indices(k)
+    return np.concatenate([p_NxK, (p_NxK[:, :, None] * p_NxK[:, None, :])[:, upper[0], upper[1]]], axis=1)
+
+
+class RegMix:
+    """RegMix (Liu et al.): many small Dirichlet runs, a ridge regression of total validation loss
+    on quadratic features of the mixture, and the mean of the best `top_k` of many sampled
+    mixtures as the answer (RegMix averages its top predictions)."""
+
+    name = "regmix"
+
+    def __init__(self, n_runs: int | None = None, budget_fraction: float = 0.25, ridge: float = 1e-4,
+                 n_candidates: int = 100_000, top_k: int = 100, seed: int = 0):
+        self.n_runs, self.budget_fraction, self.ridge = n_runs, budget_fraction, ridge
+        self.n_candidates, self.top_k, self.seed = n_candidates, top_k, seed
+        self.coefficients = None
+
+    def propose(self, domains, budget_tokens):
+        k = len(domains)
+        n = self.n_runs or 4 * k + 4
+        n_features = k + k * (k + 1) // 2
+        if n < n_features:
+            raise MixjaxError(f"regmix: --runs {n} is too few for {n_features} regression features")
+        return dirichlet_runs("regmix", domains, n, int(self.budget_fraction * budget_tokens), self.seed)
+
+    def recommend(self, observations, domains, budget_tokens):
+        obs = observations.select(domains)
+        complete = obs.observed.all(axis=1)
+        if complete.sum() < 2:
+            raise MixjaxError("regmix: fewer than 2 runs have a loss on every domain")
+        p = obs.tokens[complete] / obs.tokens[complete].sum(axis=1, keepdims=True)
+        y = obs.losses[complete].sum(axis=1)
+        x = np.concatenate([np.ones((len(p), 1)), quadratic_features(p)], axis=1)
+        penalty = self.ridge * np.eye(x.shape[1])
+        penalty[0, 0] = 0.0  # do not shrink the intercept
+        self.coefficients = np.linalg.solve(x.T @ x + penalty, x.T @ y)
+        rng = np.random.default_rng(self.seed)
+        candidates = rng.dirichlet(np.ones(len(domains)), size=self.n_candidates)
+        predicted = np.concatenate([np.ones((len(candidates), 1)), quadratic_features(candidates)], 1) @ self.coefficients
+        best = candidates[np.argsort(predicted)[:self.top_k]].mean(axis=0)
+        return as_weights(domains, best / best.sum())

@@ -1,0 +1,58 @@
+"""Runs an online method inside `mixjax.train.run_training` as a trainer callback.
+
+Before the first step it asks the method for the weights of step 0; after every step it passes
+the per-domain training losses, evaluates when the method asks (on at most `eval_max_batches`
+validation batches per domain, since online methods evaluate often), and sets the sampler's
+weights for the next step. The method's state and the weight trajectory go into checkpoints.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mixjax.train.loop import Callback
+
+
+class OnlineMethodCallback(Callback):
+    def __init__(self, method, eval_max_batches: int | None = 4):
+        self.method = method
+        self.eval_max_batches = eval_max_batches
+        self.trajectory: list[tuple[int, list[float]]] = []
+        self.evaluations = 0
+
+    def _evaluate(self, ctx) -> np.ndarray:
+        self.evaluations += 1
+        val = ctx.evaluate(max_batches=self.eval_max_batches)
+        return np.array([val[d] for d in ctx.domains], np.float64)
+
+    def _set_weights(self, ctx, step: int) -> None:
+        weights = np.asarray(self.method.weights(step), np.float64)
+        if not self.trajectory or not np.allclose(self.trajectory[-1][1], weights, rtol=0, atol=1e-12):
+            self.trajectory.append((step, weights.tolist()))
+        ctx.sampler.set_weights(weights / weights.sum())
+
+    def on_train_start(self, ctx) -> None:
+        self.domains, self.num_steps = list(ctx.domains), int(ctx.num_steps)
+        self.method.begin(self.domains, self.num_steps)
+        if self.method.eval_due(0):
+            self.method.observe_eval(0, self._evaluate(ctx))
+        self._set_weights(ctx, 0)
+
+    def on_step(self, ctx, info) -> None:
+        step = info.step  # steps done
+        self.method.observe_train(step - 1, np.array([info.train_loss[d] for d in ctx.domains], np.float64))
+        if self.method.eval_due(step):
+            self.method.observe_eval(step, self._evaluate(ctx))
+        if step < ctx.num_steps:
+            self._set_weights(ctx, step)
+
+    def state_dict(self) -> dict:
+        return {"domains": self.domains, "num_steps": self.num_steps, "method": self.method.state_dict(),
+                "trajectory": self.trajectory, "evaluations": self.evaluations}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.domains, self.num_steps = state["domains"], state["num_steps"]
+        self.method.begin(self.domains, self.num_steps)
+        self.method.load_state_dict(state["method"])
+        self.trajectory = [(s, list(w)) for s, w in state["trajectory"]]
+        self.evaluations = state["evaluations"]
