@@ -36,10 +36,10 @@ def test_bundled_content_looks_like_its_domain(tmp_path):
     assert "def " in first["code"]["output"]
 
 
-def test_data_demo_and_demo_commands(tmp_path, capsys):
+def test_data_demo_command(tmp_path, capsys):
     assert main(["data", "demo", "--out", str(tmp_path / "src"), "--size-mb", "0.05"]) == 0
     assert "dialogue" in capsys.readouterr().out
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--size-mb", "0.1"]) == 0
-    printed = capsys.readouterr().out
-    assert "dialogue 102,400 (0.5000), math 61,440 (0.3000), code 40,960 (0.2000)" in printed
+    assert sorted(p.name for p in (tmp_path / "src").iterdir()) == [
+        "SOURCES.json", "code.jsonl", "dialogue.jsonl", "math.jsonl"]
     assert main(["data", "demo", "--out", str(tmp_path / "x"), "--size-mb", "0"]) == 2
+    assert "--size-mb must be positive" in capsys.readouterr().err
