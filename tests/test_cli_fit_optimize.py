@@ -8,20 +8,9 @@ import pytest
 from mixjax.cli import main
 from mixjax.laws import FittedLaw
 from mixjax.observations import perturbation_design, simulate, write_csv
+from tests.law_fixtures import PAPER_LIKE
 
 DOMAINS = ["if", "math", "code"]
-PAPER_LIKE = {
-    "law": "li2025",
-    "domains": DOMAINS,
-    "token_unit": 1000000,
-    "params": {
-        "C": [3.0, 2.5, 2.8],
-        "k": [0.5, 0.3, 0.4],
-        "alpha": [0.5, 0.6, 0.4],
-        "beta": [0.3, 0.4, 0.35],
-        "E": [1.0, 0.6, 0.8],
-    },
-}
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from mixjax.errors import MixjaxError
 from mixjax.fit import FitOptions, fit, huberize
 from mixjax.laws import FittedLaw
 from mixjax.observations import Observations, perturbation_design, simulate
+from tests.law_fixtures import paper_like_law
 from mixjax.optimize import optimize
 
 LI2025 = laws.get("li2025")
@@ -17,26 +18,12 @@ DOMAINS = ["if", "math", "code"]
 BASE_TOKENS = 660e3  # the paper's base run: 660K tokens per domain
 
 
-def true_law() -> FittedLaw:
-    return FittedLaw.from_json(
-        {
-            "law": "li2025",
-            "domains": DOMAINS,
-            "token_unit": 1e6,
-            "params": {
-                "C": [3.0, 2.5, 2.8],
-                "k": [0.5, 0.3, 0.4],
-                "alpha": [0.5, 0.6, 0.4],
-                "beta": [0.3, 0.4, 0.35],
-                "E": [1.0, 0.6, 0.8],
-            },
-        }
-    )
+
 
 
 def design_runs(noise, seed, law=None):
     runs, tokens = perturbation_design(DOMAINS, BASE_TOKENS)  # 1 base + 4 x 3 perturbations
-    return simulate(law or true_law(), runs, tokens, noise=noise, seed=seed)
+    return simulate(law or paper_like_law(), runs, tokens, noise=noise, seed=seed)
 
 
 def test_recovers_the_optimal_weights_of_a_known_law_from_noisy_runs():
@@ -47,7 +34,7 @@ def test_recovers_the_optimal_weights_of_a_known_law_from_noisy_runs():
     (200M, not asserted: 18/20 within 0.1, median 0.067 - a 100x extrapolation). The test asks
     for >= 18/20 at 5M (tol 0.02) and >= 15/20 at 20M (tol 0.05, a 10x extrapolation).
     """
-    truth = true_law()
+    truth = paper_like_law()
     budgets = [5e6, 2e7]
     w_true = optimize(truth, budgets).weights
     errors = []
@@ -66,7 +53,7 @@ def test_noiseless_runs_are_fitted_exactly():
     for q in fitted.diagnostics["domains"].values():
         assert q["r2"] > 0.999999
     np.testing.assert_allclose(
-        optimize(fitted, [5e6]).weights, optimize(true_law(), [5e6]).weights, atol=2e-3
+        optimize(fitted, [5e6]).weights, optimize(paper_like_law(), [5e6]).weights, atol=2e-3
     )
 
 
@@ -82,7 +69,7 @@ def test_every_run_informs_every_domain_and_missing_losses_are_skipped():
 
 def test_under_determination_flag_raised_for_5_runs_and_cleared_with_enough():
     runs, tokens = perturbation_design(DOMAINS, BASE_TOKENS)
-    few = simulate(true_law(), runs[:5], tokens[:5], noise=0.001)  # 5 runs, 5 params per domain
+    few = simulate(paper_like_law(), runs[:5], tokens[:5], noise=0.001)  # 5 runs, 5 params per domain
     d = fit(LI2025, few, options=QUICK).diagnostics
     assert d["under_determined"] is True
     assert all(q["under_determined"] for q in d["domains"].values())
@@ -94,7 +81,7 @@ def test_under_determination_flag_raised_for_5_runs_and_cleared_with_enough():
 
 def test_fewer_runs_than_parameters_is_an_error_that_says_how_many_more():
     runs, tokens = perturbation_design(DOMAINS, BASE_TOKENS)
-    obs = simulate(true_law(), runs[:3], tokens[:3])
+    obs = simulate(paper_like_law(), runs[:3], tokens[:3])
     with pytest.raises(MixjaxError, match="only 3 run\\(s\\) measure the loss of 'if': add at least 2 more") as e:
         fit(LI2025, obs, options=QUICK)
     assert "\n" not in str(e.value)
@@ -132,7 +119,7 @@ def test_diagnostics_loo_and_bootstrap_with_huber_despite_an_outlier():
     assert d["fit"]["huber_delta"] == 1e-3
     assert set(d["leave_one_out"]["domains"]) == set(DOMAINS)
     assert d["leave_one_out"]["domains"]["math"]["max_abs"] > 0.2  # the outlier is unpredictable
-    w_true = optimize(true_law(), [5e6]).weights[0]
+    w_true = optimize(paper_like_law(), [5e6]).weights[0]
     huber_error = np.abs(optimize(fitted, [5e6]).weights[0] - w_true).max()
     least_squares_error = np.abs(optimize(least_squares, [5e6]).weights[0] - w_true).max()
     assert huber_error < 0.01 and huber_error < least_squares_error / 2  # measured 0.003 vs 0.019

@@ -5,8 +5,9 @@ import pytest
 
 from mixjax.errors import MixjaxError
 from mixjax.methods.li2025_design import perturbation_runs
-from mixjax.observations import Observations
 from mixjax.methods.static import Grid, Stratified, simplex_grid
+from mixjax.observations import Observations
+from tests.law_fixtures import paper_like_law
 
 
 def test_grid_of_eighths_is_the_papers_21_mixtures():
@@ -48,18 +49,6 @@ def test_li2025_perturbation_design():
         perturbation_runs(["a", "b"], 10, factors=(1.0,))
 
 
-def _li2025_truth(k=3):
-    """A known li2025 law (token unit 1e6), as in the paper's ranges."""
-    from mixjax import laws
-    from mixjax.laws import FittedLaw
-
-    law = laws.get("li2025")
-    params = law.params_type(C=np.array([2.0, 1.5, 1.8][:k]), k=np.array([0.4, 0.2, 0.3][:k]),
-                             alpha=np.array([0.6, 0.5, 0.7][:k]), beta=np.array([0.3, 0.4, 0.25][:k]),
-                             E=np.array([1.0, 0.6, 0.8][:k]))
-    return FittedLaw(law, ["if", "math", "code"][:k], 1e6, params, {})
-
-
 def _observe(truth, runs, noise, seed):
     from mixjax.observations import simulate
 
@@ -74,7 +63,7 @@ def test_li2025_method_recovers_the_true_optimum_in_simulation():
     from mixjax.methods.offline import Li2025
     from mixjax.optimize import optimize
 
-    truth = _li2025_truth()
+    truth = paper_like_law()
     budget = 20_000_000
     true_weights = optimize(truth, [budget]).weights[0]
     options = FitOptions(n_bootstrap=0, leave_one_out=False)

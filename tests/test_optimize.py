@@ -12,6 +12,7 @@ from mixjax.errors import MixjaxError
 from mixjax.laws import FittedLaw
 from mixjax.laws.li2025 import Li2025Params
 from mixjax.optimize import optimize, project_box_simplex, solve_weights
+from tests.law_fixtures import paper_like_law
 
 LI2025 = laws.get("li2025")
 
@@ -121,24 +122,6 @@ def test_box_simplex_projection():
             # projection characterisation: <v - w, z - w> <= 0 for feasible z
             z = project(jnp.asarray(rng.normal(0, 2, (6,))), lower, upper)
             assert float(jnp.dot(v - w, z - w)) <= 1e-12
-
-
-def paper_like_law(law_name="li2025") -> FittedLaw:
-    """A hand-written law file in the paper's units (token_unit 1e6)."""
-    return FittedLaw.from_json(
-        {
-            "law": law_name,
-            "domains": ["if", "math", "code"],
-            "token_unit": 1000000,
-            "params": {
-                "C": [3.0, 2.5, 2.8],
-                "k": [0.5, 0.3, 0.4],
-                "alpha": [0.5, 0.6, 0.4],
-                "beta": [0.3, 0.4, 0.35],
-                "E": [1.0, 0.6, 0.8],
-            },
-        }
-    )
 
 
 def test_many_budgets_at_once_equal_one_at_a_time():

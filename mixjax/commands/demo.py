@@ -18,7 +18,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mixjax.commands.train import enable_compilation_cache
     from mixjax.demo import QUICK, DemoProfile, run_demo
+
+    enable_compilation_cache()
 
     run_demo(args.out, QUICK if args.quick else DemoProfile(), progress=not args.quiet)
     return 0

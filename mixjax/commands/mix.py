@@ -23,13 +23,14 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from mixjax.commands.method_options import method_options
-    from mixjax.commands.train import parse_tokens, train_config_from_args
+    from mixjax.commands.train import enable_compilation_cache, parse_tokens, train_config_from_args
     from mixjax.data.prepared import PreparedData
     from mixjax.methods.mix import run_mix
 
     options = method_options(args)
     budget = parse_tokens(args.budget_tokens, "--budget-tokens")
     config = train_config_from_args(args)
+    enable_compilation_cache()
     data = PreparedData(args.data)
     summary = run_mix(args.method, options, data, budget, args.out, config,
                       eval_max_batches=args.online_eval_batches)

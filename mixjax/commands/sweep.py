@@ -24,7 +24,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from mixjax.commands.method_options import method_options
-    from mixjax.commands.train import parse_tokens, train_config_from_args
+    from mixjax.commands.train import enable_compilation_cache, parse_tokens, train_config_from_args
     from mixjax.data.prepared import PreparedData
     from mixjax.methods import get
     from mixjax.methods.sweep import parse_shard, run_sweep
@@ -33,6 +33,7 @@ def run(args) -> int:
     shard = parse_shard(args.shard)
     budget = parse_tokens(args.budget_tokens, "--budget-tokens")
     config = train_config_from_args(args)
+    enable_compilation_cache()
     data = PreparedData(args.data)
     method = get(args.method, len(data.domains), **options)
     runs, observations = run_sweep(method, args.method, options, data, budget, args.out, config, shard=shard)
