@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from mixjax.errors import MixjaxError
+from mixjax.io import write_json_atomic
 
 
 @dataclasses.dataclass
@@ -162,12 +163,6 @@ def resolve_model_config(cfg: TrainConfig, vocab_size: int | None):
         raise MixjaxError(f"model vocab_size {mcfg.vocab_size} is smaller than the data's {vocab_size} "
                           f"(prepare the data with the model's tokenizer)")
     return mcfg, init_src
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
 
 
 def _per_domain(sums, counts, domains) -> dict[str, float]:
@@ -376,7 +371,7 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
     for cb in callbacks:
         cb.on_train_end(ctx, result)
     if out is not None and jax.process_index() == 0:
-        _write_json(out / "result.json", json.loads(json.dumps(result, default=float),
+        write_json_atomic(out / "result.json", json.loads(json.dumps(result, default=float),
                                                     parse_constant=lambda c: None))
     return result
 

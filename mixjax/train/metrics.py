@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from mixjax.io import write_text_atomic
 
 
 def _clean(x):
@@ -33,9 +34,7 @@ class MetricsWriter:
         if resume_step is not None and self.path.exists():
             keep = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(line + "\n" for line in keep))
-            os.replace(tmp, self.path)
+            write_text_atomic(self.path, "".join(line + "\n" for line in keep))
         elif self.path.exists():
             self.path.unlink()
         self._fh = open(self.path, "a")
