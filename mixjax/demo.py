@@ -107,11 +107,10 @@ def run_demo(out: str | Path, profile: DemoProfile = DemoProfile(), progress: bo
 
     config = TrainConfig(init=str(out / "base"), batch_size=profile.batch_size, seq_len=profile.seq_len,
                          lr=profile.sft_lr, eval_max_batches=profile.eval_max_batches, progress=progress)
-    method = Li2025(base_fraction=profile.perturb_tokens_per_domain * len(domains) / profile.target_tokens,
-                    fit_options=FitOptions(n_bootstrap=20))
+    design = Li2025(base_fraction=profile.perturb_tokens_per_domain * len(domains) / profile.target_tokens)
     _log("3/6", f"li2025 perturbation runs: base {profile.perturb_tokens_per_domain:,} tokens per domain, "
                 "each domain x 0.25, 0.5, 2, 3")
-    _, observations = run_sweep(method, "li2025", {}, data, profile.target_tokens, out / "sweep", config,
+    _, observations = run_sweep(design, "li2025", {}, data, profile.target_tokens, out / "sweep", config,
                                 log=lambda s: _log("3/6", s))
 
     _log("4/6", "fitting the li2025 law to every run's loss on every domain")

@@ -130,8 +130,8 @@ class MixtureSampler:
             raise MixjaxError(f"--budget-tokens {budget_tokens} is smaller than one batch "
                               f"({batch_size} x {seq_len} = {self.batch_tokens} tokens)")
         self.weights = check_weights(weights, self.domains)
-        self._check_budget()
         self._available = np.array([data.train_tokens()[d] for d in self.domains], np.int64)
+        self._check_budget()
         self._streams = [_DomainStream(data.split(d, "train"), i, seed)
                          for i, d in enumerate(self.domains)]
         self.step = 0
@@ -147,14 +147,13 @@ class MixtureSampler:
         return cls(data, {d: n / total for d, n in budgets.items()}, budget_tokens=total, **kwargs)
 
     def _check_budget(self) -> None:
-        available = self.data.train_tokens()
         total = self.num_steps * self.batch_tokens
-        for d, w in zip(self.domains, self.weights):
+        for d, w, available in zip(self.domains, self.weights, self._available):
             need = w * total
-            if need + 1 > self.max_epochs * available[d]:  # +1: rounding may give one more
+            if need + 1 > self.max_epochs * available:  # +1: rounding may give one more
                 raise MixjaxError(
                     f"--budget-tokens: domain '{d}' needs {need:,.0f} tokens at weight {w:.4g} but has "
-                    f"{available[d]:,} training tokens x max_epochs={self.max_epochs:g}")
+                    f"{available:,} training tokens x max_epochs={self.max_epochs:g}")
 
     @property
     def tokens_consumed(self) -> dict[str, int]:

@@ -39,10 +39,11 @@ def _describe(method_name, options, runs, budget_tokens, data, config) -> dict:
 
 def check_sweep_dir(out: Path, description: dict) -> None:
     path = out / "sweep.json"
+    description = json.loads(json.dumps(description))  # as it reads back from the file
     if path.is_file():
         old = json.loads(path.read_text())
-        if old != json.loads(json.dumps(description)):
-            differs = sorted(k for k in set(old) | set(description) if old.get(k) != json.loads(json.dumps(description)).get(k))
+        if old != description:
+            differs = sorted(k for k in set(old) | set(description) if old.get(k) != description.get(k))
             raise MixjaxError(f"--out: {out} holds a sweep of another configuration ({', '.join(differs)} "
                               "differ); use a new directory")
     else:
