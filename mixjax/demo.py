@@ -37,33 +37,6 @@ QUICK = DemoProfile(size_mb=0.1, base_tokens=16_384, perturb_tokens_per_domain=2
                     budgets=(8192, 81_920), batch_size=8, seq_len=64)
 
 
-def generic_text(out: Path, size_bytes: int) -> Path:
-    """Plain-text records of the Python documentation topics shipped with the standard library."""
-    from pydoc_data.topics import topics
-
-    lines, size = [], 0
-    for name in sorted(topics):
-        line = json.dumps({"text": topics[name].strip()})
-        lines.append(line)
-        size += len(line)
-        if size >= size_bytes:
-            break
-    write_text_atomic(out, "\n".join(lines) + "\n")
-    return out
-
-
-def _cached_run(config, data, weights: dict, budget: int, out_dir: Path) -> dict:
-    """A finished run at the same weights is reused; otherwise (re)trained."""
-    from mixjax.train import run_training
-
-    result_path = out_dir / "result.json"
-    if result_path.is_file():
-        result = json.loads(result_path.read_text())
-        if all(abs(result["weights"][d] - w) < 1e-9 for d, w in weights.items()):
-            return result
-    return run_training(config, data, weights, budget, out_dir=out_dir)
-
-
 def _log(step: str, text: str) -> None:
     print(f"[{step}] {text}", flush=True)
 
@@ -71,41 +44,21 @@ def _log(step: str, text: str) -> None:
 def run_demo(out: str | Path, profile: DemoProfile = DemoProfile(), progress: bool = True) -> dict:
     from mixjax import laws
     from mixjax.commands.optimize import plot, table
-    from mixjax.commands.prepare import format_manifest
-    from mixjax.data.bundled import BUILDERS, write_bundled
-    from mixjax.data.prepare import PrepareOptions, parse_domain_flag, prepare
-    from mixjax.data.prepared import PreparedData
     from mixjax.fit import FitOptions, fit
     from mixjax.methods.offline import Li2025
     from mixjax.methods.sweep import run_sweep
     from mixjax.optimize import optimize
-    from mixjax.train import TrainConfig, run_training
+    from mixjax.starter import cached_run, prepare_bundled, pretrained_base
+    from mixjax.train import TrainConfig
 
     started = time.perf_counter()
     out = Path(out)
-    sources = out / "sources"
-    if not all((sources / f"{d}.jsonl").is_file() for d in BUILDERS):
-        _log("1/6", f"writing the bundled domains to {sources}")
-        write_bundled(sources, int(profile.size_mb * 1e6))
-    specs = [parse_domain_flag(f"{d}={sources / (d + '.jsonl')}") for d in BUILDERS]
-    _log("1/6", f"preparing the domains into {out / 'data'}")
-    print(format_manifest(prepare(specs, out / "data", PrepareOptions(), progress=progress)))
-    data = PreparedData(out / "data")
+    data = prepare_bundled(out, profile.size_mb, progress=progress, log=lambda s: _log("1/6", s))
     domains = data.domains
+    base = pretrained_base(out, profile.base_tokens, profile.batch_size, profile.seq_len, profile.lr,
+                           text_mb=profile.size_mb, progress=progress, log=lambda s: _log("2/6", s))
 
-    if not (out / "base" / "result.json").is_file():
-        _log("2/6", f"pre-training the tiny base model on generic text ({profile.base_tokens:,} tokens)")
-        text = generic_text(sources / "generic_text.jsonl", int(max(profile.size_mb, 0.2) * 1e6))
-        prepare([parse_domain_flag(f"text={text}")], out / "base_data", PrepareOptions(loss_on="all"),
-                progress=False)
-        base_config = TrainConfig(model="tiny", batch_size=profile.batch_size, seq_len=profile.seq_len,
-                                  lr=profile.lr, checkpoint_every=10**12, progress=progress)
-        run_training(base_config, PreparedData(out / "base_data"), {"text": 1.0}, profile.base_tokens,
-                     out_dir=out / "base")
-    else:
-        _log("2/6", f"base model cached in {out / 'base'}")
-
-    config = TrainConfig(init=str(out / "base"), batch_size=profile.batch_size, seq_len=profile.seq_len,
+    config = TrainConfig(init=str(base), batch_size=profile.batch_size, seq_len=profile.seq_len,
                          lr=profile.sft_lr, eval_max_batches=profile.eval_max_batches, progress=progress)
     design = Li2025(base_fraction=profile.perturb_tokens_per_domain * len(domains) / profile.target_tokens)
     _log("3/6", f"li2025 perturbation runs: base {profile.perturb_tokens_per_domain:,} tokens per domain, "
@@ -132,7 +85,7 @@ def run_demo(out: str | Path, profile: DemoProfile = DemoProfile(), progress: bo
     optimised = {d: float(w) for d, w in zip(domains, result.weights[0])}
     stratified = {d: 1 / len(domains) for d in domains}
     _log("6/6", f"verification at {profile.target_tokens:,} tokens: optimised vs stratified weights")
-    runs = {name: _cached_run(config, data, weights, profile.target_tokens, out / "verify" / name)
+    runs = {name: cached_run(config, data, weights, profile.target_tokens, out / "verify" / name)
             for name, weights in (("optimised", optimised), ("stratified", stratified))}
     rows = ["| run | " + " | ".join(f"{d} weight" for d in domains) + " | " +
             " | ".join(f"{d} val loss" for d in domains) + " | total |", "|---" * (2 * len(domains) + 2) + "|"]
