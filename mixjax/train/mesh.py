@@ -4,9 +4,10 @@ Axes are `Auto`: the train step gets explicit in/out shardings for its state and
 sharding propagation places the intermediate values. (Explicit axes would need an out_sharding on
 every einsum of the model; Auto keeps the model free of mesh code.)
 
-Multi-host: set MIXJAX_DISTRIBUTED=1 (or launch under SLURM with more than one task, or set
-JAX_COORDINATOR_ADDRESS) and `jax.distributed.initialize()` is called before the mesh is built;
-every process then runs the same command and the mesh spans all processes' devices.
+Multi-host: under SLURM with more than one task, `jax.distributed.initialize()` finds the job by
+itself. Anywhere else set JAX_COORDINATOR_ADDRESS=host:port (process 0's), MIXJAX_NUM_PROCESSES
+and MIXJAX_PROCESS_ID in every process (MIXJAX_DISTRIBUTED=0 turns it off). Every process runs the
+same command and the mesh spans all processes' devices (tested with two CPU processes).
 """
 
 from __future__ import annotations
@@ -34,7 +35,14 @@ def maybe_initialize_distributed() -> bool:
     want = env.get("MIXJAX_DISTRIBUTED", "").lower() in ("1", "true", "yes") \
         or int(env.get("SLURM_NTASKS", "1") or 1) > 1 or "JAX_COORDINATOR_ADDRESS" in env
     if want and env.get("MIXJAX_DISTRIBUTED", "").lower() not in ("0", "false", "no"):
-        jax.distributed.initialize()
+        explicit = {}
+        for key, name in (("num_processes", "MIXJAX_NUM_PROCESSES"), ("process_id", "MIXJAX_PROCESS_ID")):
+            if env.get(name):
+                try:
+                    explicit[key] = int(env[name])
+                except ValueError:
+                    raise MixjaxError(f"{name}: expected an integer, got {env[name]!r}") from None
+        jax.distributed.initialize(**explicit)
         _distributed_done = True
     return _distributed_done
 
