@@ -57,7 +57,7 @@ def test_sweep_refuses_a_directory_of_another_configuration(data_dir, tmp_path, 
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--method", "grid", "--eta", "0.1"], "--eta does not apply to --method grid (only aioli)"),
+    (["--method", "grid", "--eta", "0.1"], "--eta does not apply to --method grid (only aioli, doremi, doge, skillit)"),
     (["--method", "grid", "--shard", "2/2"], "--shard: expected i/n with 0 <= i < n"),
     (["--method", "dml", "--runs", "2"], "dml: --runs 2 is too few"),
 ])

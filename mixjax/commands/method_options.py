@@ -11,15 +11,22 @@ OPTION_TARGETS = {
     "grid_step": (("grid",), "step"),
     "factors": (("li2025",), "factors"),
     "base_fraction": (("li2025",), "base_fraction"),
+    "no_extra_runs": (("li2025",), "add_runs"),  # the flag stores False
     "runs": (("dml", "regmix"), "n_runs"),
-    "eta": (("aioli",), "eta"),
+    "eta": (("aioli", "doremi", "doge", "skillit"), "eta"),
     "lp_rounds": (("aioli",), "lp_rounds"),
     "lp_steps": (("aioli",), "lp_steps"),
     "one_hot_factor": (("aioli",), "one_hot_factor"),
-    "update_steps": (("aioli",), "update_steps"),
+    "update_steps": (("aioli", "skillit"), "update_steps"),
     "ema": (("aioli",), "ema"),
     "prior_weights": (("aioli",), "prior_weights"),
     "prior_steps": (("aioli",), "prior_steps"),
+    "update_every": (("doremi", "doge"), "update_every"),
+    "proxy_fraction": (("doremi", "doge"), "proxy_fraction"),
+    "smoothing": (("doremi",), "smoothing"),
+    "reference": (("doremi",), "reference"),
+    "window": (("skillit",), "window"),
+    "single_fraction": (("skillit",), "single_fraction"),
 }
 
 
@@ -37,15 +44,29 @@ def add_method_arguments(p: argparse.ArgumentParser, methods: list[str]) -> None
     g.add_argument("--factors", type=_floats, help="li2025: perturbation factors (default 0.25,0.5,2,3)")
     g.add_argument("--base-fraction", type=float,
                    help="li2025: base run size as a fraction of the budget (default 0.25)")
+    g.add_argument("--no-extra-runs", action="store_const", const=False, default=None,
+                   help="li2025: do not add runs when the fit would be under-determined")
     g.add_argument("--runs", type=int, help="dml/regmix: number of Dirichlet runs")
-    g.add_argument("--eta", type=float, help="aioli: EG step size")
+    g.add_argument("--eta", type=float,
+                   help="EG step size: aioli (released: 0.2 for 2 domains, 0.1 for 3-4, 1 for more), "
+                        "doremi 1, doge 100 (= 1/mu), skillit 0.2")
     g.add_argument("--lp-rounds", type=int, help="aioli: LearnParams sweeps per round")
     g.add_argument("--lp-steps", type=int, help="aioli: steps per LearnParams interval")
     g.add_argument("--one-hot-factor", type=float, help="aioli: weight of the interval's own domain")
-    g.add_argument("--update-steps", type=int, help="aioli: steps per round")
+    g.add_argument("--update-steps", type=int, help="aioli (default 250) / skillit (default 500): steps per round")
     g.add_argument("--ema", type=float, help="aioli: EMA of the interaction matrix")
     g.add_argument("--prior-weights", type=_floats, help="aioli: start from these weights (restricted)")
     g.add_argument("--prior-steps", type=int, help="aioli: steps at --prior-weights first")
+    g.add_argument("--update-every", type=int,
+                   help="doremi (default 1) / doge (default 100): steps between weight updates")
+    g.add_argument("--proxy-fraction", type=float,
+                   help="doremi/doge: proxy (and doremi's reference) run size as a fraction of the budget (default 1)")
+    g.add_argument("--smoothing", type=float, help="doremi: weight of the uniform distribution mixed in (default 1e-3)")
+    g.add_argument("--reference", metavar="RUN_DIR",
+                   help="doremi: an existing reference run with a checkpoint (default: train one at stratified weights)")
+    g.add_argument("--window", type=int, help="skillit: evaluations whose losses are summed (default 3)")
+    g.add_argument("--single-fraction", type=float,
+                   help="skillit: each single-domain run's size as a fraction of the budget (default 1/K)")
     g.add_argument("--online-eval-batches", type=int, default=4,
                    help="validation batches per domain for each evaluation an online method asks for")
 

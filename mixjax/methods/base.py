@@ -33,8 +33,24 @@ class OfflineMethod(Protocol):
     def recommend(self, observations, domains: list[str], budget_tokens: int) -> dict[str, float]:
         """Weights for the target budget, from the observed runs."""
 
+    # Optional: `extra_runs(observations, domains, budget_tokens) -> list[ProposedRun]`, runs to add
+    # (once) when the proposed ones turn out not to determine the answer (li2025).
+
 
 class OnlineMethod(Protocol):
+    """Optional members, which `run_mix` uses when present:
+
+    - `prerequisite_runs(domains, budget_tokens) -> list[ProposedRun]`: runs to train first
+      (DoReMi's reference, Skill-It's single-domain runs); `keep_prerequisite_params = True` keeps
+      their final parameters (a checkpoint); `use_prerequisites({name: PrerequisiteResult})`
+      hands their results back before the online run.
+    - `proxy_fraction`: the online run is a proxy of this fraction of the budget, and a final run
+      trains at `final_weights()` (DoReMi, DoGE); absent or None: the online run is the final model.
+    - `final_weights() -> np.ndarray`: the weights it recommends after its run (default: the last).
+    - `make_callback(eval_max_batches)`: a trainer callback that measures what the method needs
+      beyond per-domain losses (default: `OnlineMethodCallback`).
+    """
+
     name: str
 
     def begin(self, domains: list[str], num_steps: int) -> None:

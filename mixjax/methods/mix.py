@@ -1,9 +1,15 @@
 """Running any method end to end: its weights, and a final run trained at them.
 
-Offline: the sweep of its proposed runs (MIX_DIR/sweep, resumable), its recommendation, the law
-it fitted (MIX_DIR/law.json, for li2025 and dml), and MIX_DIR/final. Online: one run in
-MIX_DIR/final with the method setting the weights as it trains, and MIX_DIR/trajectory.json.
-MIX_DIR/weights.json has the weights-file format of `mixjax optimize` plus what the method spent.
+Offline: the sweep of its proposed runs (MIX_DIR/sweep, resumable), extra runs when it asks for
+them once the first ones are in (li2025, under-determined: MIX_DIR/sweep-extra), its
+recommendation, the law it fitted (MIX_DIR/law.json, for li2025 and dml), and MIX_DIR/final.
+Online: its prerequisite runs (MIX_DIR/prereq/<name>, resumable), then one run with the method
+setting the weights as it trains: the final model itself (aioli, skillit), or a proxy run
+(MIX_DIR/proxy; doremi, doge) whose averaged weights the final run in MIX_DIR/final trains at.
+MIX_DIR/trajectory.json holds the online run's weights over its steps. MIX_DIR/weights.json has
+the weights-file format of `mixjax optimize` plus what the method spent besides the final run
+(`extra_runs`, `extra_tokens`). MIX_DIR/mix.json records the configuration; a rerun with
+another one is refused.
 """
 
 from __future__ import annotations
@@ -18,42 +24,151 @@ from mixjax.io import write_json_atomic
 from mixjax.methods import get, is_online
 
 
+class _Runs:
+    """A fixed list of runs as an offline method (to train them with `run_sweep`)."""
+
+    def __init__(self, runs):
+        self.runs = runs
+
+    def propose(self, domains, budget_tokens):
+        return self.runs
+
+
+def planned_spend(method, domains: list[str], budget_tokens: int) -> tuple[int, int]:
+    """(runs, tokens) a method trains besides the final run, known before training: an offline
+    method's proposed runs; an online method's prerequisite runs and its proxy run. (li2025's
+    extra runs depend on the results and are counted only by `run_mix`.)"""
+    if hasattr(method, "propose"):
+        runs = method.propose(domains, budget_tokens)
+        return len(runs), int(sum(r.budget_tokens for r in runs))
+    prereqs = method.prerequisite_runs(domains, budget_tokens) if hasattr(method, "prerequisite_runs") else []
+    runs, tokens = len(prereqs), int(sum(r.budget_tokens for r in prereqs))
+    if getattr(method, "proxy_fraction", None):
+        runs, tokens = runs + 1, tokens + method.proxy_tokens(budget_tokens)
+    return runs, tokens
+
+
+def _concat(a, b):
+    from mixjax.observations import Observations
+
+    b = b.select(a.domains)
+    return Observations(a.runs + b.runs, a.domains, np.vstack([a.tokens, b.tokens]), np.vstack([a.losses, b.losses]))
+
+
+def _describe_mix(method_name, options, budget_tokens, data, config) -> dict:
+    return {"method": method_name, "options": options, "budget_tokens": int(budget_tokens),
+            "domains": list(data.domains),
+            "train_config": {k: v for k, v in config.to_dict().items() if k not in ("progress", "resume")}}
+
+
+def _offline(method, method_name, options, data, budget_tokens, out, config, log):
+    from mixjax.methods.sweep import run_sweep
+
+    domains = list(data.domains)
+    runs, observations = run_sweep(method, method_name, options, data, budget_tokens, out / "sweep", config, log=log)
+    if len(observations.runs) < len(runs):
+        raise MixjaxError(f"{out / 'sweep'}: {len(runs) - len(observations.runs)} run(s) unfinished")
+    extra = method.extra_runs(observations, domains, budget_tokens) if hasattr(method, "extra_runs") else []
+    if extra:
+        log(f"{method_name}: the runs leave the law under-determined; {len(extra)} more run(s) "
+            f"({', '.join(r.name for r in extra)})")
+        _, more = run_sweep(_Runs(extra), f"{method_name} (extra runs)", options, data, budget_tokens,
+                            out / "sweep-extra", config, log=log)
+        observations, runs = _concat(observations, more), runs + extra
+    weights = method.recommend(observations, domains, budget_tokens)
+    summary = {}
+    fitted = getattr(method, "fitted", None)
+    if fitted is not None:
+        write_json_atomic(out / "law.json", json.loads(json.dumps(fitted.to_json(), default=float)))
+        summary["law"] = fitted.law.name
+        summary["under_determined"] = bool(fitted.diagnostics.get("under_determined"))
+    summary.update(extra_runs=len(runs), extra_tokens=int(sum(r.budget_tokens for r in runs)))
+    shown = ", ".join(f"{d}={w:.3f}" for d, w in weights.items())
+    log(f"{method_name}: recommends {shown}; final run of {budget_tokens:,} tokens")
+    final = _final_run(config, data, weights, budget_tokens, out / "final", log)
+    return weights, final, summary
+
+
+def _final_run(config, data, weights: dict, budget_tokens: int, run_dir: Path, log) -> dict:
+    """Train the final run at `weights`, or reuse one finished at the same weights (mix.json has
+    already checked that the rest of the configuration is the same)."""
+    from mixjax.methods.prerequisites import read_result
+    from mixjax.train import run_training
+
+    if (run_dir / "result.json").is_file():
+        done = read_result(run_dir)
+        if done.get("budget_tokens") == int(budget_tokens) and done.get("weights", {}).keys() == weights.keys() \
+                and all(abs(done["weights"][d] - w) < 1e-9 for d, w in weights.items()):
+            log(f"final run done already ({run_dir})")
+            return done
+    return run_training(config, data, weights, budget_tokens, out_dir=run_dir)
+
+
+def _finished_online_run(run_dir: Path) -> dict | None:
+    """The result of a finished online run in run_dir (with its "online" record), or None."""
+    from mixjax.methods.prerequisites import read_result
+
+    if not (run_dir / "result.json").is_file():
+        return None
+    result = read_result(run_dir)
+    if "online" not in result:
+        raise MixjaxError(f"{run_dir / 'result.json'}: not an online method's run; delete {run_dir} to retrain it")
+    return result
+
+
+def _online(method, method_name, options, data, budget_tokens, out, config, eval_max_batches, log):
+    from mixjax.methods.online_callback import OnlineMethodCallback
+    from mixjax.methods.prerequisites import train_prerequisites
+    from mixjax.train import run_training
+
+    domains = list(data.domains)
+    n_runs, n_tokens = planned_spend(method, domains, budget_tokens)
+    if hasattr(method, "prerequisite_runs"):
+        results = train_prerequisites(method, method_name, options, data, budget_tokens, out / "prereq",
+                                      config, log=log)
+        if results:
+            method.use_prerequisites(results)
+    proxy = getattr(method, "proxy_fraction", None)
+    run_dir = out / ("proxy" if proxy else "final")
+    tokens = method.proxy_tokens(budget_tokens) if proxy else budget_tokens
+    result = _finished_online_run(run_dir)
+    if result is not None:
+        log(f"{method_name}: {'proxy' if proxy else 'online'} run done already ({run_dir})")
+    else:
+        make = getattr(method, "make_callback", None)
+        callback = make(eval_max_batches) if make else OnlineMethodCallback(method, eval_max_batches=eval_max_batches)
+        log(f"{method_name}: {'proxy' if proxy else 'one'} run of {tokens:,} tokens, weights set while it trains")
+        result = run_training(config, data, {d: 1 / len(domains) for d in domains}, tokens,
+                              out_dir=run_dir, callbacks=[callback])
+    record = result["online"]
+    write_json_atomic(out / "trajectory.json", {"domains": domains, "run": run_dir.name,
+                                                "trajectory": record["trajectory"]})
+    weights = record["weights"]
+    if proxy:
+        shown = ", ".join(f"{d}={w:.3f}" for d, w in weights.items())
+        log(f"{method_name}: average weights of the proxy run {shown}; final run of {budget_tokens:,} tokens")
+        final = _final_run(config, data, weights, budget_tokens, out / "final", log)
+    else:
+        final = result
+    return weights, final, {"extra_runs": n_runs, "extra_tokens": n_tokens, "evaluations": record["evaluations"]}
+
+
 def run_mix(method_name: str, options: dict, data, budget_tokens: int, out, config, *,
             eval_max_batches: int | None = 4, log=print) -> dict:
-    from mixjax.train import run_training
+    from mixjax.methods.sweep import check_sweep_dir
 
     out = Path(out)
     domains = list(data.domains)
     method = get(method_name, len(domains), **options)
-    summary = {"method": method_name, "options": options, "domains": domains}
+    planned_spend(method, domains, budget_tokens)  # bad options / too few domains: fail before any file
+    check_sweep_dir(out, _describe_mix(method_name, options, budget_tokens, data, config),
+                    filename="mix.json", what="a mix")
     if is_online(method_name):
-        from mixjax.methods.online_callback import OnlineMethodCallback
-
-        callback = OnlineMethodCallback(method, eval_max_batches=eval_max_batches)
-        log(f"{method_name}: one run of {budget_tokens:,} tokens, weights set while it trains")
-        final = run_training(config, data, {d: 1 / len(domains) for d in domains}, budget_tokens,
-                             out_dir=out / "final", callbacks=[callback])
-        weights = dict(zip(domains, np.asarray(method.state_dict()["weights"], float).tolist()))
-        write_json_atomic(out / "trajectory.json", {"domains": domains, "trajectory": [
-            {"step": s, "weights": dict(zip(domains, w))} for s, w in callback.trajectory]})
-        summary.update(extra_runs=0, extra_tokens=0, evaluations=callback.evaluations)
+        weights, final, spent = _online(method, method_name, options, data, budget_tokens, out, config,
+                                        eval_max_batches, log)
     else:
-        from mixjax.methods.sweep import run_sweep
-
-        runs, observations = run_sweep(method, method_name, options, data, budget_tokens, out / "sweep",
-                                       config, log=log)
-        if len(observations.runs) < len(runs):
-            raise MixjaxError(f"{out / 'sweep'}: {len(runs) - len(observations.runs)} run(s) unfinished")
-        weights = method.recommend(observations, domains, budget_tokens)
-        fitted = getattr(method, "fitted", None)
-        if fitted is not None:
-            write_json_atomic(out / "law.json", json.loads(json.dumps(fitted.to_json(), default=float)))
-            summary["law"] = fitted.law.name
-        summary.update(extra_runs=len(runs), extra_tokens=int(sum(r.budget_tokens for r in runs)))
-        shown = ", ".join(f"{d}={w:.3f}" for d, w in weights.items())
-        log(f"{method_name}: recommends {shown}; final run of {budget_tokens:,} tokens")
-        final = run_training(config, data, weights, budget_tokens, out_dir=out / "final")
-    summary["results"] = [{"budget": int(budget_tokens), "weights": weights,
-                           "val_loss": final["val_loss"]}]
+        weights, final, spent = _offline(method, method_name, options, data, budget_tokens, out, config, log)
+    summary = {"method": method_name, "options": options, "domains": domains, **spent,
+               "results": [{"budget": int(budget_tokens), "weights": weights, "val_loss": final["val_loss"]}]}
     write_json_atomic(out / "weights.json", summary)
     return summary

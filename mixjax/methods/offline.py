@@ -40,22 +40,55 @@ class _LawMethod:
         return as_weights(domains, result.weights[0])
 
 
+REST_FACTORS = (2.0, 0.5, 3.0, 0.25)
+
+
 class Li2025(_LawMethod):
     """Algorithm 1: a base run of `base_fraction` x budget split evenly, each domain perturbed by
-    `factors`; fit the li2025 law on every run's loss on every domain; optimise at the budget."""
+    `factors`; fit the li2025 law on every run's loss on every domain; optimise at the budget.
+
+    When the runs leave some domain's law under-determined (at most as many observed losses as
+    free parameters: the rule of `fit`'s diagnostics["under_determined"], e.g. a design with one
+    factor), `extra_runs` proposes, once, runs that keep one domain at the base n and scale all the
+    others (by 2, then 0.5, 3, 0.25 while more are needed; K runs per factor): they vary the other
+    domains' tokens, which the transfer terms k, alpha need, and each adds an observation to every
+    domain's law. Names ("<domain>-rest-x2") are stable, so a killed sweep resumes."""
 
     name = "li2025"
     law_name = "li2025"
 
-    def __init__(self, base_fraction: float = 0.25, factors=DEFAULT_FACTORS, **kwargs):
+    def __init__(self, base_fraction: float = 0.25, factors=DEFAULT_FACTORS, add_runs: bool = True, **kwargs):
         super().__init__(**kwargs)
         if not 0 < base_fraction:
             raise MixjaxError("--base-fraction must be positive")
-        self.base_fraction, self.factors = base_fraction, tuple(factors)
+        self.base_fraction, self.factors, self.add_runs = base_fraction, tuple(factors), bool(add_runs)
+
+    def _per_domain(self, domains, budget_tokens) -> int:
+        return int(self.base_fraction * budget_tokens / len(domains))
 
     def propose(self, domains, budget_tokens):
-        per_domain = int(self.base_fraction * budget_tokens / len(domains))
-        return perturbation_runs(domains, per_domain, self.factors)
+        return perturbation_runs(domains, self._per_domain(domains, budget_tokens), self.factors)
+
+    def extra_runs(self, observations, domains, budget_tokens) -> list[ProposedRun]:
+        """The runs to add when the observed ones leave a domain's law under-determined ([] if not)."""
+        from mixjax import laws
+
+        if not self.add_runs:
+            return []
+        n_free = laws.get(self.law_name).n_free(len(domains))
+        counts = observations.select(domains).observed.sum(axis=0) if len(observations.runs) else np.zeros(len(domains))
+        missing = int(n_free + 1 - counts.min())  # fit flags a domain with <= n_free observations
+        if missing <= 0:
+            return []
+        n = float(self._per_domain(domains, budget_tokens))
+        runs = []
+        for factor in REST_FACTORS[:-(-missing // len(domains))]:
+            for d in domains:
+                tokens = {o: n if o == d else n * factor for o in domains}
+                total = sum(tokens.values())
+                runs.append(ProposedRun(f"{d}-rest-x{factor:g}", {o: t / total for o, t in tokens.items()},
+                                        int(round(total))))
+        return runs
 
 
 class DataMixingLaws(_LawMethod):

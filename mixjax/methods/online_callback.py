@@ -3,7 +3,9 @@
 Before the first step it asks the method for the weights of step 0; after every step it passes
 the per-domain training losses, evaluates when the method asks (on at most `eval_max_batches`
 validation batches per domain, since online methods evaluate often), and sets the sampler's
-weights for the next step. The method's state and the weight trajectory go into checkpoints.
+weights for the next step. The method's state and the weight trajectory go into checkpoints, and
+at the end into result.json's "online" entry (with the weights the method recommends), so a
+finished proxy run can be reused without its callback.
 """
 
 from __future__ import annotations
@@ -45,6 +47,18 @@ class OnlineMethodCallback(Callback):
             self.method.observe_eval(step, self._evaluate(ctx))
         if step < ctx.num_steps:
             self._set_weights(ctx, step)
+
+    def recommended_weights(self) -> np.ndarray:
+        """`final_weights()` where the method defines it (an average over the run), else the last."""
+        final = getattr(self.method, "final_weights", None)
+        return np.asarray(final() if final is not None else self.method.state_dict()["weights"], np.float64)
+
+    def on_train_end(self, ctx, result: dict) -> None:
+        result["online"] = {"method": self.method.name, "evaluations": self.evaluations,
+                            "weights": dict(zip(self.domains, self.recommended_weights().tolist())),
+                            "state": self.method.state_dict(),
+                            "trajectory": [{"step": s, "weights": dict(zip(self.domains, w))}
+                                           for s, w in self.trajectory]}
 
     def state_dict(self) -> dict:
         return {"domains": self.domains, "num_steps": self.num_steps, "method": self.method.state_dict(),

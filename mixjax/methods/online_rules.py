@@ -68,3 +68,11 @@ def doremi_update(weights: np.ndarray, proxy_loss: np.ndarray, reference_loss: n
 def doge_update(weights: np.ndarray, alignment: np.ndarray, eta: float) -> np.ndarray:
     """DoGE: A_ij = <grad of validation loss i, grad of training loss j>; EG on its column sums."""
     return eg_update(weights, np.asarray(alignment).sum(axis=0), eta)
+
+
+def doge_scaled_alignment(alignment: np.ndarray, train_grad_norm: np.ndarray, lr: float,
+                          steps: int = 1) -> np.ndarray:
+    """DoGE's scale for A (as its released code): lr x A / the mean training-gradient norm, i.e.
+    the first-order drop of each validation loss from a step of size lr on each domain with the
+    gradients' overall size divided out; times `steps` when one update stands for that many steps."""
+    return np.asarray(alignment, np.float64) * (lr * steps / (float(np.mean(train_grad_norm)) + 1e-6))

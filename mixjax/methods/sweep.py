@@ -37,14 +37,15 @@ def _describe(method_name, options, runs, budget_tokens, data, config) -> dict:
             "runs": [{"name": r.name, "weights": r.weights, "budget_tokens": r.budget_tokens} for r in runs]}
 
 
-def check_sweep_dir(out: Path, description: dict) -> None:
-    path = out / "sweep.json"
+def check_sweep_dir(out: Path, description: dict, filename: str = "sweep.json", what: str = "a sweep") -> None:
+    """Record `description` in out/filename, or refuse a directory made for another one."""
+    path = out / filename
     description = json.loads(json.dumps(description))  # as it reads back from the file
     if path.is_file():
         old = json.loads(path.read_text())
         if old != description:
             differs = sorted(k for k in set(old) | set(description) if old.get(k) != description.get(k))
-            raise MixjaxError(f"--out: {out} holds a sweep of another configuration ({', '.join(differs)} "
+            raise MixjaxError(f"--out: {out} holds {what} of another configuration ({', '.join(differs)} "
                               "differ); use a new directory")
     else:
         out.mkdir(parents=True, exist_ok=True)

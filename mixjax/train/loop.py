@@ -69,12 +69,18 @@ class StepInfo:
     tokens_per_domain: dict[str, int]    # each domain's tokens in this batch
     lr: float
     grad_norm: float
+    batch: Any = None                    # the batch trained on, as device arrays (for a second pass)
 
 
 @dataclasses.dataclass
 class RunContext:
     """Handed to callbacks: the sampler (set its weights), the domains, and an `evaluate` function
-    (per-domain validation loss now, optionally for a subset / fewer batches)."""
+    (per-domain validation loss now, optionally for a subset / fewer batches).
+
+    For methods that need more than losses: `stepper` (the compiled steps), `params` (the current
+    parameters; valid until the next step, which donates them), `domain_losses(batch, params=None)`
+    (per-domain mean loss [K] of any parameters on a batch, e.g. `StepInfo.batch`) and
+    `validation_arrays(domain, max_batches)` (the cached held-out batches, host arrays)."""
 
     sampler: Any
     domains: list[str]
@@ -82,6 +88,10 @@ class RunContext:
     config: TrainConfig
     evaluate: Callable[..., dict[str, float]]
     step: int = 0
+    stepper: Any = None
+    params: Any = None
+    domain_losses: Callable[..., np.ndarray] | None = None
+    validation_arrays: Callable[..., list] | None = None
 
 
 class Callback:
@@ -244,7 +254,7 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
     timings = dict(meta["timings"]) if meta else {"train_s": 0.0, "timed_steps": 0, "eval_s": 0.0,
                                                   "first_step_s": None}
     initial_weights = meta["initial_weights"] if meta else [float(w) for w in np.asarray(sampler.weights)]
-    metrics = MetricsWriter(out / "metrics.jsonl" if out else None,
+    metrics = MetricsWriter(out / "metrics.jsonl" if out is not None and jax.process_index() == 0 else None,
                             resume_step=start_step if meta else None)
 
     def evaluate(eval_domains=None, max_batches=cfg.eval_max_batches, params=None) -> dict[str, float]:
@@ -259,8 +269,19 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
             res[d] = s / c if c > 0 else float("nan")
         return res
 
+    def domain_losses(batch, params=None) -> np.ndarray:
+        """Per-domain mean token loss [K] on one batch (NaN where a domain has no target)."""
+        if not isinstance(batch, dict) or not isinstance(batch.get("tokens"), jax.Array):
+            batch = stepper.put_batch(batch)
+        m = jax.device_get(stepper.eval_step(state["params"] if params is None else params, batch))
+        return np.array(list(_per_domain(m["domain_loss_sum"], m["domain_count"], domains).values()))
+
+    def validation_arrays(domain, max_batches=cfg.eval_max_batches) -> list:
+        return _validation_arrays(data, domain, cfg.batch_size, cfg.seq_len, max_batches, validation_fn)
+
     ctx = RunContext(sampler=sampler, domains=domains, num_steps=num_steps, config=cfg,
-                     evaluate=evaluate, step=start_step)
+                     evaluate=evaluate, step=start_step, stepper=stepper, params=state["params"],
+                     domain_losses=domain_losses, validation_arrays=validation_arrays)
     if not meta:
         for cb in callbacks:
             cb.on_train_start(ctx)
@@ -301,7 +322,8 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
             t0 = time.perf_counter()
             batch = next_batch if next_batch is not None else sampler.next_batch()
             lr = learning_rate(step, num_steps, cfg.lr, cfg.schedule, warmup, cfg.final_lr_ratio)
-            state, m = stepper.train_step(state, stepper.put_batch(batch), np.float32(lr))
+            device_batch = stepper.put_batch(batch)
+            state, m = stepper.train_step(state, device_batch, np.float32(lr))
             next_batch = sampler.next_batch() if prefetch and step + 1 < num_steps else None
             m = jax.device_get(m)
             dt = time.perf_counter() - t0
@@ -319,8 +341,8 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
                             train_loss=_per_domain(m["domain_loss_sum"], m["domain_count"], domains),
                             loss_counts={d: int(c) for d, c in zip(domains, m["domain_count"])},
                             tokens_per_domain={d: int(t) for d, t in zip(domains, tpd)},
-                            lr=lr, grad_norm=float(m["grad_norm"]))
-            ctx.step = step + 1
+                            lr=lr, grad_norm=float(m["grad_norm"]), batch=device_batch)
+            ctx.step, ctx.params = step + 1, state["params"]
             metrics.write({"step": step + 1, "loss": info.loss, "train_loss": info.train_loss, "lr": lr,
                            "grad_norm": info.grad_norm, "tokens": int(seen_tokens.sum()),
                            "weights": [float(w) for w in np.asarray(sampler.weights)]})

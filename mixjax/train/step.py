@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mixjax.data.batch import PackedBatch, next_token_targets
 from mixjax.model.config import ModelConfig
@@ -93,6 +93,11 @@ class Stepper:
         self.train_step = jax.jit(self._train, in_shardings=(self.state_shardings, bsh, repl),
                                   out_shardings=(self.state_shardings, repl), donate_argnums=0)
         self.eval_step = jax.jit(self._eval, in_shardings=(self.param_shardings, bsh), out_shardings=repl)
+        # K stacked batches [K, B, L], each sharded like one batch (compiled on first use only)
+        self.stacked_batch_sharding = NamedSharding(mesh, P(None, *self.batch_sharding.spec))
+        ssh = {k: self.stacked_batch_sharding for k in BATCH_KEYS}
+        self.domain_gradient_alignment = jax.jit(
+            self._alignment, in_shardings=(self.param_shardings, bsh, ssh), out_shardings=repl)
         self._init_params = None
         self._init_opt = jax.jit(self.tx.init, out_shardings=opt_sh)
 
@@ -129,6 +134,17 @@ class Stepper:
             a = np.asarray(arrays[k])
             a = a.astype(np.int32) if a.dtype != np.bool_ else a
             out[k] = jax.make_array_from_callback(a.shape, self.batch_sharding, lambda idx, a=a: a[idx])
+        return out
+
+    def put_stacked_batches(self, batches: list) -> dict:
+        """K batches (PackedBatch or host arrays) as [K, B, L] device arrays, for
+        `domain_gradient_alignment` (batch k = the validation batch of domain k)."""
+        arrays = [b.arrays() if isinstance(b, PackedBatch) else b for b in batches]
+        out = {}
+        for k in BATCH_KEYS:
+            a = np.stack([np.asarray(x[k]) for x in arrays])
+            a = a.astype(np.int32) if a.dtype != np.bool_ else a
+            out[k] = jax.make_array_from_callback(a.shape, self.stacked_batch_sharding, lambda idx, a=a: a[idx])
         return out
 
     # -- the jitted functions -----------------------------------------------------------------
@@ -177,6 +193,37 @@ class Stepper:
     def _eval(self, params, b):
         _, dl, dw = self._sums(params, b)
         return {"domain_loss_sum": dl, "domain_count": dw}
+
+    def _domain_means(self, params, b):
+        """Each domain's mean token loss on the batch [K] (0 for a domain with no target)."""
+        _, dl, dw = self._sums(params, b)
+        return dl / jnp.maximum(dw, 1.0)
+
+    def _alignment(self, params, train_b, val_KxB):
+        """A_ij = <grad of domain i's loss on its validation batch, grad of domain j's loss on the
+        training batch> [K, K] (DoGE), and the training gradients' norms [K].
+
+        The K validation gradients come one at a time (lax.map); the training batch takes one
+        forward pass and K backward passes through its saved residuals (one VJP per domain), each
+        dotted with the validation gradients at once, so at most K + 1 gradients are alive and
+        nothing leaves the device but the K x K numbers."""
+        k = self.cfg.num_domains
+
+        def val_grad(args):
+            batch, i = args
+            return jax.grad(lambda p: self._domain_means(p, batch)[i])(params)
+
+        val_grads = jax.lax.map(val_grad, (val_KxB, jnp.arange(k)))
+        _, pullback = jax.vjp(lambda p: self._domain_means(p, train_b), params)
+
+        def column(j):
+            (grad_j,) = pullback(jax.nn.one_hot(j, k, dtype=jnp.float32))
+            dots_K = sum(jnp.dot(v.reshape(k, -1), g.reshape(-1), precision=jax.lax.Precision.HIGHEST)
+                         for v, g in zip(jax.tree.leaves(val_grads), jax.tree.leaves(grad_j)))
+            return dots_K, optax.tree.norm(grad_j)
+
+        columns_KxK, norms_K = jax.lax.map(column, jnp.arange(k))
+        return {"alignment": columns_KxK.T, "train_grad_norm": norms_K}
 
 
 @functools.lru_cache(maxsize=16)

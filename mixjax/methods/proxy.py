@@ -1,0 +1,73 @@
+"""What DoReMi and DoGE share: an online run that is only a proxy. The weights start uniform, an EG
+update every `update_every` steps moves them, and the answer is their average over the proxy run
+(weighted by the steps each was used); `run_mix` then trains the final model at that average."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mixjax.errors import MixjaxError
+
+
+class ProxyMethod:
+    keep_prerequisite_params = False
+
+    def __init__(self, eta: float, update_every: int, proxy_fraction: float):
+        if not eta > 0:
+            raise MixjaxError(f"--eta {eta}: must be positive")
+        if int(update_every) != update_every or update_every < 1:
+            raise MixjaxError(f"--update-every {update_every}: must be a positive integer")
+        if not 0 < proxy_fraction:
+            raise MixjaxError(f"--proxy-fraction {proxy_fraction}: must be positive")
+        self.eta, self.update_every, self.proxy_fraction = float(eta), int(update_every), float(proxy_fraction)
+
+    def check_domains(self, domains) -> None:
+        if len(domains) < 2:
+            raise MixjaxError(f"--method {self.name} needs at least 2 domains (the data has {len(domains)})")
+
+    def proxy_tokens(self, budget_tokens: int) -> int:
+        return int(self.proxy_fraction * budget_tokens)
+
+    # -- the online-method protocol -------------------------------------------------------------
+    def begin(self, domains: list[str], num_steps: int) -> None:
+        self.check_domains(domains)
+        if self.update_every > num_steps:
+            raise MixjaxError(f"--update-every {self.update_every} exceeds the proxy run's {num_steps} steps: "
+                              "the weights would never move; lower it or raise the budget")
+        self.domains, self.num_steps, k = list(domains), int(num_steps), len(domains)
+        self.state = {"weights": [1.0 / k] * k, "since": 0, "weighted_sum": [0.0] * k, "updates": 0}
+
+    def weights(self, step: int) -> np.ndarray:
+        return np.asarray(self.state["weights"])
+
+    def eval_due(self, step: int) -> bool:
+        return False
+
+    def update_due(self, step: int) -> bool:
+        """Whether an update follows the training of batch `step` (0-based)."""
+        return (step + 1) % self.update_every == 0
+
+    def observe_train(self, step: int, train_loss: np.ndarray) -> None:
+        pass
+
+    def observe_eval(self, step: int, val_loss: np.ndarray) -> None:
+        pass
+
+    def _set_weights(self, step: int, weights: np.ndarray) -> None:
+        """New weights from batch `step + 1` on; the old ones were used for batches since..step."""
+        st = self.state
+        used = step + 1 - st["since"]
+        st["weighted_sum"] = (np.asarray(st["weighted_sum"]) + used * np.asarray(st["weights"])).tolist()
+        st["weights"], st["since"], st["updates"] = np.asarray(weights, float).tolist(), step + 1, st["updates"] + 1
+
+    def final_weights(self) -> np.ndarray:
+        """The weights averaged over the steps of the run (each weighted by the steps it was used)."""
+        st = self.state
+        total = np.asarray(st["weighted_sum"]) + (self.num_steps - st["since"]) * np.asarray(st["weights"])
+        return total / total.sum()
+
+    def state_dict(self) -> dict:
+        return self.state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = state
