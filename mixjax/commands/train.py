@@ -81,6 +81,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-norm", type=float, default=1.0, help="gradient clipping (0 = off)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
     p.add_argument("--bf16", action="store_true", help="bfloat16 compute (float32 master weights)")
+    p.add_argument("--loss-chunk", type=int, default=None,
+                   help="cross-entropy over this many positions at a time, so a big vocabulary's logits "
+                        "never exist for the whole sequence (must divide --seq-len)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-epochs", type=float, default=10, help="most times a domain may be repeated")
     p.add_argument("--eval-every", type=int, default=0, help="steps between evaluations (0: at the end)")
@@ -101,7 +104,7 @@ def train_config_from_args(args):
         model=args.model, init=args.init, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
         schedule=args.schedule, warmup=args.warmup, final_lr_ratio=args.final_lr_ratio,
         weight_decay=args.weight_decay, clip_norm=args.clip_norm or None, grad_accum=args.grad_accum,
-        compute_dtype="bfloat16" if args.bf16 else "float32", seed=args.seed, max_epochs=args.max_epochs,
+        compute_dtype="bfloat16" if args.bf16 else "float32", loss_chunk=args.loss_chunk, seed=args.seed, max_epochs=args.max_epochs,
         eval_every=args.eval_every, eval_max_batches=args.eval_max_batches,
         keep_best=getattr(args, "keep_best", False), checkpoint_every=getattr(args, "checkpoint_every", 0),
         resume=not getattr(args, "no_resume", False), mesh_shape=parse_mesh(args.mesh),

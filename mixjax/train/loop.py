@@ -43,6 +43,7 @@ class TrainConfig:
     clip_norm: float | None = 1.0
     grad_accum: int = 1
     compute_dtype: str = "float32"    # float32 | bfloat16 (float32 master weights either way)
+    loss_chunk: int | None = None     # cross-entropy over this many positions at a time (big vocabularies)
     seed: int = 0
     max_epochs: float = 10
     eval_every: int = 0               # steps between evaluations; 0 = only at the end
@@ -215,7 +216,7 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
         stepper = get_stepper(StepConfig(
             model=mcfg, batch_size=cfg.batch_size, seq_len=cfg.seq_len, num_domains=len(domains),
             grad_accum=cfg.grad_accum, compute_dtype=cfg.compute_dtype, b1=cfg.b1, b2=cfg.b2,
-            eps=cfg.eps, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm), mesh)
+            eps=cfg.eps, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm, loss_chunk=cfg.loss_chunk), mesh)
     except ValueError as e:
         raise MixjaxError(f"--batch-size: {e}") from None
 

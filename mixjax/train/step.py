@@ -19,6 +19,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mixjax.data.batch import PackedBatch, next_token_targets
+from mixjax.errors import MixjaxError
 from mixjax.model.config import ModelConfig
 from mixjax.model.decoder import Decoder, init_params
 from mixjax.train import mesh as meshlib
@@ -43,6 +44,7 @@ class StepConfig:
     eps: float = 1e-8
     weight_decay: float = 0.0
     clip_norm: float | None = 1.0
+    loss_chunk: int | None = None     # positions per cross-entropy chunk (None: all at once)
 
 
 def token_losses(logits_BxLxV, targets_BxL):
@@ -51,6 +53,26 @@ def token_losses(logits_BxLxV, targets_BxL):
     lse_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
     tgt_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
     return lse_BxL - tgt_BxL
+
+
+def chunked_token_losses(hidden_BxLxD, head_DxV, targets_BxL, chunk: int):
+    """`token_losses(hidden @ head, targets)` computed `chunk` positions at a time, recomputed in the
+    backward pass, so the [B, L, V] logits (GBs for a 128k vocabulary) never exist at once."""
+    from mixjax.model.decoder import project
+
+    b, l, d = hidden_BxLxD.shape
+    if l % chunk:
+        raise ValueError(f"--loss-chunk {chunk} must divide the sequence length {l}")
+    n = l // chunk
+    h_NxBxCxD = hidden_BxLxD.reshape(b, n, chunk, d).swapaxes(0, 1)
+    t_NxBxC = targets_BxL.reshape(b, n, chunk).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def one(args):
+        h_BxCxD, t_BxC = args
+        return token_losses(project(h_BxCxD, head_DxV), t_BxC)
+
+    return jax.lax.map(one, (h_NxBxCxD, t_NxBxC)).swapaxes(0, 1).reshape(b, l)
 
 
 def domain_sums(values_BxL, domain_ids_BxL, num_domains: int):
@@ -67,6 +89,8 @@ class Stepper:
         if cfg.batch_size % (div * cfg.grad_accum):
             raise ValueError(f"batch size {cfg.batch_size} must be a multiple of data*fsdp ({div}) "
                              f"x grad_accum ({cfg.grad_accum})")
+        if cfg.loss_chunk is not None and (cfg.loss_chunk < 1 or cfg.seq_len % cfg.loss_chunk):
+            raise MixjaxError(f"--loss-chunk {cfg.loss_chunk} must be a positive divisor of --seq-len {cfg.seq_len}")
         abstract = nnx.eval_shape(lambda: Decoder(cfg.model, rngs=nnx.Rngs(0)))
         self.graphdef, abs_state = nnx.split(abstract, nnx.Param)
         self._state_def = jax.tree.structure(abs_state)
@@ -155,8 +179,13 @@ class Stepper:
             params = jax.tree.map(lambda p: p.astype(dtype), params)
         model = self.merge(params)
         targets_BxL, w_BxL = next_token_targets(b["tokens"], b["segment_ids"], b["loss_mask"], xp=jnp)
-        logits_BxLxV = model(b["tokens"], b["positions"], b["segment_ids"], dtype=dtype)
-        ce_BxL = token_losses(logits_BxLxV, targets_BxL) * w_BxL
+        chunk = self.cfg.loss_chunk
+        if chunk and chunk < b["tokens"].shape[1]:
+            hidden_BxLxD = model.hidden(b["tokens"], b["positions"], b["segment_ids"], dtype=dtype)
+            ce_BxL = chunked_token_losses(hidden_BxLxD, model.head_DxV(dtype), targets_BxL, chunk) * w_BxL
+        else:
+            logits_BxLxV = model(b["tokens"], b["positions"], b["segment_ids"], dtype=dtype)
+            ce_BxL = token_losses(logits_BxLxV, targets_BxL) * w_BxL
         k = self.cfg.num_domains
         return jnp.sum(ce_BxL), domain_sums(ce_BxL, b["domain_ids"], k), domain_sums(w_BxL, b["domain_ids"], k)
 
