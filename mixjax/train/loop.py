@@ -258,15 +258,24 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
     metrics = MetricsWriter(out / "metrics.jsonl" if out is not None and jax.process_index() == 0 else None,
                             resume_step=start_step if meta else None)
 
+    device_validation: dict = {}  # (domain, max_batches) -> batches already on the devices
+
     def evaluate(eval_domains=None, max_batches=cfg.eval_max_batches, params=None) -> dict[str, float]:
+        """Per-domain validation loss. Batches are put on the devices once per run and every eval
+        step is dispatched before one transfer back, since online methods evaluate often."""
         params = state["params"] if params is None else params
+        names = list(eval_domains or domains)
+        outputs = {}
+        for d in names:
+            key = (d, max_batches)
+            if key not in device_validation:
+                device_validation[key] = [stepper.put_batch(a) for a in _validation_arrays(
+                    data, d, cfg.batch_size, cfg.seq_len, max_batches, validation_fn)]
+            outputs[d] = [stepper.eval_step(params, b) for b in device_validation[key]]
         res = {}
-        for d in (eval_domains or domains):
-            s = c = 0.0
-            for arrays in _validation_arrays(data, d, cfg.batch_size, cfg.seq_len, max_batches, validation_fn):
-                m = jax.device_get(stepper.eval_step(params, stepper.put_batch(arrays)))
-                s += float(np.sum(m["domain_loss_sum"]))
-                c += float(np.sum(m["domain_count"]))
+        for d, ms in jax.device_get(outputs).items():
+            s = sum(float(np.sum(m["domain_loss_sum"])) for m in ms)
+            c = sum(float(np.sum(m["domain_count"])) for m in ms)
             res[d] = s / c if c > 0 else float("nan")
         return res
 
