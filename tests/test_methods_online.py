@@ -181,3 +181,15 @@ def test_online_callback_drives_the_sampler_like_the_simulation():
 def _begun(method, steps):
     method.begin(["a", "b"], steps)
     return method
+
+
+def test_an_undefined_validation_loss_stops_an_online_method_with_one_line():
+    from types import SimpleNamespace
+
+    from mixjax.methods.online_callback import OnlineMethodCallback
+
+    ctx = SimpleNamespace(domains=["a", "code"], num_steps=100,
+                          evaluate=lambda max_batches: {"a": 2.0, "code": float("nan")})
+    callback = OnlineMethodCallback(Aioli(AioliConfig.released(2, update_steps=50)), eval_max_batches=1)
+    with pytest.raises(MixjaxError, match=r"^validation loss of code is undefined: the 1 validation batch\(es\)"):
+        callback.on_train_start(ctx)

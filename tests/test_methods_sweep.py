@@ -82,3 +82,18 @@ def test_mix_offline_and_online(data_dir, tmp_path):
     assert {tuple(t["weights"].values()) for t in trajectory[:2]} == {(0.625, 0.375), (0.375, 0.625)}
     result = json.loads((tmp_path / "o" / "final" / "result.json").read_text())
     assert result["steps"] == 6 and sum(result["tokens"].values()) == 768
+
+
+def test_a_sweep_written_before_a_training_setting_existed_still_resumes(data_dir, tmp_path, capsys):
+    assert _sweep(data_dir, tmp_path / "s", "--shard", "0/3") == 0
+    path = tmp_path / "s" / "sweep.json"
+    old = json.loads(path.read_text())
+    del old["train_config"]["loss_chunk"]          # as written by a mixjax without --loss-chunk
+    path.write_text(json.dumps(old))
+    capsys.readouterr()
+    assert _sweep(data_dir, tmp_path / "s", "--shard", "0/3") == 0
+    assert "done already" in capsys.readouterr().out
+    old["train_config"]["lr"] = 0.5                # a setting that really differs is still refused
+    path.write_text(json.dumps(old))
+    assert _sweep(data_dir, tmp_path / "s", "--shard", "0/3") == 2
+    assert "(train_config differ)" in capsys.readouterr().err

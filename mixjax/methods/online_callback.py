@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mixjax.errors import MixjaxError
+
 from mixjax.train.loop import Callback
 
 
@@ -25,6 +27,11 @@ class OnlineMethodCallback(Callback):
     def _evaluate(self, ctx) -> np.ndarray:
         self.evaluations += 1
         val = ctx.evaluate(max_batches=self.eval_max_batches)
+        undefined = [d for d in ctx.domains if not np.isfinite(val[d])]
+        if undefined:  # a NaN would silently stop the method from learning anything
+            raise MixjaxError(f"validation loss of {', '.join(undefined)} is undefined: the "
+                              f"{self.eval_max_batches} validation batch(es) per domain the method evaluates "
+                              "hold no loss tokens; evaluate more batches (eval_max_batches)")
         return np.array([val[d] for d in ctx.domains], np.float64)
 
     def _set_weights(self, ctx, step: int) -> None:

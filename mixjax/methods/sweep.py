@@ -37,12 +37,21 @@ def _describe(method_name, options, runs, budget_tokens, data, config) -> dict:
             "runs": [{"name": r.name, "weights": r.weights, "budget_tokens": r.budget_tokens} for r in runs]}
 
 
+def _train_config_defaults() -> dict:
+    from mixjax.train import TrainConfig
+    return json.loads(json.dumps(TrainConfig().to_dict()))
+
+
 def check_sweep_dir(out: Path, description: dict, filename: str = "sweep.json", what: str = "a sweep") -> None:
     """Record `description` in out/filename, or refuse a directory made for another one."""
     path = out / filename
     description = json.loads(json.dumps(description))  # as it reads back from the file
     if path.is_file():
         old = json.loads(path.read_text())
+        if isinstance(old.get("train_config"), dict) and isinstance(description.get("train_config"), dict):
+            # a training setting added to mixjax since the file was written counts at its default
+            added = {k: v for k, v in _train_config_defaults().items() if k in description["train_config"]}
+            old["train_config"] = {**added, **old["train_config"]}
         if old != description:
             differs = sorted(k for k in set(old) | set(description) if old.get(k) != description.get(k))
             raise MixjaxError(f"--out: {out} holds {what} of another configuration ({', '.join(differs)} "
