@@ -1,0 +1,255 @@
+"""What every experiment shares: its scale, the bundled domains and the base model (cached), one
+method's result at a budget and seed (cached, so a rerun or a killed run resumes), statistics over
+seeds, and writing results/ (JSON, Markdown with the command that made it, PNG plots).
+
+Runs that share a model shape reuse one compiled train step inside the process (the trainer's
+`get_stepper` cache), so an experiment pays compilation once per shape, not once per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """Model, budget and seeds of an experiment (the tiny preset, byte-level, on 2 CPU cores)."""
+
+    budget: int = 250_000
+    seeds: tuple = (0, 1, 2)
+    batch_size: int = 16
+    seq_len: int = 256
+    sft_lr: float = 1e-3
+    base_tokens: int = 600_000
+    base_lr: float = 3e-3
+    size_mb: float = 2.0
+    eval_max_batches: int = 8           # per domain: 8 x 16 x 256 tokens, the same ones every time
+    online_eval_batches: int | None = 2  # per domain, for the frequent evaluations of online methods
+
+
+QUICK = Scale(budget=8192, seeds=(0,), batch_size=8, seq_len=64, base_tokens=16_384, size_mb=0.1,
+              eval_max_batches=2, online_eval_batches=None)  # 1 batch may hold no loss tokens of a domain
+
+
+def online_options(method: str, num_steps: int, k: int) -> dict:
+    """Online methods' schedules scaled to a run of `num_steps` steps. The published settings
+    assume thousands of steps (Aioli: LearnParams of 4 x K x 6 steps every 250 of 5000; Skill-It
+    rounds of 500; DoGE updates every 100); the shapes are kept (4 rounds per run, LearnParams ~30%
+    of a round, 6 DoGE updates) with fewer steps. DoReMi keeps its defaults (an update every step)."""
+    round_steps = max(num_steps // 4, 2 * k + 2)
+    if method == "aioli":
+        lp_steps = max(1, round_steps * 3 // 10 // k)
+        return {"lp_rounds": 1, "lp_steps": lp_steps, "update_steps": max(round_steps, k * lp_steps + 1)}
+    if method == "skillit":
+        return {"update_steps": round_steps}
+    if method == "doge":
+        return {"update_every": max(1, num_steps // 6)}
+    return {}
+
+
+def common_arguments(description: str, default_name: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--work", default=None,
+                   help=f"where runs are cached, so a rerun resumes (default experiments/work/{default_name}, "
+                        "with _quick appended for --quick)")
+    p.set_defaults(default_work_name=default_name)
+    p.add_argument("--results", default=str(ROOT / "results"), help="where JSON, Markdown and PNG go")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the scale's)")
+    p.add_argument("--budget", type=int, default=None, help="tokens per run (default: the scale's)")
+    p.add_argument("--quick", action="store_true", help="a tiny scale that checks the script end to end")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def scale_from(args, default: Scale = Scale()) -> Scale:
+    """The scale the flags ask for; also fills in the default --work (quick runs get their own)."""
+    if args.work is None:
+        args.work = str(ROOT / "experiments" / "work" / (args.default_work_name + ("_quick" if args.quick else "")))
+    scale = QUICK if args.quick else default
+    if args.seeds:
+        scale = dataclasses.replace(scale, seeds=tuple(range(args.seeds)))
+    if args.budget:
+        scale = dataclasses.replace(scale, budget=args.budget)
+    return scale
+
+
+def log(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def setup(work: Path, scale: Scale, domains=None, progress: bool = False, data_name: str = "data"):
+    """(prepared data, base TrainConfig fine-tuning from the cached base model)."""
+    from mixjax.starter import prepare_bundled, pretrained_base
+    from mixjax.train import TrainConfig
+
+    data = prepare_bundled(work, scale.size_mb, domains=domains, progress=progress, log=log,
+                           data_dir=work / data_name)
+    base = pretrained_base(work, scale.base_tokens, scale.batch_size, scale.seq_len, scale.base_lr,
+                           text_mb=scale.size_mb, progress=progress, log=log)
+    config = TrainConfig(init=str(base), batch_size=scale.batch_size, seq_len=scale.seq_len, lr=scale.sft_lr,
+                         eval_max_batches=scale.eval_max_batches, progress=progress)
+    return data, config
+
+
+def method_result(name: str, data, budget: int, config, out: Path, options: dict | None = None,
+                  eval_batches: int = 2) -> dict:
+    """One method at one budget and seed: {"weights", "val_loss", "runs", "tokens", "seconds"}
+    (runs and tokens: everything it trained, the final run included). Cached in OUT/summary.json.
+    Grid's final run is its best sweep run, not a repeat of it."""
+    from mixjax.errors import MixjaxError
+    from mixjax.io import write_json_atomic
+    from mixjax.methods.mix import run_mix
+
+    out = Path(out)
+    cached = out / "summary.json"
+    if cached.is_file():
+        summary = json.loads(cached.read_text())
+        if summary["budget"] != int(budget) or summary["seed"] != config.seed:
+            raise MixjaxError(f"{cached}: a run of another budget or seed; use a new --work")
+        return summary
+    started = time.perf_counter()
+    options = dict(options or {})
+    domains = list(data.domains)
+    if name == "grid":
+        from mixjax.methods.static import Grid
+        from mixjax.methods.sweep import run_sweep
+
+        method = Grid(**options)
+        runs, obs = run_sweep(method, "grid", options, data, budget, out / "sweep", config, log=lambda s: None)
+        weights = method.recommend(obs, domains, budget)
+        totals = np.nansum(obs.losses, axis=1)
+        best = int(np.argmin(totals))
+        summary = {"weights": weights, "val_loss": dict(zip(domains, obs.losses[best].tolist())),
+                   "runs": len(runs), "tokens": int(sum(r.budget_tokens for r in runs)),
+                   "grid": [{"weights": dict(zip(domains, (t / t.sum()).tolist())),
+                             "val_loss": dict(zip(domains, l.tolist()))} for t, l in zip(obs.tokens, obs.losses)]}
+    else:
+        mix = run_mix(name, options, data, budget, out, config, eval_max_batches=eval_batches, log=lambda s: None)
+        final = mix["results"][0]
+        summary = {"weights": final["weights"], "val_loss": final["val_loss"],
+                   "runs": int(mix.get("extra_runs", 0)) + 1, "tokens": int(mix.get("extra_tokens", 0)) + int(budget)}
+    summary.update(method=name, options=options, seed=config.seed, budget=int(budget),
+                   seconds=round(time.perf_counter() - started, 1))
+    write_json_atomic(cached, summary)
+    return summary
+
+
+def mean_std(values) -> tuple[float, float]:
+    values = np.asarray(values, np.float64)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def command_line(script: str | None = None, argv=None) -> str:
+    """The command that reruns this experiment (default: this process's own)."""
+    script = os.path.abspath(script or sys.argv[0])
+    argv = sys.argv[1:] if argv is None else argv
+    shown = os.path.relpath(script, ROOT) if script.startswith(str(ROOT)) else script
+    return "python " + " ".join(shlex.quote(a) for a in [shown, *argv])
+
+
+def write_results(results: Path, name: str, payload: dict, markdown: str, figures: dict, seconds: float,
+                  command: str | None = None) -> list[str]:
+    """results/NAME.json, results/NAME.md and results/NAME_<figure>.png, each written atomically."""
+    from mixjax.io import write_json_atomic, write_text_atomic
+
+    results = Path(results)
+    results.mkdir(parents=True, exist_ok=True)
+    command = command or command_line()
+    payload = {"command": command, "seconds": round(seconds, 1), **payload}
+    write_json_atomic(results / f"{name}.json", json.loads(json.dumps(payload, default=float)))
+    paths = []
+    for fig_name, fig in figures.items():
+        path = results / f"{name}_{fig_name}.png"
+        tmp = path.with_name(path.name + ".tmp.png")
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+        paths.append(path.name)
+    header = (f"<!-- made by `{command}` in {seconds / 60:.1f} min; edit the script, not this file -->\n"
+              f"Made by `{command}` ({seconds / 60:.0f} min on {os.cpu_count()} CPU cores).\n\n")
+    plots = "".join(f"\n![{p}]({p})\n" for p in paths)
+    write_text_atomic(results / f"{name}.md", header + markdown.rstrip() + "\n" + plots)
+    return paths
+
+
+# -- checking a fitted law by training at its weights (budget_sweep.py, reweight_collection.py) --
+
+def law_losses(fitted, weights: dict, budget: float) -> dict:
+    """A fitted law's per-domain loss for `weights` (domain -> weight) at `budget` tokens."""
+    import jax
+    import jax.numpy as jnp
+
+    from mixjax.laws import predict
+
+    tokens_K = np.array([weights.get(d, 0.0) * budget for d in fitted.domains]) / fitted.token_unit
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), fitted.params)
+        losses_K = np.asarray(predict(fitted.law, params, jnp.asarray(tokens_K)))
+    return dict(zip(fitted.domains, losses_K.tolist()))
+
+
+def train_arms(data, config, arms: dict, budget: int, seeds, out: Path, root: Path | None = None) -> dict:
+    """Train each arm (name -> weights) at `budget` tokens once per seed, cached in
+    OUT/<arm>/seed<seed> (a rerun reuses finished runs). Returns {arm: {seed: {"weights",
+    "val_loss", "tokens", "run"}}}, `run` the run directory relative to `root` (default OUT)."""
+    from mixjax.starter import cached_run
+
+    out = Path(out)
+    root = Path(root) if root is not None else out
+    table = {}
+    for name, weights in arms.items():
+        table[name] = {}
+        for seed in seeds:
+            started = time.perf_counter()
+            run_dir = out / name / f"seed{seed}"
+            cfg = dataclasses.replace(config, seed=int(seed), progress=False)
+            r = cached_run(cfg, data, weights, int(budget), run_dir)
+            table[name][seed] = {"weights": dict(weights), "val_loss": r["val_loss"], "tokens": r["tokens"],
+                                 "run": os.path.relpath(run_dir, root)}
+            log(f"{budget:,} tokens, {name:>12s}, seed {seed}: total val loss {sum(r['val_loss'].values()):.4f} "
+                f"({time.perf_counter() - started:.0f} s)")
+    return table
+
+
+# two-sided 95% critical values of Student's t with 1..10 degrees of freedom (then ~normal)
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def paired_difference(a, b) -> dict:
+    """a - b over paired seeds: mean, std, standard error and the 95% t critical value (None with
+    one seed), n and the per-seed differences."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    n = int(d.size)
+    std = float(d.std(ddof=1)) if n > 1 else None
+    return {"mean": float(d.mean()), "std": std, "se": std / np.sqrt(n) if std is not None else None, "n": n,
+            "t95": (T95[n - 2] if n - 1 <= len(T95) else 1.96) if n > 1 else None, "per_seed": d.tolist()}
+
+
+def verdict(diff: dict, what: str) -> str:
+    """A plain reading of a paired difference (negative = lower loss): resolved when its 95%
+    t-interval (n - 1 degrees of freedom) excludes zero."""
+    m, se, t95 = diff["mean"], diff["se"], diff.get("t95")
+    if se is None:
+        return f"{what}: {m:+.4f} nats from one seed, so no error estimate; not evidence either way"
+    head = f"{what}: {m:+.4f} ± {se:.4f} nats (mean ± s.e., {diff['n']} seeds; 95% interval ± {t95 * se:.4f})"
+    if abs(m) <= t95 * se:
+        return head + " - the interval contains zero: no difference this experiment can resolve"
+    return head + " - " + ("lower (better)" if m < 0 else "HIGHER (worse)") + ", resolved at 95%"
+
+
+def training_compute(run_dirs) -> dict:
+    """Runs, tokens and training seconds (each run's own timing, so cached runs count) of the
+    runs whose result.json is in `run_dirs`."""
+    results = [json.loads((Path(r) / "result.json").read_text()) for r in run_dirs]
+    return {"runs": len(results), "tokens": int(sum(sum(r["tokens"].values()) for r in results)),
+            "seconds": round(sum(r["timings"]["total_s"] for r in results), 1)}

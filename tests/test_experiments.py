@@ -1,0 +1,83 @@
+"""experiments/li2025_grid.py and aioli_compare.py at their --quick scale: the tables they write
+agree with the runs' own result.json files, recomputed here independently."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
+
+
+def _result(path: Path) -> dict:
+    return json.loads((path / "result.json").read_text())
+
+
+@pytest.mark.slow
+def test_li2025_grid_quick_tables_match_the_runs(tmp_path):
+    import li2025_grid
+
+    work, results = tmp_path / "work", tmp_path / "results"
+    assert li2025_grid.main(["--quick", "--quiet", "--methods", "stratified,li2025",
+                             "--work", str(work), "--results", str(results)]) == 0
+    payload = json.loads((results / "li2025_grid_quick.json").read_text())
+    assert "li2025_grid.py" in payload["command"] and "--quick" in payload["command"]
+    assert (results / "li2025_grid_quick.md").read_text().count("| li2025 |") == 1
+    assert (results / "li2025_grid_quick_simplex.png").is_file() and (results / "li2025_grid_quick_regret.png").is_file()
+    domains = payload["domains"]
+    grid_runs = sorted((work / "seed0" / "grid" / "sweep" / "runs").iterdir())
+    assert len(grid_runs) == 21  # the 1/8 grid without zero weights
+    grid = [_result(r)["val_loss"] for r in grid_runs]
+    best = {d: min(g[d] for g in grid) for d in domains}
+    best_total = min(sum(g.values()) for g in grid)
+    for method, run_dir in (("stratified", work / "seed0" / "stratified" / "final"),
+                            ("li2025", work / "seed0" / "li2025" / "final")):
+        loss = _result(run_dir)["val_loss"]
+        row = payload["rows"][method]
+        expected = 100 * np.mean([(loss[d] - best[d]) / best[d] for d in domains])
+        assert row["metric_pct"][0] == pytest.approx(expected, abs=1e-9)
+        assert row["regret"][0] == pytest.approx(sum(loss.values()) - best_total, abs=1e-9)
+    assert payload["rows"]["grid"]["regret"][0] == pytest.approx(0.0, abs=1e-12)
+    assert payload["rows"]["li2025"]["runs"] == 1 + 4 * 3 + 1  # Algorithm 1's runs, then the final one
+
+    # A rerun trains nothing: every method's summary is cached.
+    before = {p: p.stat().st_mtime_ns for p in work.rglob("result.json")}
+    assert li2025_grid.main(["--quick", "--quiet", "--methods", "stratified,li2025",
+                             "--work", str(work), "--results", str(results)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in work.rglob("result.json")} == before
+
+
+@pytest.mark.slow
+def test_aioli_compare_quick_differences_are_perplexities_of_the_runs(tmp_path):
+    import aioli_compare
+
+    work, results = tmp_path / "work", tmp_path / "results"
+    assert aioli_compare.main(["--quick", "--quiet", "--methods", "stratified,regmix",
+                               "--work", str(work), "--results", str(results)]) == 0
+    payload = json.loads((results / "aioli_compare_quick.json").read_text())
+    assert list(payload["table"]) == ["dialogue+math", "dialogue+code", "math+code", "dialogue+math+code"]
+    for setting, rows in payload["table"].items():
+        base = work / setting / "seed0" if setting.count("+") == 1 else work / "seed0"
+        ppl = {m: float(np.mean([math.exp(v) for v in _result(base / m / "final")["val_loss"].values()]))
+               for m in ("stratified", "regmix")}
+        assert len(_result(base / "regmix" / "final")["val_loss"]) == setting.count("+") + 1
+        assert rows["regmix"]["diff"][0] == pytest.approx(ppl["regmix"] - ppl["stratified"], abs=1e-9)
+        assert rows["regmix"]["beats"] == (ppl["regmix"] < ppl["stratified"])
+    assert "| regmix |" in (results / "aioli_compare_quick.md").read_text()
+
+
+def test_a_cached_result_of_another_budget_is_refused(tmp_path):
+    import common
+
+    from mixjax.errors import MixjaxError
+    from mixjax.train import TrainConfig
+
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "summary.json").write_text(json.dumps({"budget": 100, "seed": 0}))
+    with pytest.raises(MixjaxError, match="another budget or seed"):
+        common.method_result("stratified", None, 200, TrainConfig(seed=0), out)
