@@ -139,6 +139,10 @@ def main(argv=None) -> int:
                            f"({r['runs']} runs, {time.perf_counter() - t0:.0f} s)")
     table = summarise(results)
     md = markdown(table, budgets, len(scale.seeds))
+    minutes = common.method_minutes(r for per_seed in results.values() for by_m in per_seed.values()
+                                    for r in by_m.values())
+    md += (f"\n\nTraining all of it took {minutes:.0f} min of wall time (every setting, method and seed, "
+           "on 2 CPU cores shared with other jobs; the three-domain runs are li2025_grid.py's).")
     print(md)
     payload = {"scale": common.dataclasses.asdict(scale), "budgets": budgets, "table": table,
                "results": {s: {str(k): v for k, v in r.items()} for s, r in results.items()}}

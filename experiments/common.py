@@ -145,6 +145,11 @@ def method_result(name: str, data, budget: int, config, out: Path, options: dict
     return summary
 
 
+def method_minutes(summaries) -> float:
+    """Wall minutes the given method results took when they were trained (cached or not)."""
+    return sum(float(r.get("seconds", 0.0)) for r in summaries) / 60
+
+
 def mean_std(values) -> tuple[float, float]:
     values = np.asarray(values, np.float64)
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -175,8 +180,9 @@ def write_results(results: Path, name: str, payload: dict, markdown: str, figure
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
         os.replace(tmp, path)
         paths.append(path.name)
-    header = (f"<!-- made by `{command}` in {seconds / 60:.1f} min; edit the script, not this file -->\n"
-              f"Made by `{command}` ({seconds / 60:.0f} min on {os.cpu_count()} CPU cores).\n\n")
+    header = (f"<!-- made by `{command}`; edit the script, not this file -->\n"
+              f"Made by `{command}` (this invocation: {seconds / 60:.1f} min on {os.cpu_count()} CPU cores; "
+              "runs already in its --work directory are reused, not retrained).\n\n")
     plots = "".join(f"\n![{p}]({p})\n" for p in paths)
     write_text_atomic(results / f"{name}.md", header + markdown.rstrip() + "\n" + plots)
     return paths
