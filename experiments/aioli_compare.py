@@ -109,8 +109,12 @@ def main(argv=None) -> int:
                    help="tokens per run for the two-domain settings (default: the budget)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    return common.exit_code("aioli_compare.py", lambda: run(args, argv))
+
+
+def run(args, argv) -> int:
     scale = common.scale_from(args)
-    methods = ["stratified"] + [m for m in args.methods.split(",") if m and m != "stratified"]
+    methods = common.parse_methods(args.methods, "stratified")
     started = time.perf_counter()
     work = Path(args.work)
     results, budgets = {}, {}

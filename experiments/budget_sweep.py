@@ -236,11 +236,7 @@ def main(argv=None) -> int:
     p.add_argument("--perturb-tokens", type=int, default=None, metavar="N",
                    help="tokens per domain in the perturbation base run (default 25000; quick 2048)")
     args = p.parse_args(argv)
-    try:
-        return run(args)
-    except MixjaxError as e:
-        print(f"budget_sweep.py: error: {e}", file=sys.stderr)
-        return 2
+    return common.exit_code("budget_sweep.py", lambda: run(args))
 
 
 def run(args) -> int:

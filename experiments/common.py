@@ -72,6 +72,29 @@ def common_arguments(description: str, default_name: str) -> argparse.ArgumentPa
     return p
 
 
+def exit_code(script: str, run) -> int:
+    """run() -> its exit code; a MixjaxError (bad flag, file or cached run) becomes one line and 2."""
+    from mixjax.errors import MixjaxError
+
+    try:
+        return run()
+    except MixjaxError as e:
+        print(f"{script}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def parse_methods(text: str, always: str) -> list[str]:
+    """--methods as a list starting with `always`; an unknown name stops before anything trains."""
+    from mixjax.errors import MixjaxError
+    from mixjax.methods import names
+
+    methods = [always] + [m for m in text.split(",") if m and m != always]
+    unknown = [m for m in methods if m not in names()]
+    if unknown:
+        raise MixjaxError(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(names())}")
+    return methods
+
+
 def scale_from(args, default: Scale = Scale()) -> Scale:
     """The scale the flags ask for; also fills in the default --work (quick runs get their own)."""
     if args.work is None:

@@ -125,8 +125,12 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated (grid is always run)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    return common.exit_code("li2025_grid.py", lambda: run(args, argv))
+
+
+def run(args, argv) -> int:
     scale = common.scale_from(args)
-    methods = ["grid"] + [m for m in args.methods.split(",") if m and m != "grid"]
+    methods = common.parse_methods(args.methods, "grid")
     started = time.perf_counter()
     work = Path(args.work)
     data, config = common.setup(work, scale, progress=not args.quiet)

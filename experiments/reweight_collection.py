@@ -247,11 +247,7 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="prepare and split the collection, print its domains "
                    "and the runs the experiment would train, and stop")
     args = p.parse_args(argv)
-    try:
-        return run(args)
-    except MixjaxError as e:
-        print(f"reweight_collection.py: error: {e}", file=sys.stderr)
-        return 2
+    return common.exit_code("reweight_collection.py", lambda: run(args))
 
 
 def run(args) -> int:

@@ -81,3 +81,13 @@ def test_a_cached_result_of_another_budget_is_refused(tmp_path):
     (out / "summary.json").write_text(json.dumps({"budget": 100, "seed": 0}))
     with pytest.raises(MixjaxError, match="another budget or seed"):
         common.method_result("stratified", None, 200, TrainConfig(seed=0), out)
+
+
+def test_an_unknown_method_stops_before_anything_trains(tmp_path, capsys):
+    import li2025_grid
+
+    assert li2025_grid.main(["--quick", "--methods", "li2025,nosuch", "--work", str(tmp_path / "w"),
+                             "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("li2025_grid.py: error: --methods: unknown nosuch; known: stratified,") and "\n" not in err
+    assert not (tmp_path / "w").exists()
