@@ -79,7 +79,7 @@ def docs_records():
 
 def build_bundled_collection(path: Path, size_mb: float, seed: int = 0) -> dict:
     """One shuffled JSONL of `messages` records with a `source` field; returns bytes per source."""
-    from mixjax.data.bundled import BUILDERS
+    from mixjax.data.bundled import BUILDERS, distinct_lines
     from mixjax.data.formats import detect_format, to_messages
     from mixjax.io import write_text_atomic
 
@@ -87,17 +87,9 @@ def build_bundled_collection(path: Path, size_mb: float, seed: int = 0) -> dict:
     lines, sizes = [], {}
     for source, share in BUNDLED_SHARES.items():
         target = max(int(share * size_mb * 1e6), MIN_SOURCE_BYTES)
-        seen, size = set(), 0
-        for record in builders[source]():
-            messages = to_messages(record, detect_format(record, source), source)
-            line = json.dumps({"messages": messages, "source": source}, ensure_ascii=False)
-            if line in seen:
-                continue
-            seen.add(line)
-            lines.append(line)
-            size += len(line.encode("utf-8"))
-            if size >= target:
-                break
+        source_lines, size = distinct_lines(builders[source](), target, lambda record, source=source: {
+            "messages": to_messages(record, detect_format(record, source), source), "source": source})
+        lines += source_lines
         if size < target:
             raise MixjaxError(f"the bundled source '{source}' has only {size:,} bytes; lower --size-mb")
         sizes[source] = size

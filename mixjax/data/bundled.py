@@ -109,21 +109,29 @@ BUILDERS: dict[str, Callable[[], Iterator[dict]]] = {
 }
 
 
+def distinct_lines(records, size_bytes: int, to_json=lambda r: r) -> tuple[list[str], int]:
+    """JSON lines of `to_json(record)`, duplicates dropped (generators repeat some problems across
+    seeds), until they hold `size_bytes` of UTF-8; returns (lines, their size), which is smaller
+    than asked when the records run out."""
+    lines, seen, size = [], set(), 0
+    for record in records:
+        line = json.dumps(to_json(record), ensure_ascii=False)
+        if line in seen:
+            continue
+        seen.add(line)
+        lines.append(line)
+        size += len(line.encode("utf-8"))
+        if size >= size_bytes:
+            break
+    return lines, size
+
+
 def write_bundled(out: str | os.PathLike, size_bytes: int = 2_000_000, domains=None) -> dict:
     """Write `<domain>.jsonl` files of about `size_bytes` of text each; returns their summary."""
     out = Path(out)
     summary = {}
     for name in domains or BUILDERS:
-        lines, seen, size = [], set(), 0
-        for record in BUILDERS[name]():
-            line = json.dumps(record, ensure_ascii=False)
-            if line in seen:
-                continue  # generators repeat some problems across seeds
-            seen.add(line)
-            lines.append(line)
-            size += len(line.encode("utf-8"))
-            if size >= size_bytes:
-                break
+        lines, size = distinct_lines(BUILDERS[name](), size_bytes)
         if size < size_bytes:
             raise MixjaxError(f"bundled domain '{name}' has only {size:,} bytes, fewer than --size-mb asks")
         write_text_atomic(out / f"{name}.jsonl", "\n".join(lines) + "\n")
