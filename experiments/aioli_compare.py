@@ -128,16 +128,13 @@ def run(args, argv) -> int:
                                     data_name="data" if three else f"data_{name}")
         budget = scale.budget if three or not args.pair_budget else args.pair_budget
         budgets[name] = budget
-        num_steps = budget // (scale.batch_size * scale.seq_len)
         results[name] = {}
         for seed in scale.seeds:
             results[name][seed] = {}
             for m in methods:
                 t0 = time.perf_counter()
-                cfg = type(config)(**{**config.to_dict(), "seed": seed, "progress": False})
                 out = work / f"seed{seed}" / m if three else work / name / f"seed{seed}" / m
-                r = common.method_result(m, data, budget, cfg, out, common.online_options(m, num_steps, len(domains)),
-                                         eval_batches=scale.online_eval_batches)
+                r = common.run_method(m, data, budget, config, seed, out, scale)
                 results[name][seed][m] = r
                 common.log(f"{name} seed {seed} {m:10s} perplexity {perplexity(r['val_loss']):.3f}  "
                            f"({r['runs']} runs, {time.perf_counter() - t0:.0f} s)")

@@ -168,6 +168,15 @@ def method_result(name: str, data, budget: int, config, out: Path, options: dict
     return summary
 
 
+def run_method(name: str, data, budget: int, config, seed: int, out: Path, scale: Scale) -> dict:
+    """`method_result` for one seed of an experiment: the config at that seed, online schedules
+    scaled to the run's steps, the scale's evaluation batches for online methods."""
+    num_steps = budget // (scale.batch_size * scale.seq_len)
+    return method_result(name, data, budget, dataclasses.replace(config, seed=seed, progress=False), out,
+                         online_options(name, num_steps, len(data.domains)),
+                         eval_batches=scale.online_eval_batches)
+
+
 def method_minutes(summaries) -> float:
     """Wall minutes the given method results took when they were trained (cached or not)."""
     return sum(float(r.get("seconds", 0.0)) for r in summaries) / 60

@@ -135,16 +135,12 @@ def run(args, argv) -> int:
     work = Path(args.work)
     data, config = common.setup(work, scale, progress=not args.quiet)
     domains = list(data.domains)
-    num_steps = scale.budget // (scale.batch_size * scale.seq_len)
     per_seed = {}
     for seed in scale.seeds:
         per_seed[seed] = {}
         for m in methods:
             t0 = time.perf_counter()
-            cfg = type(config)(**{**config.to_dict(), "seed": seed, "progress": False})
-            options = common.online_options(m, num_steps, len(domains))
-            r = common.method_result(m, data, scale.budget, cfg, work / f"seed{seed}" / m, options,
-                                     eval_batches=scale.online_eval_batches)
+            r = common.run_method(m, data, scale.budget, config, seed, work / f"seed{seed}" / m, scale)
             per_seed[seed][m] = r
             total = sum(r["val_loss"].values())
             common.log(f"seed {seed} {m:10s} total val loss {total:.4f}  weights "
