@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mixjax.io import write_json_atomic  # noqa: E402
 
 DOMAINS = ("words", "numbers", "code")
 ONLINE = ("aioli", "doremi", "doge", "skillit")
@@ -191,10 +192,7 @@ def main(argv=None):
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".tmp")
-    tmp_out.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp_out, out)
+    write_json_atomic(out, results)
     print(f"\nwrote {out} ({seconds:.0f} s)")
 
 

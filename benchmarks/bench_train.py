@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mixjax.io import write_json_atomic  # noqa: E402
 
 B, L, VOCAB = 16, 256, 259
 
@@ -186,9 +187,7 @@ def main(argv=None):
             results["presets"] = {**old.get("presets", {}), **results["presets"]}
         except (json.JSONDecodeError, OSError):
             pass
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_json_atomic(out, results)
     print(f"\nwrote {out}")
 
 
