@@ -85,6 +85,52 @@ def test_callback_changes_the_mixture(data):
     assert res["final_weights"]["c"] == 1.0 and res["weights"]["a"] == 1.0
 
 
+class Reweight(Callback):
+    """Sets new weights after some steps only, so the trainer's batch drawn ahead is sometimes kept
+    and sometimes voided; records every batch trained on."""
+
+    def __init__(self, changes, kill_at=None):
+        self.changes, self.kill_at, self.tokens = changes, kill_at, {}
+
+    def on_step(self, ctx, info):
+        self.tokens[info.step] = np.asarray(info.batch["tokens"])
+        if info.step == self.kill_at:
+            raise KeyboardInterrupt("killed")
+        if info.step in self.changes:
+            ctx.sampler.set_weights(self.changes[info.step])
+
+
+def test_batches_are_those_drawn_after_the_callbacks(data, tmp_path):
+    """Drawing the next batch during the step must not change which batches a run trains on: they
+    equal a sampler replayed with the weights set after each step, also across a kill and resume
+    from a checkpoint taken while a batch drawn ahead was held."""
+    from mixjax.data.sampler import MixtureSampler
+
+    start, changes, steps = {"a": 0.6, "b": 0.4}, {2: {"c": 1.0}, 5: {"a": 0.2, "b": 0.3, "c": 0.5}}, 8
+    replay = MixtureSampler(data, start, batch_size=8, seq_len=64, budget_tokens=steps * BATCH, seed=0)
+    expected = {}
+    for step in range(1, steps + 1):
+        expected[step] = replay.next_batch().tokens_BxL
+        if step in changes:
+            replay.set_weights(changes[step])
+
+    cfg = TrainConfig(**SHAPE, checkpoint_every=3)
+    whole = Reweight(changes)
+    ref = run_training(cfg, data, start, steps * BATCH, callbacks=[whole], out_dir=tmp_path / "whole")
+    assert sorted(whole.tokens) == list(range(1, steps + 1))
+    for step in whole.tokens:
+        np.testing.assert_array_equal(whole.tokens[step], expected[step], err_msg=f"step {step}")
+
+    with pytest.raises(KeyboardInterrupt):  # the checkpoint of step 3 holds a batch drawn ahead
+        run_training(cfg, data, start, steps * BATCH, callbacks=[Reweight(changes, kill_at=5)], out_dir=tmp_path / "cut")
+    resumed = Reweight(changes)
+    res = run_training(cfg, data, start, steps * BATCH, callbacks=[resumed], out_dir=tmp_path / "cut")
+    assert sorted(resumed.tokens) == list(range(4, steps + 1))
+    for step in resumed.tokens:
+        np.testing.assert_array_equal(resumed.tokens[step], expected[step], err_msg=f"resumed, step {step}")
+    assert res["tokens"] == ref["tokens"] and res["val_loss"] == ref["val_loss"]
+
+
 class Online(Callback):
     """A stand-in online method: reweights by the training losses; its state is checkpointed."""
 

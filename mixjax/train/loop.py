@@ -75,8 +75,9 @@ class StepInfo:
 
 @dataclasses.dataclass
 class RunContext:
-    """Handed to callbacks: the sampler (set its weights), the domains, and an `evaluate` function
-    (per-domain validation loss now, optionally for a subset / fewer batches).
+    """Handed to callbacks: the sampler (set its weights; it may have drawn the next batch ahead,
+    which new weights void), the domains, and an `evaluate` function (per-domain validation loss
+    now, optionally for a subset / fewer batches).
 
     For methods that need more than losses: `stepper` (the compiled steps), `params` (the current
     parameters; valid until the next step, which donates them), `domain_losses(batch, params=None)`
@@ -313,7 +314,7 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
         return val
 
     def save(step: int):
-        meta_out = {"step": step, "sampler": sampler.state_dict(),
+        meta_out = {"step": step, "sampler": sampler_state(),
                     "callbacks": [cb.state_dict() for cb in callbacks],
                     "loss_tokens": loss_tokens.tolist(), "seen_tokens": seen_tokens.tolist(),
                     "val_history": val_history, "best": best, "timings": timings,
@@ -323,10 +324,32 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
     warmup = int(cfg.warmup * num_steps) if cfg.warmup < 1 else int(cfg.warmup)
     progress = Progress(num_steps, start_step, enabled=cfg.progress and jax.process_index() == 0)
     batch_tokens = cfg.batch_size * cfg.seq_len
-    # Without callbacks (which may change the weights after a step) or checkpoints (which save the
-    # sampler state), the next batch is packed on the host while the device runs this step.
-    prefetch = not callbacks and ckpt is None
-    next_batch = None
+    # The next batch is packed on the host while the device runs this step. A callback that then
+    # changes the weights voids it: the sampler is rewound and the batch drawn again at the new
+    # weights, so the batches are exactly those of drawing after the callbacks.
+    prefetch = hasattr(sampler, "state_dict") and hasattr(sampler, "load_state_dict")
+    next_batch = before_prefetch = None
+
+    def sampler_state() -> dict:
+        return sampler.state_dict() if next_batch is None else before_prefetch
+
+    def draw_ahead():
+        nonlocal before_prefetch
+        before_prefetch = sampler.state_dict()
+        try:
+            return sampler.next_batch()
+        except Exception:  # e.g. a domain exhausted at the old weights: drawn (or raised) after the callbacks
+            sampler.load_state_dict(before_prefetch)
+            return None
+
+    def void_if_reweighted(drawn_with: np.ndarray):
+        nonlocal next_batch
+        weights = np.asarray(sampler.weights)
+        if next_batch is not None and not np.array_equal(weights, drawn_with):
+            sampler.load_state_dict(before_prefetch)
+            sampler.set_weights(weights)
+            next_batch = None
+
     try:
         for step in range(start_step, num_steps):
             t0 = time.perf_counter()
@@ -334,7 +357,8 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
             lr = learning_rate(step, num_steps, cfg.lr, cfg.schedule, warmup, cfg.final_lr_ratio)
             device_batch = stepper.put_batch(batch)
             state, m = stepper.train_step(state, device_batch, np.float32(lr))
-            next_batch = sampler.next_batch() if prefetch and step + 1 < num_steps else None
+            drawn_with = np.array(sampler.weights)
+            next_batch = draw_ahead() if prefetch and step + 1 < num_steps else None
             m = jax.device_get(m)
             dt = time.perf_counter() - t0
             if step == start_step:  # includes compilation (unless cached in this process)
@@ -362,6 +386,7 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
             last = step + 1 == num_steps
             if last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0):
                 run_eval(step + 1)
+            void_if_reweighted(drawn_with)
             if ckpt is not None and (last or (step + 1) % cfg.checkpoint_every == 0):
                 save(step + 1)
     finally:
