@@ -114,18 +114,18 @@ def test_batches_are_those_drawn_after_the_callbacks(data, tmp_path):
         if step in changes:
             replay.set_weights(changes[step])
 
-    cfg = TrainConfig(**SHAPE, checkpoint_every=3)
+    cfg = TrainConfig(**SHAPE, checkpoint_every=4)
     whole = Reweight(changes)
     ref = run_training(cfg, data, start, steps * BATCH, callbacks=[whole], out_dir=tmp_path / "whole")
     assert sorted(whole.tokens) == list(range(1, steps + 1))
     for step in whole.tokens:
         np.testing.assert_array_equal(whole.tokens[step], expected[step], err_msg=f"step {step}")
 
-    with pytest.raises(KeyboardInterrupt):  # the checkpoint of step 3 holds a batch drawn ahead
-        run_training(cfg, data, start, steps * BATCH, callbacks=[Reweight(changes, kill_at=5)], out_dir=tmp_path / "cut")
+    with pytest.raises(KeyboardInterrupt):  # the checkpoint of step 4 holds a batch drawn ahead
+        run_training(cfg, data, start, steps * BATCH, callbacks=[Reweight(changes, kill_at=6)], out_dir=tmp_path / "cut")
     resumed = Reweight(changes)
     res = run_training(cfg, data, start, steps * BATCH, callbacks=[resumed], out_dir=tmp_path / "cut")
-    assert sorted(resumed.tokens) == list(range(4, steps + 1))
+    assert sorted(resumed.tokens) == list(range(5, steps + 1))
     for step in resumed.tokens:
         np.testing.assert_array_equal(resumed.tokens[step], expected[step], err_msg=f"resumed, step {step}")
     assert res["tokens"] == ref["tokens"] and res["val_loss"] == ref["val_loss"]

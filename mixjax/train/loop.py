@@ -326,8 +326,10 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
     batch_tokens = cfg.batch_size * cfg.seq_len
     # The next batch is packed on the host while the device runs this step. A callback that then
     # changes the weights voids it: the sampler is rewound and the batch drawn again at the new
-    # weights, so the batches are exactly those of drawing after the callbacks.
+    # weights, so the batches are exactly those of drawing after the callbacks. After a step that
+    # changed the weights the next is not drawn ahead (methods that change them every step).
     prefetch = hasattr(sampler, "state_dict") and hasattr(sampler, "load_state_dict")
+    reweighted = False
     next_batch = before_prefetch = None
 
     def sampler_state() -> dict:
@@ -343,9 +345,10 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
             return None
 
     def void_if_reweighted(drawn_with: np.ndarray):
-        nonlocal next_batch
+        nonlocal next_batch, reweighted
         weights = np.asarray(sampler.weights)
-        if next_batch is not None and not np.array_equal(weights, drawn_with):
+        reweighted = not np.array_equal(weights, drawn_with)
+        if next_batch is not None and reweighted:
             sampler.load_state_dict(before_prefetch)
             sampler.set_weights(weights)
             next_batch = None
@@ -358,7 +361,7 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
             device_batch = stepper.put_batch(batch)
             state, m = stepper.train_step(state, device_batch, np.float32(lr))
             drawn_with = np.array(sampler.weights)
-            next_batch = draw_ahead() if prefetch and step + 1 < num_steps else None
+            next_batch = draw_ahead() if prefetch and not reweighted and step + 1 < num_steps else None
             m = jax.device_get(m)
             dt = time.perf_counter() - t0
             if step == start_step:  # includes compilation (unless cached in this process)
