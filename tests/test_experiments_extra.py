@@ -201,3 +201,27 @@ def test_reweight_collection_splits_real_shapes(tmp_path, capsys, shape):
     assert sorted(manifest["domains"]) == expected[shape]
     assert "2 domains" in out and "9 perturbation runs" in out and "natural weight" in out
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_aioli_eval_size_quick_distances_follow_from_the_estimates(tmp_path):
+    """The distances the table reports are those of EG steps from the recorded A matrices,
+    recomputed here with the update written out (p_j * exp(eta * sum_i A_ij), normalised)."""
+    import aioli_eval_size
+
+    results = tmp_path / "results"
+    assert aioli_eval_size.main(["--quick", "--quiet", "--work", str(tmp_path / "work"), "--results", str(results)]) == 0
+    payload = json.loads((results / "aioli_eval_size_quick.json").read_text())
+    eta = payload["aioli"]["eta"]
+    assert payload["updates"] and all(u["run_matches_4_batches"] for u in payload["updates"])
+
+    def step(p, a):
+        w = np.asarray(p) * np.exp(eta * np.asarray(a).sum(axis=0))
+        return w / w.sum()
+
+    for update in payload["updates"]:
+        reference = step(update["weights_before"], update["reference_a"])
+        assert abs(np.abs(reference - update["weights_before"]).sum() - update["step_size_l1"]) < 1e-9
+        for name, row in update["candidates"].items():
+            assert abs(np.abs(step(update["weights_before"], row["a"]) - reference).sum() - row["distance_l1"]) < 1e-9, name
+    assert "| 4 batches |" in (results / "aioli_eval_size_quick.md").read_text()
