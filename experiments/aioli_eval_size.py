@@ -9,8 +9,8 @@ shadow's) and of `--reference` other batches (an independent, larger estimate). 
 from the run's weights before it: the weights each estimate would step to, their L1 distance to
 the reference estimate's, against the size of the step itself (L1), and the cosine between the
 centred column sums of A (the EG direction). Each batch is 16 x 256 tokens; the cost column counts
-the evaluations' forward passes per training step (each pass takes about a fifth of a step's time,
-`benchmarks/bench_methods.py` measures the wall time).
+the evaluations' forward passes per training step (`benchmarks/bench_methods.py` measures what they
+cost in wall time).
 
     python experiments/aioli_eval_size.py            # ~10 min on 2 CPU cores (base model cached)
     python experiments/aioli_eval_size.py --quick    # seconds: checks the script end to end
