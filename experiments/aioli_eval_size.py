@@ -27,11 +27,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+from mixjax.errors import MixjaxError  # noqa: E402
+from mixjax.train import Callback  # noqa: E402
 
 CANDIDATES = (1, 2, 4)
 
 
-class EvalSizeProbe:
+class EvalSizeProbe(Callback):
     """A trainer callback beside the Aioli callback: at each of its evaluations, the per-batch
     validation loss sums of every domain, fed to shadow Aiolis by batch subset."""
 
@@ -56,7 +58,6 @@ class EvalSizeProbe:
                 if not self.strict:  # --quick: too few held-out batches, reused in turn
                     arrays = [arrays[i % len(arrays)] for i in range(needed)]
                 if len(arrays) < needed:
-                    from mixjax.errors import MixjaxError
                     raise MixjaxError(f"domain {d} has {len(arrays)} validation batches; the probe needs {needed} "
                                       "(lower --reference)")
                 self.device_batches[d] = [ctx.stepper.put_batch(a) for a in arrays]
@@ -89,18 +90,6 @@ class EvalSizeProbe:
 
     def on_step(self, ctx, info) -> None:
         self._observe(ctx, info.step)
-
-    def on_eval(self, ctx, step, val) -> None:
-        pass
-
-    def on_train_end(self, ctx, result) -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state) -> None:
-        pass
 
 
 def compare(probe: EvalSizeProbe, run_a: list) -> list[dict]:
