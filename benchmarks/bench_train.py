@@ -7,7 +7,9 @@ model-FLOPs utilisation = 6N(+attention) FLOPs per token x tokens/s / peak.
 
     python benchmarks/bench_train.py [--presets tiny,small] [--rounds 5] [--steps 5] [--no-compile]
 
-Writes benchmarks/results/train.json and prints a table.
+Writes benchmarks/results/train.json and prints a table. Importing mixjax keeps freed host memory
+for reuse (mixjax/host_memory.py), for PyTorch in this process too; run with
+MIXJAX_MALLOC_TUNING=0 (and another --out) for both with glibc's default malloc.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mixjax import host_memory  # noqa: E402
 from mixjax.io import write_json_atomic  # noqa: E402
 
 B, L, VOCAB = 16, 256, 259
@@ -134,7 +137,9 @@ def main(argv=None):
 
     peak = matmul_peak()
     print(f"JAX float32 matmul peak (2048^3): {peak / 1e9:.1f} GFLOP/s")
+    print(f"malloc kept freed memory for reuse (mixjax/host_memory.py): {host_memory.applied()}")
     results = {"batch": [B, L], "vocab": VOCAB, "matmul_peak_gflops": peak / 1e9, "presets": {},
+               "malloc_tuned": host_memory.applied(),
                "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                            "processor": platform.processor()},
                "command": "python benchmarks/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:])}
@@ -165,6 +170,7 @@ def main(argv=None):
             if ref in med:
                 row[f"ratio_vs_{ref}"] = med["mixjax"] / med[ref]
         row["load_average_1min"] = load_average()
+        row["malloc_tuned"] = host_memory.applied()
         row["time_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         row["matmul_peak_gflops_so_far"] = peak / 1e9
         results["presets"][name] = row
