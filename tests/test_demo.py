@@ -14,7 +14,9 @@ def test_quick_demo_runs_the_pipeline_and_resumes(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--quick", "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     weights = np.array(list(summary["optimised_weights"].values()))
-    assert weights.min() > 0 and abs(weights.sum() - 1) < 1e-9
+    # a mixture; a domain at exactly 0 is a legitimate corner optimum (the quick run's bootstrap
+    # interval for code reaches 0)
+    assert weights.min() >= 0 and abs(weights.sum() - 1) < 1e-9
     law = json.loads((out / "law.json").read_text())
     assert law["law"] == "li2025" and law["diagnostics"]["n_runs"] == 13
     assert not law["diagnostics"]["under_determined"]

@@ -8,7 +8,7 @@ from flax import nnx
 
 from mixjax.errors import MixjaxError
 from mixjax.model import PRESETS, ModelConfig, get_config, init_model
-from mixjax.model.decoder import rope_inv_freq
+from mixjax.model.decoder import rope_inv_freq, rope_tables
 
 CFG = ModelConfig(vocab_size=61, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64)
 
@@ -78,6 +78,20 @@ def test_llama3_rope_scaling_changes_only_low_frequencies():
     a, b = rope_inv_freq(base), rope_inv_freq(scaled)
     assert a[0] == b[0] and np.isclose(b[-1], a[-1] / 8)
     assert hash(scaled) and scaled.rope_scaling_dict["factor"] == 8.0
+
+
+@pytest.mark.parametrize("max_positions", [256, 2048, 131072])
+def test_rope_tables_match_direct_evaluation(max_positions):
+    inv = rope_inv_freq(CFG.replace(head_dim=64, rope_theta=500000.0))
+    rng = np.random.default_rng(0)
+    pos = np.concatenate([np.arange(min(300, max_positions)), rng.integers(0, max_positions, 500),
+                          [max_positions - 1]]).astype(np.int32)[None]
+    cos, sin = (np.asarray(t[0]) for t in rope_tables(jnp.asarray(pos), inv, max_positions))
+    angle = pos[0][:, None].astype(np.float64) * inv.astype(np.float64)
+    np.testing.assert_allclose(cos, np.cos(angle), rtol=0, atol=3e-7)
+    np.testing.assert_allclose(sin, np.sin(angle), rtol=0, atol=3e-7)
+    far = np.asarray(rope_tables(jnp.asarray([[2 * max_positions]], jnp.int32), inv, max_positions)[0])
+    assert np.isnan(far).all()  # past the tables: NaN, not a wrong angle
 
 
 def test_bf16_compute_is_close_to_f32():

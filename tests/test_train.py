@@ -213,6 +213,7 @@ def test_schedules():
     (["--weights", "a=-0.5,b=1.5"], "--weights: negative weight for a"),
     (["--data", "/nonexistent"], "not a prepared data directory"),
     (["--model", "llama-3.2-3b", "--init", "{hf}"], "does not match"),
+    (["--seq-len", "4096", "--budget-tokens", "7e4"], "--seq-len 4096 exceeds the model's max_seq_len 2048"),
 ])
 def test_bad_input_is_one_line_error(data_dir, tmp_path, capsys, argv, message):
     hf = tmp_path / "hf"

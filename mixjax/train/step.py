@@ -89,6 +89,8 @@ class Stepper:
         if cfg.batch_size % (div * cfg.grad_accum):
             raise ValueError(f"batch size {cfg.batch_size} must be a multiple of data*fsdp ({div}) "
                              f"x grad_accum ({cfg.grad_accum})")
+        if cfg.seq_len > cfg.model.max_seq_len:
+            raise MixjaxError(f"--seq-len {cfg.seq_len} exceeds the model's max_seq_len {cfg.model.max_seq_len}")
         if cfg.loss_chunk is not None and (cfg.loss_chunk < 1 or cfg.seq_len % cfg.loss_chunk):
             raise MixjaxError(f"--loss-chunk {cfg.loss_chunk} must be a positive divisor of --seq-len {cfg.seq_len}")
         abstract = nnx.eval_shape(lambda: Decoder(cfg.model, rngs=nnx.Rngs(0)))
