@@ -27,6 +27,7 @@ Writes benchmarks/results/bench_methods.json and prints both tables.
 from __future__ import annotations
 
 import argparse
+import resource
 import dataclasses
 import json
 import os
@@ -154,12 +155,15 @@ def overhead(args, data, config, workdir: Path) -> dict:
             callback = Timed(Callback())
         else:
             callback = Timed(callback_for(name, reference, args.eval_batches, warmup))
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t = time.perf_counter()
         run_training(config, data, uniform, steps * batch_tokens, callbacks=[callback] if callback else [])
         total = time.perf_counter() - t
+        faults_per_step[name].append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps)
         return total, (callback.start_s if callback else 0.0), (callback.hooks_s if callback else 0.0)
 
     names = ["plain", "noop_callback", *args.configurations]
+    faults_per_step = {name: [] for name in names}  # minor page faults (host memory growing)
     for name in names:  # warm-up: compile every step, evaluation and alignment once
         print(f"  warm-up {name}: {timed(name, args.warmup_steps, warmup=True)[0]:.2f} s", flush=True)
     runs = {name: [] for name in names}
@@ -168,7 +172,8 @@ def overhead(args, data, config, workdir: Path) -> dict:
             runs[name].append(timed(name, args.steps))
         print(f"  round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1][0]:.1f}s" for k, v in runs.items()), flush=True)
     plain = [t for t, _, _ in runs["plain"]]
-    out = {"plain": {"median_s": statistics.median(plain), "times_s": plain}}
+    out = {"plain": {"median_s": statistics.median(plain), "times_s": plain,
+                     "minor_faults_per_step": faults_per_step["plain"][-args.rounds:]}}
     for name in names[1:]:
         total = [t for t, _, _ in runs[name]]
         start = [s for _, s, _ in runs[name]]
@@ -182,6 +187,7 @@ def overhead(args, data, config, workdir: Path) -> dict:
             "trainer_share": statistics.median([o - m for o, m in zip(ratio, method)]),
             "median_s": statistics.median(total), "times_s": total, "plain_times_s": plain,
             "callback_start_s": start, "callback_hooks_s": hooks,
+            "minor_faults_per_step": faults_per_step[name][-args.rounds:],
             "setting": CONFIGURATIONS[name][3] if name in CONFIGURATIONS else "a callback that does nothing",
         }
     return out
@@ -254,11 +260,14 @@ def main(argv=None):
         seconds = time.perf_counter() - started
     plain = timing["plain"]["median_s"]
     print(f"\n  plain run: median {plain:.2f} s ({1000 * plain / args.steps:.1f} ms per step incl. final eval)")
-    print(f"  {'configuration':15s} {'median s':>9s} {'overhead':>9s} {'method':>8s} {'(start)':>8s} {'trainer':>8s}  setting")
+    print(f"  page faults per step, plain: {statistics.median(timing['plain']['minor_faults_per_step']):,.0f}")
+    print(f"  {'configuration':15s} {'median s':>9s} {'overhead':>9s} {'method':>8s} {'(start)':>8s} {'trainer':>8s} "
+          f"{'faults/step':>11s}  setting")
     for name, row in timing.items():
         if name != "plain":
             print(f"  {name:15s} {row['median_s']:9.2f} {100 * row['overhead']:8.1f}% {100 * row['method_share']:7.1f}% "
-                  f"{100 * row['method_start_share']:7.1f}% {100 * row['trainer_share']:7.1f}%  {row['setting']}")
+                  f"{100 * row['method_start_share']:7.1f}% {100 * row['trainer_share']:7.1f}% "
+                  f"{statistics.median(row['minor_faults_per_step']):11,.0f}  {row['setting']}")
     results = {
         "command": "python benchmarks/bench_methods.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "settings": {"steps": args.steps, "rounds": args.rounds, "batch": args.batch, "seq": args.seq,
