@@ -73,7 +73,8 @@ def reuse_freed_memory() -> bool:
     libc = _glibc()
     if libc is None:
         return False
-    # -1 disables trimming (mallopt(3)); 0 mmaps disables mmap for large blocks
+    # mallopt(3): M_MMAP_MAX=0 serves large blocks from the heap, M_TRIM_THRESHOLD=-1 never
+    # returns its top to the system, M_ARENA_MAX=1 shares one heap between all threads
     ok = libc.mallopt(_M_MMAP_MAX, 0) == 1
     ok &= libc.mallopt(_M_TRIM_THRESHOLD, -1) == 1
     ok &= libc.mallopt(_M_ARENA_MAX, 1) == 1

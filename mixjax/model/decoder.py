@@ -66,12 +66,11 @@ def rope_tables(positions_BxL, inv_freq, max_positions: int):
     fine_SxE2 = np.arange(step, dtype=np.float64)[:, None] * inv
     q_BxL, r_BxL = positions_BxL // step, positions_BxL % step
 
-    def table(values):
-        return lambda idx: jnp.take(jnp.asarray(values, jnp.float32), idx, axis=0, mode="fill",
-                                    fill_value=jnp.nan)
+    def lookup(table, idx_BxL):
+        return jnp.take(jnp.asarray(table, jnp.float32), idx_BxL, axis=0, mode="fill", fill_value=jnp.nan)
 
-    cq, sq = table(np.cos(coarse_QxE2))(q_BxL), table(np.sin(coarse_QxE2))(q_BxL)
-    cr, sr = table(np.cos(fine_SxE2))(r_BxL), table(np.sin(fine_SxE2))(r_BxL)
+    cq, sq = lookup(np.cos(coarse_QxE2), q_BxL), lookup(np.sin(coarse_QxE2), q_BxL)
+    cr, sr = lookup(np.cos(fine_SxE2), r_BxL), lookup(np.sin(fine_SxE2), r_BxL)
     return cq * cr - sq * sr, sq * cr + cq * sr
 
 
