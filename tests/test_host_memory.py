@@ -10,7 +10,7 @@ import pytest
 
 from mixjax import host_memory
 
-# The tiny preset's train step at 16 x 256, whose temporary buffers (about 50 MB, one block) are
+# The tiny preset's train step at 16 x 256, whose temporary buffers (212 MB, one block) are
 # above glibc's mmap threshold; the script prints the median minor page faults of a step after
 # warm-up. (The median: with the heap kept, a step now and then still lands on new pages while the
 # heap settles.)
