@@ -111,3 +111,23 @@ def test_causal_query_blocks_do_not_change_the_result():
     for n in (3, 4):  # 48 / 4 and 48 / 3: blocks that cut through segments
         got = np.asarray(jitted(init_model(CFG.replace(attn_blocks=n), seed=5))(toks, pos, seg))
         np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("d, f", [(8, 24), (24, 8)])  # transpose x, or transpose dy
+def test_projection_gradient_matches_plain_autodiff(d, f):
+    """`project`'s weight gradient (an explicit transpose, then a row-major dot) equals the
+    gradient of a plain matmul, and XLA does not fold the transpose back: no dot in the compiled
+    backward contracts the token axis (dim 0) of both operands."""
+    from mixjax.model.decoder import project
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((3, 5, d)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((d, f)), jnp.float32)
+    c = jnp.asarray(rng.standard_normal((3, 5, f)), jnp.float32)
+    ours = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(project(x, w)) * c), argnums=(0, 1)))
+    plain = jax.grad(lambda x, w: jnp.sum(jnp.sin(jnp.einsum("bld,df->blf", x, w)) * c), argnums=(0, 1))
+    for got, want in zip(ours(x, w), plain(x, w)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    hlo = ours.lower(x, w).compile().as_text()
+    dots = [line for line in hlo.splitlines() if " dot(" in line]
+    assert dots and not [line for line in dots if "lhs_contracting_dims={0}" in line and "rhs_contracting_dims={0}" in line]

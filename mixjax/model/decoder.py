@@ -83,13 +83,45 @@ def apply_rope(x_xE, cos_xE2, sin_xE2):
     return jnp.concatenate([x1 * cos_xE2 - x2 * sin_xE2, x2 * cos_xE2 + x1 * sin_xE2], axis=-1).astype(dtype)
 
 
+@jax.custom_vjp
+def _matmul_transposed_wgrad(x_NxD, w_DxF):
+    """x @ w whose weight gradient contracts two row-major operands, for XLA CPU.
+
+    The weight gradient x^T dy contracts the token axis, the major axis of both x [N, D] and
+    dy [N, F]. XLA CPU hands such a dot to Eigen, which ran it at 50-63 GFLOP/s on one core where
+    YNNPACK runs a row-major x @ w at 83-90 (benchmarks/bench_dots.py). Transposing the narrower
+    operand first, explicitly (an optimization barrier keeps XLA from folding the transpose back
+    into the dot), lets YNNPACK take the dot; the transpose of x is shared by every projection of
+    the same input (q, k, v; gate, up)."""
+    return x_NxD @ w_DxF
+
+
+def _matmul_fwd(x_NxD, w_DxF):
+    return x_NxD @ w_DxF, (x_NxD, w_DxF)
+
+
+def _matmul_bwd(res, dy_NxF):
+    x_NxD, w_DxF = res
+    dx_NxD = jax.lax.dot_general(dy_NxF, w_DxF, (((1,), (1,)), ((), ())))
+    if x_NxD.shape[1] <= dy_NxF.shape[1]:
+        dw_DxF = jax.lax.optimization_barrier(x_NxD.T) @ dy_NxF
+    else:  # the barrier on the product keeps its transpose from being folded into the dot too
+        dw_FxD = jax.lax.optimization_barrier(jax.lax.optimization_barrier(dy_NxF.T) @ x_NxD)
+        dw_DxF = dw_FxD.T
+    return dx_NxD.astype(x_NxD.dtype), dw_DxF.astype(w_DxF.dtype)
+
+
+_matmul_transposed_wgrad.defvjp(_matmul_fwd, _matmul_bwd)
+
+
 def project(x_BxLxD, w_Dx_):
     """x [B, L, D] times a weight [D, ...] (heads etc. flattened for the matmul) -> [B, L, ...].
 
-    Plain autodiff: a custom VJP that transposed the smaller operand first timed 2-4% slower, side
-    by side in one train-step run, once host_memory.py stopped XLA's buffers being page-faulted."""
+    On CPU the weight gradient goes through `_matmul_transposed_wgrad`; elsewhere (cuBLAS and the
+    TPU handle transposed operands natively) it is plain autodiff."""
     b, l, d = x_BxLxD.shape
-    out = x_BxLxD.reshape(b * l, d) @ w_Dx_.reshape(d, -1)
+    x_NxD, w_DxF = x_BxLxD.reshape(b * l, d), w_Dx_.reshape(d, -1)
+    out = _matmul_transposed_wgrad(x_NxD, w_DxF) if jax.default_backend() == "cpu" else x_NxD @ w_DxF
     return out.reshape(b, l, *w_Dx_.shape[1:])
 
 

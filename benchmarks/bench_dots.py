@@ -1,0 +1,101 @@
+"""The three matmuls of a projection's train step on XLA CPU, and the transposed weight gradient.
+
+For y = x @ w with x [N, D] (N = batch x sequence tokens) and w [D, F], training runs
+    forward  y  = x @ w        row-major dot
+    dx       dx = dy @ w^T     the weight's transpose (YNNPACK handles a transposed right operand)
+    dw       dw = x^T @ dy     contracts the token axis of both x and dy
+XLA CPU hands the last one to Eigen. mixjax's `project` instead transposes the narrower operand
+explicitly and runs a row-major dot (mixjax/model/decoder.py). This times each form, with the
+library XLA picked (from the compiled HLO), at the tiny and small presets' shapes.
+
+    python benchmarks/bench_dots.py            # both threads
+    taskset -c 0 python benchmarks/bench_dots.py --out benchmarks/results/dots_1thread.json
+
+Writes benchmarks/results/dots.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mixjax import host_memory  # noqa: E402  (before JAX starts, like the trainer)
+from mixjax.io import write_json_atomic  # noqa: E402
+
+SHAPES = {"tiny gate/up": (4096, 128, 512), "tiny down": (4096, 512, 128), "tiny attn": (4096, 128, 128),
+          "small gate/up": (4096, 256, 768), "small down": (4096, 768, 256), "small attn": (4096, 256, 256)}
+
+
+def library(hlo: str) -> str:
+    """Which library the compiled module's dot went to."""
+    if "__ynn_fusion" in hlo:
+        return "ynnpack"
+    if "__xnn" in hlo:
+        return "xnnpack"
+    return "eigen"
+
+
+def timed(f, args, reps=10, rounds=7) -> float:
+    import jax
+
+    for _ in range(3):
+        jax.block_until_ready(f(*args))
+    out = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(reps):
+            r = f(*args)
+        jax.block_until_ready(r)
+        out.append((time.perf_counter() - t) / reps)
+    return statistics.median(out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "dots.json"))
+    args = ap.parse_args(argv)
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    tok = (((0,), (0,)), ((), ()))
+    forms = {
+        "forward x @ w": lambda x, dy, w: x @ w,
+        "dx = dy @ w^T": lambda x, dy, w: jax.lax.dot_general(dy, w, (((1,), (1,)), ((), ()))),
+        "dw = x^T dy (XLA default)": lambda x, dy, w: jax.lax.dot_general(x, dy, tok),
+        "dw = transpose(x) @ dy": lambda x, dy, w: jax.lax.optimization_barrier(x.T) @ dy,
+        "dw = (transpose(dy) @ x)^T": lambda x, dy, w: jax.lax.optimization_barrier(
+            jax.lax.optimization_barrier(dy.T) @ x).T,
+    }
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    results = {"threads": threads, "malloc_tuned": host_memory.applied(), "shapes": {},
+               "command": "python benchmarks/bench_dots.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    print(f"{threads} thread(s); GFLOP/s of each form (2 N D F FLOPs)")
+    rng = np.random.default_rng(0)
+    for name, (n, d, f) in SHAPES.items():
+        x = jnp.asarray(rng.standard_normal((n, d)), jnp.float32)
+        dy = jnp.asarray(rng.standard_normal((n, f)), jnp.float32)
+        w = jnp.asarray(rng.standard_normal((d, f)), jnp.float32)
+        row = {}
+        print(f"\n{name}: N={n} D={d} F={f}")
+        for form, fn in forms.items():
+            jf = jax.jit(fn)
+            s = timed(jf, (x, dy, w))
+            lib = library(jf.lower(x, dy, w).compile().as_text())
+            row[form] = {"ms": 1000 * s, "gflops": 2 * n * d * f / s / 1e9, "library": lib}
+            print(f"  {form:28s} {1000 * s:7.2f} ms {2 * n * d * f / s / 1e9:7.1f} GFLOP/s  ({lib})")
+        results["shapes"][name] = row
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out, results)
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
