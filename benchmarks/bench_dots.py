@@ -8,6 +8,10 @@ XLA CPU hands the last one to Eigen. mixjax's `project` instead transposes the n
 explicitly and runs a row-major dot (mixjax/model/decoder.py). This times each form, with the
 library XLA picked (from the compiled HLO), at the tiny and small presets' shapes.
 
+Also the batched dots of attention (per batch element and KV head: rows = query heads per KV head
+x query positions, head dim 32, 256 keys), for several row counts at the same total work: compare
+a run on both cores with a `taskset -c 0` run to see which of them use the second core.
+
     python benchmarks/bench_dots.py            # both threads
     taskset -c 0 python benchmarks/bench_dots.py --out benchmarks/results/dots_1thread.json
 
@@ -91,6 +95,20 @@ def main(argv=None):
             row[form] = {"ms": 1000 * s, "gflops": 2 * n * d * f / s / 1e9, "library": lib}
             print(f"  {form:28s} {1000 * s:7.2f} ms {2 * n * d * f / s / 1e9:7.1f} GFLOP/s  ({lib})")
         results["shapes"][name] = row
+    results["attention_dots"] = {}
+    print("\nattention batched dots: batch x rows = 16,384 query rows, 256 keys, head dim 32")
+    for rows in (128, 256, 512, 1024):
+        batch, s, e = 16384 // rows, 256, 32
+        q = jnp.asarray(rng.standard_normal((batch, rows, e)), jnp.float32)
+        k = jnp.asarray(rng.standard_normal((batch, s, e)), jnp.float32)
+        p = jnp.asarray(rng.standard_normal((batch, rows, s)), jnp.float32)
+        flops = 2 * batch * rows * s * e
+        qk = timed(jax.jit(lambda q, k: jnp.einsum("bme,bse->bms", q, k)), (q, k))
+        pv = timed(jax.jit(lambda p, v: jnp.einsum("bms,bse->bme", p, v)), (p, k))
+        results["attention_dots"][f"batch {batch} x rows {rows}"] = {
+            "scores_gflops": flops / qk / 1e9, "weighted_values_gflops": flops / pv / 1e9}
+        print(f"  batch {batch:3d} x {rows:4d} rows: q k^T {flops / qk / 1e9:6.1f} GFLOP/s, "
+              f"p v {flops / pv / 1e9:6.1f} GFLOP/s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, results)
