@@ -102,10 +102,8 @@ def main(argv=None):
         for impl in ("mixjax", "torch_eager"):
             print(f"  {impl:12s} step {step_ms[impl]:7.1f}   attention {attention_ms[impl]:7.1f}   "
                   f"everything else {rest_ms[impl]:7.1f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out, results)
-    print(f"\nwrote {out}")
+    write_json_atomic(args.out, results)  # makes the folder too
+    print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -109,10 +109,8 @@ def main(argv=None):
             "scores_gflops": flops / qk / 1e9, "weighted_values_gflops": flops / pv / 1e9}
         print(f"  batch {batch:3d} x {rows:4d} rows: q k^T {flops / qk / 1e9:6.1f} GFLOP/s, "
               f"p v {flops / pv / 1e9:6.1f} GFLOP/s")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out, results)
-    print(f"\nwrote {out}")
+    write_json_atomic(args.out, results)  # makes the folder too
+    print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":
