@@ -116,8 +116,8 @@ def test_causal_query_blocks_do_not_change_the_result():
 @pytest.mark.parametrize("d, f", [(8, 24), (24, 8)])  # transpose x, or transpose dy
 def test_projection_gradient_matches_plain_autodiff(d, f):
     """`project`'s weight gradient (an explicit transpose, then a row-major dot) equals the
-    gradient of a plain matmul, and XLA does not fold the transpose back: no dot in the compiled
-    backward contracts the token axis (dim 0) of both operands."""
+    gradient of a plain matmul, and XLA does not fold a transpose back into a dot: no compiled dot
+    contracts its left operand's major axis (YNNPACK does not take those; Eigen runs them)."""
     from mixjax.model.decoder import project
 
     rng = np.random.default_rng(0)
@@ -130,4 +130,4 @@ def test_projection_gradient_matches_plain_autodiff(d, f):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
     hlo = ours.lower(x, w).compile().as_text()
     dots = [line for line in hlo.splitlines() if " dot(" in line]
-    assert dots and not [line for line in dots if "lhs_contracting_dims={0}" in line and "rhs_contracting_dims={0}" in line]
+    assert dots and not [line for line in dots if "lhs_contracting_dims={0}" in line]
