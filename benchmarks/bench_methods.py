@@ -27,11 +27,11 @@ Writes benchmarks/results/bench_methods.json and prints both tables.
 from __future__ import annotations
 
 import argparse
-import resource
 import dataclasses
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
