@@ -10,7 +10,9 @@ library XLA picked (from the compiled HLO), at the tiny and small presets' shape
 
 Also the batched dots of attention (per batch element and KV head: rows = query heads per KV head
 x query positions, head dim 32, 256 keys), for several row counts at the same total work: compare
-a run on both cores with a `taskset -c 0` run to see which of them use the second core.
+a run on both cores with a `taskset -c 0` run to see which of them use the second core; and
+attention's value gradient with the weights [rows, keys] (autodiff: Eigen) or [keys, rows]
+(mixjax's `attend`: YNNPACK).
 
     python benchmarks/bench_dots.py            # both threads
     taskset -c 0 python benchmarks/bench_dots.py --out benchmarks/results/dots_1thread.json
@@ -109,6 +111,23 @@ def main(argv=None):
             "scores_gflops": flops / qk / 1e9, "weighted_values_gflops": flops / pv / 1e9}
         print(f"  batch {batch:3d} x {rows:4d} rows: q k^T {flops / qk / 1e9:6.1f} GFLOP/s, "
               f"p v {flops / pv / 1e9:6.1f} GFLOP/s")
+    # dV = P^T dO (and dK = dS^T Q) contract the query rows: autodiff of [rows, keys] weights gives
+    # Eigen a dot over both operands' major axis; keys-major weights (mixjax's `attend`) make it
+    # a row-major dot.
+    batch, rows, s, e = 128, 128, 256, 32
+    flops = 2 * batch * rows * s * e
+    p_mxs = jnp.asarray(rng.standard_normal((batch, rows, s)), jnp.float32)
+    p_sxm = jnp.asarray(rng.standard_normal((batch, s, rows)), jnp.float32)
+    do = jnp.asarray(rng.standard_normal((batch, rows, e)), jnp.float32)
+    results["attention_value_gradient"] = {}
+    print(f"\nattention dV = P^T dO: batch {batch}, {rows} query rows, {s} keys, head dim {e}")
+    for form, fn, a in [("weights [rows, keys] (autodiff)", lambda p, d: jnp.einsum("bms,bme->bse", p, d), p_mxs),
+                        ("weights [keys, rows] (attend)", lambda p, d: jnp.einsum("bsm,bme->bse", p, d), p_sxm)]:
+        jf = jax.jit(fn)
+        t = timed(jf, (a, do))
+        lib = library(jf.lower(a, do).compile().as_text())
+        results["attention_value_gradient"][form] = {"ms": 1000 * t, "gflops": flops / t / 1e9, "library": lib}
+        print(f"  {form:34s} {1000 * t:7.2f} ms {flops / t / 1e9:7.1f} GFLOP/s  ({lib})")
     write_json_atomic(args.out, results)  # makes the folder too
     print(f"\nwrote {args.out}")
 

@@ -113,21 +113,61 @@ def test_causal_query_blocks_do_not_change_the_result():
         np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("d, f", [(8, 24), (24, 8)])  # transpose x, or transpose dy
-def test_projection_gradient_matches_plain_autodiff(d, f):
+@pytest.mark.parametrize("d, f, tied", [(8, 24, False), (24, 8, False), (8, 24, True)])
+def test_projection_gradient_matches_plain_autodiff(d, f, tied):
     """`project`'s weight gradient (an explicit transpose, then a row-major dot) equals the
     gradient of a plain matmul, and XLA does not fold a transpose back into a dot: no compiled dot
-    contracts its left operand's major axis (YNNPACK does not take those; Eigen runs them)."""
+    contracts its left operand's major axis (YNNPACK does not take those; Eigen runs them). Cases:
+    transpose x, transpose dy, and a weight used transposed (a tied embedding's LM head)."""
     from mixjax.model.decoder import project
 
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((3, 5, d)), jnp.float32)
-    w = jnp.asarray(rng.standard_normal((d, f)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((f, d) if tied else (d, f)), jnp.float32)
     c = jnp.asarray(rng.standard_normal((3, 5, f)), jnp.float32)
-    ours = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(project(x, w)) * c), argnums=(0, 1)))
-    plain = jax.grad(lambda x, w: jnp.sum(jnp.sin(jnp.einsum("bld,df->blf", x, w)) * c), argnums=(0, 1))
+    as_dxf = (lambda w: w.T) if tied else (lambda w: w)
+    ours = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(project(x, as_dxf(w))) * c), argnums=(0, 1)))
+    plain = jax.grad(lambda x, w: jnp.sum(jnp.sin(jnp.einsum("bld,df->blf", x, as_dxf(w))) * c), argnums=(0, 1))
     for got, want in zip(ours(x, w), plain(x, w)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
     hlo = ours.lower(x, w).compile().as_text()
     dots = [line for line in hlo.splitlines() if " dot(" in line]
     assert dots and not [line for line in dots if "lhs_contracting_dims={0}" in line]
+
+
+def _dots_contracting_a_major_axis(hlo: str) -> list[str]:
+    """Compiled dots whose left operand (rank 4, batch axes 0 and 1) is contracted on axis 2,
+    its major non-batch axis: YNNPACK does not take those, Eigen runs them."""
+    return [line for line in hlo.splitlines()
+            if " dot(" in line and "lhs_batch_dims={0,1}" in line and "lhs_contracting_dims={2}" in line]
+
+
+def test_attention_gradient_matches_plain_autodiff():
+    """`attend`'s hand-written backward (keys-major weights, only E-wide operands transposed)
+    equals autodiff of the plain formula, under a causal mask that also cuts segments, and none of
+    its compiled dots contracts a left operand's major axis (autodiff's dK and dV do)."""
+    from mixjax.model.decoder import _attend_plain, _attend_row_major
+
+    rng = np.random.default_rng(0)
+    b, k, m, s, e = 2, 2, 12, 10, 8
+    q, dout = (jnp.asarray(rng.standard_normal((b, k, m, e)), jnp.float32) for _ in range(2))
+    key, val = (jnp.asarray(rng.standard_normal((b, k, s, e)), jnp.float32) for _ in range(2))
+    # query row r is position r % 6 of its head; key j sees queries at positions >= j - 4,
+    # and batch row 1 starts a new segment at key 7: some queries see no key past it
+    pos_M = np.arange(m) % 6
+    keep = (np.arange(s)[:, None] <= pos_M[None, :] + 4)[None, None].repeat(b, 0)
+    keep[1, :, 7:, :] &= pos_M[None, :] >= 3
+    keep = jnp.asarray(keep)
+
+    def loss(fn):
+        return lambda q, key, val: jnp.sum(jnp.sin(fn(q, key, val, keep)) * dout)
+
+    ours = jax.jit(jax.grad(loss(_attend_row_major), argnums=(0, 1, 2)))
+    plain = jax.jit(jax.grad(loss(_attend_plain), argnums=(0, 1, 2)))
+    np.testing.assert_allclose(np.asarray(_attend_row_major(q, key, val, keep)),
+                               np.asarray(_attend_plain(q, key, val, keep)), rtol=1e-5, atol=1e-6)
+    for got, want in zip(ours(q, key, val), plain(q, key, val)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5)
+    assert _dots_contracting_a_major_axis(plain.lower(q, key, val).compile().as_text())  # the check sees them
+    hlo = ours.lower(q, key, val).compile().as_text()
+    assert hlo.count(" dot(") >= 6 and not _dots_contracting_a_major_axis(hlo)

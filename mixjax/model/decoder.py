@@ -88,12 +88,12 @@ def _matmul_transposed_wgrad(x_NxD, w_DxF):
     """x @ w whose weight gradient contracts two row-major operands, for XLA CPU.
 
     The weight gradient x^T dy contracts the token axis, the major axis of both x [N, D] and
-    dy [N, F]. XLA CPU hands such a dot to Eigen: 50-63 GFLOP/s on one core at the tiny preset's
-    shapes, 70-81 at small's, where YNNPACK runs a row-major x @ w at 86-93
+    dy [N, F]. XLA CPU hands such a dot to Eigen: 49-62 GFLOP/s on one core at the tiny preset's
+    shapes, 69-79 at small's, where YNNPACK runs a row-major x @ w at 77-86
     (benchmarks/bench_dots.py). Transposing the narrower operand first, explicitly (optimization
     barriers keep XLA from folding either transpose back into a dot), lets YNNPACK take the dot.
     The transpose of x is shared by every projection of the same input (q, k, v; gate, up). On two
-    cores this wins by up to 1.6x (tiny's MLP down projection) and loses a few percent (small's
+    cores this wins by up to 1.4x (tiny's MLP down projection) and loses a few percent (small's
     gate/up) per dot; the tiny train step gained 1-4% and small's 0-2% in side-by-side runs."""
     return x_NxD @ w_DxF
 
@@ -105,9 +105,11 @@ def _matmul_fwd(x_NxD, w_DxF):
 def _matmul_bwd(res, dy_NxF):
     x_NxD, w_DxF = res
     dx_NxD = jax.lax.dot_general(dy_NxF, w_DxF, (((1,), (1,)), ((), ())))
+    # The barriers on the products keep a transpose that follows (of dw_FxD here, or of a tied
+    # embedding's [D, V] head) from being folded into the dot too.
     if x_NxD.shape[1] <= dy_NxF.shape[1]:
-        dw_DxF = jax.lax.optimization_barrier(x_NxD.T) @ dy_NxF
-    else:  # the barrier on the product keeps its transpose from being folded into the dot too
+        dw_DxF = jax.lax.optimization_barrier(jax.lax.optimization_barrier(x_NxD.T) @ dy_NxF)
+    else:
         dw_FxD = jax.lax.optimization_barrier(jax.lax.optimization_barrier(dy_NxF.T) @ x_NxD)
         dw_DxF = dw_FxD.T
     return dx_NxD.astype(x_NxD.dtype), dw_DxF.astype(w_DxF.dtype)
@@ -125,6 +127,70 @@ def project(x_BxLxD, w_Dx_):
     x_NxD, w_DxF = x_BxLxD.reshape(b * l, d), w_Dx_.reshape(d, -1)
     out = _matmul_transposed_wgrad(x_NxD, w_DxF) if jax.default_backend() == "cpu" else x_NxD @ w_DxF
     return out.reshape(b, l, *w_Dx_.shape[1:])
+
+
+def _keys_major_probs(q_BxKxMxE, k_BxKxSxE, keep_Bx1xSxM):
+    """Softmax attention weights, transposed: [B, K, S, M], each query a column (float32)."""
+    s_BxKxSxM = jnp.einsum("bkse,bkme->bksm", k_BxKxSxE, q_BxKxMxE, preferred_element_type=jnp.float32)
+    s_BxKxSxM = jnp.where(keep_Bx1xSxM, s_BxKxSxM, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(s_BxKxSxM, axis=-2)
+
+
+def _attend_plain(q_BxKxMxE, k_BxKxSxE, v_BxKxSxE, keep_Bx1xSxM):
+    p_BxKxSxM = _keys_major_probs(q_BxKxMxE, k_BxKxSxE, keep_Bx1xSxM).astype(q_BxKxMxE.dtype)
+    return jnp.einsum("bksm,bkse->bkme", p_BxKxSxM, v_BxKxSxE)
+
+
+@jax.custom_vjp
+def _attend_row_major(q_BxKxMxE, k_BxKxSxE, v_BxKxSxE, keep_Bx1xSxM):
+    """`_attend_plain` whose six matmuls (forward and backward) all contract a row-major left
+    operand's minor axis, for XLA CPU.
+
+    Autodiff of attention contracts the query axis of the [M, S] weights and of dO (for dV) or
+    of dS and Q (for dK): the major axis of both operands, which XLA CPU gives to Eigen (28 GFLOP/s
+    at the tiny preset's shapes, against 44 for YNNPACK's row-major form; benchmarks/bench_dots.py).
+    With the weights kept keys-major ([S, M]) those products are row-major, and the other two
+    (O and dQ) become row-major by transposing only E-wide operands (V, K), not score-sized ones.
+    Barriers keep XLA from folding the transposes of V, K, O and dQ back into the dots.
+    """
+    return _attend_row_major_fwd(q_BxKxMxE, k_BxKxSxE, v_BxKxSxE, keep_Bx1xSxM)[0]
+
+
+def _attend_row_major_fwd(q_BxKxMxE, k_BxKxSxE, v_BxKxSxE, keep_Bx1xSxM):
+    dt = q_BxKxMxE.dtype
+    p_BxKxSxM = _keys_major_probs(q_BxKxMxE, k_BxKxSxE, keep_Bx1xSxM).astype(dt)
+    v_BxKxExS = jax.lax.optimization_barrier(jnp.swapaxes(v_BxKxSxE, -1, -2))
+    o_BxKxExM = jax.lax.optimization_barrier(jnp.einsum("bkes,bksm->bkem", v_BxKxExS, p_BxKxSxM))
+    o_BxKxMxE = jnp.swapaxes(o_BxKxExM, -1, -2)
+    return o_BxKxMxE, (q_BxKxMxE, k_BxKxSxE, v_BxKxSxE, keep_Bx1xSxM, p_BxKxSxM, o_BxKxMxE)
+
+
+def _attend_row_major_bwd(res, do_BxKxMxE):
+    q_BxKxMxE, k_BxKxSxE, v_BxKxSxE, keep_Bx1xSxM, p_BxKxSxM, o_BxKxMxE = res
+    dt, f32 = q_BxKxMxE.dtype, jnp.float32
+    do_BxKxMxE = do_BxKxMxE.astype(dt)
+    dv_BxKxSxE = jnp.einsum("bksm,bkme->bkse", p_BxKxSxM, do_BxKxMxE)
+    do_BxKxExM = jax.lax.optimization_barrier(jnp.swapaxes(do_BxKxMxE, -1, -2))
+    dp_BxKxSxM = jnp.einsum("bkse,bkem->bksm", v_BxKxSxE, do_BxKxExM, preferred_element_type=f32)
+    # softmax backward: dS = P * (dP - rowsum(dP * P)), and rowsum(dP * P) = rowsum(dO * O)
+    delta_BxKx1xM = jnp.sum(do_BxKxMxE.astype(f32) * o_BxKxMxE.astype(f32), axis=-1)[:, :, None, :]
+    ds_BxKxSxM = (p_BxKxSxM.astype(f32) * (dp_BxKxSxM - delta_BxKx1xM)).astype(dt)
+    dk_BxKxSxE = jnp.einsum("bksm,bkme->bkse", ds_BxKxSxM, q_BxKxMxE)
+    k_BxKxExS = jax.lax.optimization_barrier(jnp.swapaxes(k_BxKxSxE, -1, -2))
+    dq_BxKxExM = jax.lax.optimization_barrier(jnp.einsum("bkes,bksm->bkem", k_BxKxExS, ds_BxKxSxM))
+    return jnp.swapaxes(dq_BxKxExM, -1, -2), dk_BxKxSxE, dv_BxKxSxE, None
+
+
+_attend_row_major.defvjp(_attend_row_major_fwd, _attend_row_major_bwd)
+
+
+def attend(q_BxKxMxE, k_BxKxSxE, v_BxKxSxE, keep_Bx1xSxM):
+    """Softmax attention of M query rows (the G heads of a kv head, times positions) over S keys
+    -> [B, K, M, E]; `keep` [B, 1, S, M] says which key each query sees. Queries must be scaled.
+
+    On CPU the gradient goes through `_attend_row_major`; elsewhere it is plain autodiff."""
+    fn = _attend_row_major if jax.default_backend() == "cpu" else _attend_plain
+    return fn(q_BxKxMxE, k_BxKxSxE, v_BxKxSxE, keep_Bx1xSxM)
 
 
 class RMSNorm(nnx.Module):
@@ -155,11 +221,11 @@ class Attention(nnx.Module):
         else:
             self.q_bias_HxE = self.k_bias_KxE = self.v_bias_KxE = None
 
-    def __call__(self, x_BxLxD, cos, sin, mask_Bx1x1xLxS):
+    def __call__(self, x_BxLxD, cos, sin, keep_Bx1xSxL):
         # Layout: queries as [B, K, G, L, E] so that, per (batch, kv head), the G query heads'
-        # L positions are the rows of ONE plain matmul against that kv head's keys [S, E]: the
-        # [.., L, S] score tensors then need no transposes (XLA CPU spent more time on the
-        # transposes of a [B, L, K, G, E] layout than on the matmuls), and k/v are not repeated.
+        # positions in a block are the M = G x C rows of ONE matmul against that kv head's keys
+        # [S, E] (k/v are not repeated, and the score tensors need no transposes: XLA CPU spent
+        # more time on the transposes of a [B, L, K, G, E] layout than on the matmuls).
         dt = x_BxLxD.dtype
         k_heads, e = self.n_kv, self.head_dim
         g = self.n_heads // k_heads
@@ -182,11 +248,10 @@ class Attention(nnx.Module):
         outs = []
         for i in range(n):
             hi = (i + 1) * c
-            s_BxKxGxCxS = jnp.einsum("bkgle,bkse->bkgls", q_BxKxGxLxE[:, :, :, i * c:hi], k_BxKxSxE[:, :, :hi],
-                                     preferred_element_type=jnp.float32)
-            s_BxKxGxCxS = jnp.where(mask_Bx1x1xLxS[..., i * c:hi, :hi], s_BxKxGxCxS, jnp.finfo(jnp.float32).min)
-            p_BxKxGxCxS = jax.nn.softmax(s_BxKxGxCxS, axis=-1).astype(dt)
-            outs.append(jnp.einsum("bkgls,bkse->bkgle", p_BxKxGxCxS, v[:, :, :hi]))
+            q_BxKxMxE = q_BxKxGxLxE[:, :, :, i * c:hi].reshape(b, k_heads, g * c, e)
+            keep_Bx1xSxGxC = jnp.broadcast_to(keep_Bx1xSxL[:, :, :hi, None, i * c:hi], (b, 1, hi, g, c))
+            o_BxKxMxE = attend(q_BxKxMxE, k_BxKxSxE[:, :, :hi], v[:, :, :hi], keep_Bx1xSxGxC.reshape(b, 1, hi, g * c))
+            outs.append(o_BxKxMxE.reshape(b, k_heads, g, c, e))
         o_BxKxGxLxE = outs[0] if n == 1 else jnp.concatenate(outs, axis=3)
         o_BxLxHxE = o_BxKxGxLxE.transpose(0, 3, 1, 2, 4).reshape(b, l, k_heads * g * e)
         return project(o_BxLxHxE, self.o_HxExD[...].astype(dt).reshape(-1, d))
@@ -219,17 +284,18 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MLP(cfg, rngs)
 
-    def __call__(self, x_BxLxD, cos, sin, mask):
-        x_BxLxD = x_BxLxD + self.attn(self.attn_norm(x_BxLxD), cos, sin, mask)
+    def __call__(self, x_BxLxD, cos, sin, keep_Bx1xSxL):
+        x_BxLxD = x_BxLxD + self.attn(self.attn_norm(x_BxLxD), cos, sin, keep_Bx1xSxL)
         return x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD))
 
 
 def attention_mask(segment_ids_BxL):
-    """[B, 1, 1, L, S]: causal and within the same segment (padding, id 0, attends to itself)."""
+    """[B, 1, S, L], keys-major (as `attend` takes it): key s is seen by query l when s <= l and
+    both are in the same segment (padding, id 0, attends to itself)."""
     l = segment_ids_BxL.shape[1]
-    causal_LxS = jnp.tril(jnp.ones((l, l), dtype=bool))
-    same_BxLxS = segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :]
-    return (causal_LxS[None] & same_BxLxS)[:, None, None]
+    causal_SxL = jnp.triu(jnp.ones((l, l), dtype=bool))
+    same_BxSxL = segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :]
+    return (causal_SxL[None] & same_BxSxL)[:, None]
 
 
 class Decoder(nnx.Module):
@@ -260,10 +326,10 @@ class Decoder(nnx.Module):
         if segment_ids_BxL is None:
             segment_ids_BxL = jnp.ones((b, l), jnp.int32)
         cos, sin = rope_tables(positions_BxL, rope_inv_freq(self.cfg), self.cfg.max_seq_len)
-        mask = attention_mask(segment_ids_BxL)
+        keep_Bx1xSxL = attention_mask(segment_ids_BxL)
         x_BxLxD = self.embed(tokens_BxL, dtype)
         for block in self.layers:
-            x_BxLxD = block(x_BxLxD, cos, sin, mask)
+            x_BxLxD = block(x_BxLxD, cos, sin, keep_Bx1xSxL)
         return self.norm(x_BxLxD)
 
     def head_DxV(self, dtype):
