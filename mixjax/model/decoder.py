@@ -129,36 +129,34 @@ def project(x_BxLxD, w_Dx_):
     return out.reshape(b, l, *w_Dx_.shape[1:])
 
 
-def _keys_major_probs(q_BxKxMxE, k_BxKxSxE, keep_Bx1xSxM):
-    """Softmax attention weights, transposed: [B, K, S, M], each query a column (float32)."""
-    s_BxKxSxM = jnp.einsum("bkse,bkme->bksm", k_BxKxSxE, q_BxKxMxE, preferred_element_type=jnp.float32)
-    s_BxKxSxM = jnp.where(keep_Bx1xSxM, s_BxKxSxM, jnp.finfo(jnp.float32).min)
-    return jax.nn.softmax(s_BxKxSxM, axis=-2)
-
-
 def _attend_plain(q_BxKxMxE, k_BxKxSxE, v_BxKxSxE, keep_Bx1xSxM):
-    p_BxKxSxM = _keys_major_probs(q_BxKxMxE, k_BxKxSxE, keep_Bx1xSxM).astype(q_BxKxMxE.dtype)
-    return jnp.einsum("bksm,bkse->bkme", p_BxKxSxM, v_BxKxSxE)
+    """The textbook form, scores [M, S], for backends that differentiate it well (GPU, TPU)."""
+    s_BxKxMxS = jnp.einsum("bkme,bkse->bkms", q_BxKxMxE, k_BxKxSxE, preferred_element_type=jnp.float32)
+    s_BxKxMxS = jnp.where(jnp.swapaxes(keep_Bx1xSxM, -1, -2), s_BxKxMxS, jnp.finfo(jnp.float32).min)
+    p_BxKxMxS = jax.nn.softmax(s_BxKxMxS, axis=-1).astype(q_BxKxMxE.dtype)
+    return jnp.einsum("bkms,bkse->bkme", p_BxKxMxS, v_BxKxSxE)
 
 
 @jax.custom_vjp
 def _attend_row_major(q_BxKxMxE, k_BxKxSxE, v_BxKxSxE, keep_Bx1xSxM):
-    """`_attend_plain` whose six matmuls (forward and backward) all contract a row-major left
-    operand's minor axis, for XLA CPU.
+    """`_attend_plain` computed keys-major, with a backward written out so that all six matmuls
+    (forward and backward) contract a row-major left operand's minor axis, for XLA CPU.
 
     Autodiff of attention contracts the query axis of the [M, S] weights and of dO (for dV) or
     of dS and Q (for dK): the major axis of both operands, which XLA CPU gives to Eigen (28 GFLOP/s
     at the tiny preset's shapes, against 44 for YNNPACK's row-major form; benchmarks/bench_dots.py).
     With the weights kept keys-major ([S, M]) those products are row-major, and the other two
     (O and dQ) become row-major by transposing only E-wide operands (V, K), not score-sized ones.
-    Barriers keep XLA from folding the transposes of V, K, O and dQ back into the dots.
+    Barriers keep XLA from folding the transposes of V, K, dO, O and dQ back into the dots.
     """
     return _attend_row_major_fwd(q_BxKxMxE, k_BxKxSxE, v_BxKxSxE, keep_Bx1xSxM)[0]
 
 
 def _attend_row_major_fwd(q_BxKxMxE, k_BxKxSxE, v_BxKxSxE, keep_Bx1xSxM):
     dt = q_BxKxMxE.dtype
-    p_BxKxSxM = _keys_major_probs(q_BxKxMxE, k_BxKxSxE, keep_Bx1xSxM).astype(dt)
+    s_BxKxSxM = jnp.einsum("bkse,bkme->bksm", k_BxKxSxE, q_BxKxMxE, preferred_element_type=jnp.float32)
+    s_BxKxSxM = jnp.where(keep_Bx1xSxM, s_BxKxSxM, jnp.finfo(jnp.float32).min)
+    p_BxKxSxM = jax.nn.softmax(s_BxKxSxM, axis=-2).astype(dt)  # each query a column
     v_BxKxExS = jax.lax.optimization_barrier(jnp.swapaxes(v_BxKxSxE, -1, -2))
     o_BxKxExM = jax.lax.optimization_barrier(jnp.einsum("bkes,bksm->bkem", v_BxKxExS, p_BxKxSxM))
     o_BxKxMxE = jnp.swapaxes(o_BxKxExM, -1, -2)
