@@ -5,7 +5,8 @@ tokens. Implementations are timed in alternation (A B C A B C ...) and the media
 load from other processes hits all of them alike. Also a plain JAX float32 matmul peak, and
 model-FLOPs utilisation = 6N(+attention) FLOPs per token x tokens/s / peak.
 
-    python benchmarks/bench_train.py [--presets tiny,small] [--rounds 5] [--steps 5] [--no-compile]
+    python benchmarks/bench_train.py [--presets tiny,small] [--rounds 5] [--steps 5] [--warmup 10]
+                                     [--no-compile]
 
 Writes benchmarks/results/train.json and prints a table. Importing mixjax keeps freed host memory
 for reuse (mixjax/host_memory.py), for PyTorch in this process too; run with
@@ -126,6 +127,9 @@ def main(argv=None):
     ap.add_argument("--presets", default="tiny,small")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=5, help="steps per timed block")
+    ap.add_argument("--warmup", type=int, default=10,
+                    help="untimed steps of each implementation before the rounds (mixjax's first "
+                         "rounds ran 20-40%% slower than its steady state without them)")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--bf16", action="store_true", help="also time mixjax with bfloat16 compute")
@@ -153,6 +157,8 @@ def main(argv=None):
             runners["torch_eager"] = TorchRunner(cfg, False)
             if not args.no_compile:
                 runners["torch_compile"] = TorchRunner(cfg, True)
+        for r in runners.values():
+            r.step(args.warmup)
         times = {k: [] for k in runners}
         for _ in range(args.rounds):
             for k, r in runners.items():
