@@ -152,8 +152,8 @@ def test_attention_gradient_matches_plain_autodiff():
     b, k, m, s, e = 2, 2, 12, 10, 8
     q, dout = (jnp.asarray(rng.standard_normal((b, k, m, e)), jnp.float32) for _ in range(2))
     key, val = (jnp.asarray(rng.standard_normal((b, k, s, e)), jnp.float32) for _ in range(2))
-    # query row r is position r % 6 of its head; key j sees queries at positions >= j - 4,
-    # and batch row 1 starts a new segment at key 7: some queries see no key past it
+    # query row r is position r % 6 of its head; key j is seen from positions >= j - 4, and in
+    # batch row 1 positions below 3 also lose keys 7-9 (cut off, as a segment boundary would)
     pos_M = np.arange(m) % 6
     keep = (np.arange(s)[:, None] <= pos_M[None, :] + 4)[None, None].repeat(b, 0)
     keep[1, :, 7:, :] &= pos_M[None, :] >= 3
