@@ -15,7 +15,6 @@ benchmarks/results/step_ab.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -32,32 +31,22 @@ root, preset, warmup, blocks, steps = sys.argv[1], sys.argv[2], *map(int, sys.ar
 sys.path.insert(0, root + "/benchmarks"); sys.path.insert(0, root)
 import mixjax
 assert mixjax.__file__.startswith(root), f"imported {mixjax.__file__}, not from {root}"
-import jax, numpy as np
-from bench_train import B, L, VOCAB, batch_arrays
+from bench_train import B, L, VOCAB, JaxRunner
 from mixjax.model import get_config
-from mixjax.train.mesh import make_mesh
-from mixjax.train.step import StepConfig, Stepper
-st = Stepper(StepConfig(get_config(preset, VOCAB), B, L, 1, weight_decay=0.0), make_mesh(None, jax.devices()[:1]))
-state = st.init_state(st.init_params(0))
-batch = st.put_batch(batch_arrays())
-lr = np.float32(1e-3)
-for _ in range(warmup):
-    state, m = st.train_step(state, batch, lr)
-float(m["loss"])
+runner = JaxRunner(get_config(preset, VOCAB))  # that tree's own benchmark step
+runner.step(warmup)
 rates = []
 for _ in range(blocks):
     t = time.perf_counter()
-    for _ in range(steps):
-        state, m = st.train_step(state, batch, lr)
-    float(m["loss"])
+    loss = runner.step(steps)
     rates.append(B * L * steps / (time.perf_counter() - t))
-print("TOKENS_PER_S", statistics.median(rates), "LOSS", float(m["loss"]))
+print("TOKENS_PER_S", statistics.median(rates), "LOSS", loss)
 """
 
 
 def run_once(root: Path, preset: str, warmup: int, blocks: int, steps: int) -> tuple[float, float]:
     out = subprocess.run([sys.executable, "-c", CHILD, str(root), preset, str(warmup), str(blocks), str(steps)],
-                         capture_output=True, text=True, env=dict(os.environ))
+                         capture_output=True, text=True)
     for line in out.stdout.splitlines():
         if line.startswith("TOKENS_PER_S"):
             _, rate, _, loss = line.split()
