@@ -1,0 +1,473 @@
+"""Causal attention over packed sequences that never keeps an L x S score tensor for the backward.
+
+A row of the batch holds several documents back to back, told apart by segment ids; a query sees
+the keys at or before it in its own segment (padding, id 0, is a segment like any other, so every
+query sees at least itself). Query head h reads kv head h // (H // K) (grouped-query attention,
+the HF repeat_kv convention). Everything here is a pure function of arrays.
+
+Implementations (`packed_attention(impl=...)`), and where each runs:
+
+* ``blockwise``: pure JAX, flash-attention-2 style, any backend and dtype, partitioned by XLA like
+  any other JAX code. A `jax.custom_vjp` whose forward keeps only O and the per-row logsumexp; the
+  backward recomputes each score tile. Tiles above the causal diagonal are skipped (loops with
+  dynamic trip counts), so the work is about half the square. Memory O(L) per (batch, head) plus
+  one [B, H, block_q, block_k] tile.
+* ``pallas``: on GPU the Pallas Triton flash-attention kernel
+  (`jax.experimental.pallas.ops.gpu.attention.mha`, segment ids and causal natively; GQA by
+  repeating the K/V heads, which is linear memory). On TPU the splash-attention kernel (MQA
+  kernel per kv head, vmapped over batch and kv heads; segment ids natively). Both run on the CPU
+  in Pallas interpret mode, for tests only (`_PALLAS_INTERPRET`). Pallas calls are custom calls
+  that XLA does not partition: under a multi-device mesh every device would compute the whole
+  batch (correct but wasteful), so 'auto' picks splash only on a single TPU device.
+* ``cudnn``: `jax.nn.dot_product_attention(implementation="cudnn")` with is_causal and the
+  segment equality as one boolean [B, 1, L, S] mask shared by all heads (the public API has no
+  segment ids). cuDNN turns the mask into a [B, 1, L, S] bias and its backward writes a dense
+  dbias of that shape, so this path holds O(B L^2) (not per head), the dbias transiently in each
+  layer's backward. bfloat16/float16 only (cuDNN's flash attention takes nothing else).
+* ``reference``: the textbook form (`reference_attention`), for tests.
+
+'auto' (see `resolve_attention`): cpu -> 'plain' (the decoder's own CPU path, not in this file);
+gpu -> 'cudnn' when cuDNN is usable (CUDA, compute capability >= 8.0) and the compute dtype is
+bfloat16/float16, else 'blockwise' (the Triton kernel stays opt-in: its resource limits and speed
+on the target GPUs are unmeasured here and it is not partitioned); tpu -> 'pallas' (splash) on a
+single device, else 'blockwise'.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mixjax.errors import MixjaxError
+
+IMPLEMENTATIONS = ("auto", "plain", "blockwise", "cudnn", "pallas")
+
+# Test switches. _PALLAS_INTERPRET: None, "gpu" or "tpu": on the cpu backend, run that platform's
+# Pallas kernel in interpret mode (slow; tests only). _CUDNN_IMPLEMENTATION: "xla" runs the cudnn
+# path's exact call with jax.nn's XLA implementation, which any backend has.
+_PALLAS_INTERPRET: str | None = None
+_CUDNN_IMPLEMENTATION = "cudnn"
+
+# Large, finite: a row whose keys in a tile are all masked gets no inf - inf (NaN); the online
+# softmax's rescaling removes what such a tile added once the row's visible keys arrive.
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+_HALF = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+# ------------------------------------------------------------------------------------ selection
+
+
+def _cudnn_status() -> str | None:
+    """None when cuDNN flash attention can run here, else why not (a few words)."""
+    try:
+        dev = jax.devices("gpu")[0]
+    except RuntimeError:
+        return "no GPU"
+    cc = getattr(dev, "compute_capability", None)
+    try:
+        major_minor = tuple(int(x) for x in str(cc).split("."))
+    except ValueError:
+        return "not a CUDA GPU"
+    if major_minor < (8, 0):
+        return f"compute capability {cc} < 8.0"
+    try:
+        from jax._src.lib import cuda_versions
+        version = cuda_versions.cudnn_get_version() if cuda_versions is not None else None
+    except Exception:  # noqa: BLE001  (private module; any failure means no cuDNN we can use)
+        version = None
+    return None if version else "cuDNN not found"
+
+
+def _device_count(backend: str) -> int:
+    """Devices of `backend` (all devices of every process), or of the default one if it is absent."""
+    try:
+        return jax.device_count(backend)
+    except RuntimeError:
+        return jax.device_count()
+
+
+def _available(backend: str) -> tuple[str, ...]:
+    """The explicit implementations this backend runs, in the order the error lists them."""
+    out = ["plain", "blockwise"]
+    if backend == "gpu":
+        if _cudnn_status() is None:
+            out.append("cudnn")
+        out.append("pallas")
+    elif backend == "tpu" or (backend == "cpu" and _PALLAS_INTERPRET):
+        out.append("pallas")
+    return tuple(out)
+
+
+def resolve_attention(impl: str, backend: str | None = None, dtype=None) -> str:
+    """`--attention` value -> the implementation to run on `backend` (None: jax.default_backend()).
+
+    'auto': cpu -> 'plain'; gpu -> 'cudnn' if cuDNN is usable and `dtype` (the compute dtype, if
+    the caller knows it) is bfloat16/float16, else 'blockwise'; tpu -> 'pallas' (splash) on one
+    device, else 'blockwise' (see the module docstring for why). An explicit implementation the
+    backend cannot run raises a one-line MixjaxError naming what it has.
+    """
+    backend = backend or jax.default_backend()
+    if impl not in IMPLEMENTATIONS:
+        raise MixjaxError(f"--attention {impl!r}: expected one of {', '.join(IMPLEMENTATIONS)}")
+    if impl == "auto":
+        if backend == "gpu":
+            half = dtype is not None and jnp.dtype(dtype) in _HALF
+            return "cudnn" if half and _cudnn_status() is None else "blockwise"
+        if backend == "tpu":
+            return "pallas" if _device_count(backend) == 1 else "blockwise"
+        return "plain"
+    available = _available(backend)
+    if impl not in available:
+        why = ""
+        if impl == "cudnn" and backend == "gpu":
+            why = f" ({_cudnn_status()})"
+        raise MixjaxError(f"--attention {impl} is not available on the {backend} backend{why} "
+                          f"(available: {', '.join(available)})")
+    return impl
+
+
+# ------------------------------------------------------------------------------------ reference
+
+
+def reference_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segment_ids_BxL, scale=None):
+    """Textbook: scores [B, H, L, S] in float32, masked to finfo(float32).min, softmax, @ v.
+    The independent form every implementation is tested against. Output in q's dtype."""
+    b, l, h, e = q_BxLxHxE.shape
+    g = h // k_BxSxKxE.shape[2]
+    scale = 1.0 / math.sqrt(e) if scale is None else scale
+    f32 = jnp.float32
+    k_BxSxHxE = jnp.repeat(k_BxSxKxE.astype(f32), g, axis=2)
+    v_BxSxHxE = jnp.repeat(v_BxSxKxE.astype(f32), g, axis=2)
+    s_BxHxLxS = jnp.einsum("blhe,bshe->bhls", q_BxLxHxE.astype(f32), k_BxSxHxE) * scale
+    causal_LxS = jnp.tril(jnp.ones((l, l), bool))
+    same_BxLxS = segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :]
+    s_BxHxLxS = jnp.where((causal_LxS & same_BxLxS)[:, None], s_BxHxLxS, jnp.finfo(f32).min)
+    p_BxHxLxS = jax.nn.softmax(s_BxHxLxS, axis=-1)
+    return jnp.einsum("bhls,bshe->blhe", p_BxHxLxS, v_BxSxHxE).astype(q_BxLxHxE.dtype)
+
+
+# ------------------------------------------------------------------------------------ blockwise
+#
+# Layout: query rows of a tile are the G heads of one kv head times block_q positions (M = G x Q
+# rows, head-major), so each tile is one batched matmul per (batch, kv head) against that kv
+# head's keys, with no K/V repetition. Blocked arrays lead with the block index so a loop picks a
+# block with one dynamic index.
+
+
+def _q_blocks(x_BxLxHxE, kv_heads: int, bq: int):
+    """[B, L, H, E] -> [L/Q, B, K, G*Q, E] (row g*Q + t: head k*G + g, position t of the block)."""
+    b, l, h, e = x_BxLxHxE.shape
+    g = h // kv_heads
+    x = x_BxLxHxE.reshape(b, l // bq, bq, kv_heads, g, e).transpose(1, 0, 3, 4, 2, 5)
+    return x.reshape(l // bq, b, kv_heads, g * bq, e)
+
+
+def _q_unblocks(x_NxBxKxMxE, bq: int):
+    """Inverse of `_q_blocks`."""
+    n, b, kv, m, e = x_NxBxKxMxE.shape
+    g = m // bq
+    return x_NxBxKxMxE.reshape(n, b, kv, g, bq, e).transpose(1, 0, 4, 2, 3, 5).reshape(b, n * bq, kv * g, e)
+
+
+def _kv_blocks(x_BxSxKxE, bk: int):
+    """[B, S, K, E] -> [S/C, B, K, C, E]."""
+    b, s, kv, e = x_BxSxKxE.shape
+    return x_BxSxKxE.reshape(b, s // bk, bk, kv, e).transpose(1, 0, 3, 2, 4)
+
+
+def _kv_unblocks(x_NxBxKxCxE):
+    n, b, kv, c, e = x_NxBxKxCxE.shape
+    return x_NxBxKxCxE.transpose(1, 0, 3, 2, 4).reshape(b, n * c, kv, e)
+
+
+def _seg_blocks(seg_BxL, c: int):
+    b, l = seg_BxL.shape
+    return seg_BxL.reshape(b, l // c, c).transpose(1, 0, 2)
+
+
+def _tile_scores(q_BxKxMxE, k_BxKxCxE, segq_BxQ, segk_BxC, i, j, scale: float):
+    """Scaled, masked float32 scores of query block i against key block j -> [B, K, M, C]."""
+    b, kv, m, _ = q_BxKxMxE.shape
+    bq, bk = segq_BxQ.shape[1], segk_BxC.shape[1]
+    s_BxKxMxC = jnp.einsum("bkme,bkce->bkmc", q_BxKxMxE, k_BxKxCxE, preferred_element_type=jnp.float32)
+    s_BxKxGxQxC = (s_BxKxMxC * scale).reshape(b, kv, m // bq, bq, bk)
+    pos_q_Qx1 = (i * bq + jnp.arange(bq))[:, None]
+    pos_k_1xC = (j * bk + jnp.arange(bk))[None, :]
+    visible_Bx1x1xQxC = ((segq_BxQ[:, :, None] == segk_BxC[:, None, :]) & (pos_k_1xC <= pos_q_Qx1))[:, None, None]
+    return jnp.where(visible_Bx1x1xQxC, s_BxKxGxQxC, _MASK_VALUE).reshape(b, kv, m, bk)
+
+
+def _key_blocks_seen(i, bq: int, bk: int, nk: int):
+    """Number of key blocks query block i meets: those starting at or before its last position."""
+    return jnp.minimum(nk, ((i + 1) * bq + bk - 1) // bk)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _flash(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segq_BxL, segk_BxS, scale, bq, bk):
+    """Blockwise attention; L a multiple of bq, S of bk, padding already in place."""
+    return _flash_fwd(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segq_BxL, segk_BxS, scale, bq, bk)[0]
+
+
+def _flash_fwd(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segq_BxL, segk_BxS, scale, bq, bk):
+    b, l, h, e = q_BxLxHxE.shape
+    kv = k_BxSxKxE.shape[2]
+    m = (h // kv) * bq
+    k_NxBxKxCxE, v_NxBxKxCxE = _kv_blocks(k_BxSxKxE, bk), _kv_blocks(v_BxSxKxE, bk)
+    segk_NxBxC = _seg_blocks(segk_BxS, bk)
+    nk = k_NxBxKxCxE.shape[0]
+
+    def query_block(_, xs):
+        q_BxKxMxE, segq_BxQ, i = xs
+
+        def key_block(j, carry):
+            o_BxKxMxE, m_BxKxM, l_BxKxM = carry
+            v_BxKxCxE = v_NxBxKxCxE[j]
+            s_BxKxMxC = _tile_scores(q_BxKxMxE, k_NxBxKxCxE[j], segq_BxQ, segk_NxBxC[j], i, j, scale)
+            m_new = jnp.maximum(m_BxKxM, s_BxKxMxC.max(axis=-1))
+            rescale_BxKxM = jnp.exp(m_BxKxM - m_new)
+            p_BxKxMxC = jnp.exp(s_BxKxMxC - m_new[..., None])
+            l_new = l_BxKxM * rescale_BxKxM + p_BxKxMxC.sum(axis=-1)
+            pv_BxKxMxE = jnp.einsum("bkmc,bkce->bkme", p_BxKxMxC.astype(v_BxKxCxE.dtype), v_BxKxCxE,
+                                    preferred_element_type=jnp.float32)
+            return o_BxKxMxE * rescale_BxKxM[..., None] + pv_BxKxMxE, m_new, l_new
+
+        init = (jnp.zeros((b, kv, m, e), jnp.float32), jnp.full((b, kv, m), _MASK_VALUE, jnp.float32),
+                jnp.zeros((b, kv, m), jnp.float32))
+        o_BxKxMxE, m_BxKxM, l_BxKxM = jax.lax.fori_loop(0, _key_blocks_seen(i, bq, bk, nk), key_block, init)
+        o_BxKxMxE = (o_BxKxMxE / l_BxKxM[..., None]).astype(q_BxLxHxE.dtype)
+        return None, (o_BxKxMxE, m_BxKxM + jnp.log(l_BxKxM))
+
+    q_NxBxKxMxE = _q_blocks(q_BxLxHxE, kv, bq)
+    nq = q_NxBxKxMxE.shape[0]
+    _, (o_NxBxKxMxE, lse_NxBxKxM) = jax.lax.scan(
+        query_block, None, (q_NxBxKxMxE, _seg_blocks(segq_BxL, bq), jnp.arange(nq)))
+    o_BxLxHxE = _q_unblocks(o_NxBxKxMxE, bq)
+    # Residuals: the inputs, the output (the same buffer the caller gets) and the float32
+    # logsumexp per row: O(L), no score-sized array.
+    return o_BxLxHxE, (q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segq_BxL, segk_BxS, o_BxLxHxE, lse_NxBxKxM)
+
+
+def _flash_bwd(scale, bq, bk, res, do_BxLxHxE):
+    q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segq_BxL, segk_BxS, o_BxLxHxE, lse_NxBxKxM = res
+    f32 = jnp.float32
+    kv = k_BxSxKxE.shape[2]
+    dt = q_BxLxHxE.dtype
+    q_NxBxKxMxE = _q_blocks(q_BxLxHxE, kv, bq)
+    do_NxBxKxMxE = _q_blocks(do_BxLxHxE.astype(dt), kv, bq)
+    # softmax backward: dS = P * (dP - rowsum(dP * P)), and rowsum(dP * P) = rowsum(dO * O)
+    delta_NxBxKxM = jnp.sum(do_NxBxKxMxE.astype(f32) * _q_blocks(o_BxLxHxE, kv, bq).astype(f32), axis=-1)
+    segq_NxBxQ = _seg_blocks(segq_BxL, bq)
+    nq = q_NxBxKxMxE.shape[0]
+
+    def key_block(dq_NxBxKxMxE, xs):
+        k_BxKxCxE, v_BxKxCxE, segk_BxC, j = xs
+
+        def query_block(i, carry):
+            dk_BxKxCxE, dv_BxKxCxE, dq_acc = carry
+            q_BxKxMxE, do_BxKxMxE = q_NxBxKxMxE[i], do_NxBxKxMxE[i]
+            s_BxKxMxC = _tile_scores(q_BxKxMxE, k_BxKxCxE, segq_NxBxQ[i], segk_BxC, i, j, scale)
+            p_BxKxMxC = jnp.exp(s_BxKxMxC - lse_NxBxKxM[i][..., None])
+            dv_BxKxCxE = dv_BxKxCxE + jnp.einsum("bkmc,bkme->bkce", p_BxKxMxC.astype(dt), do_BxKxMxE,
+                                                 preferred_element_type=f32)
+            dp_BxKxMxC = jnp.einsum("bkme,bkce->bkmc", do_BxKxMxE, v_BxKxCxE, preferred_element_type=f32)
+            ds_BxKxMxC = (p_BxKxMxC * (dp_BxKxMxC - delta_NxBxKxM[i][..., None]) * scale).astype(dt)
+            dk_BxKxCxE = dk_BxKxCxE + jnp.einsum("bkmc,bkme->bkce", ds_BxKxMxC, q_BxKxMxE,
+                                                 preferred_element_type=f32)
+            dq_acc = dq_acc.at[i].add(jnp.einsum("bkmc,bkce->bkme", ds_BxKxMxC, k_BxKxCxE,
+                                                 preferred_element_type=f32))
+            return dk_BxKxCxE, dv_BxKxCxE, dq_acc
+
+        zeros = jnp.zeros(k_BxKxCxE.shape, f32)
+        # Query blocks that end before key block j starts see none of it: start at the first
+        # that reaches it.
+        dk, dv, dq_NxBxKxMxE = jax.lax.fori_loop((j * bk) // bq, nq, query_block, (zeros, zeros, dq_NxBxKxMxE))
+        return dq_NxBxKxMxE, (dk.astype(k_BxSxKxE.dtype), dv.astype(v_BxSxKxE.dtype))
+
+    nk = k_BxSxKxE.shape[1] // bk
+    xs = (_kv_blocks(k_BxSxKxE, bk), _kv_blocks(v_BxSxKxE, bk), _seg_blocks(segk_BxS, bk), jnp.arange(nk))
+    dq_NxBxKxMxE, (dk_NxBxKxCxE, dv_NxBxKxCxE) = jax.lax.scan(
+        key_block, jnp.zeros(q_NxBxKxMxE.shape, f32), xs)
+    dq_BxLxHxE = _q_unblocks(dq_NxBxKxMxE, bq).astype(dt)
+    return dq_BxLxHxE, _kv_unblocks(dk_NxBxKxCxE), _kv_unblocks(dv_NxBxKxCxE), None, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def _pad_to(x, length: int, value=0):
+    """Pad axis 1 of x up to `length`."""
+    extra = length - x.shape[1]
+    if extra == 0:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[1] = (0, extra)
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def _blockwise_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segment_ids_BxL, scale, block_q, block_k):
+    """Pad queries to a multiple of the query block and keys to one of the key block, run
+    `_flash`, slice. Padded keys come after every real query, so causality already hides them;
+    they get segment id -1 all the same."""
+    l = q_BxLxHxE.shape[1]
+    bq, bk = min(block_q, l), min(block_k, l)
+    lq, lk = _round_up(l, bq), _round_up(l, bk)
+    seg = segment_ids_BxL.astype(jnp.int32)
+    o = _flash(_pad_to(q_BxLxHxE, lq), _pad_to(k_BxSxKxE, lk), _pad_to(v_BxSxKxE, lk),
+               _pad_to(seg, lq, -1), _pad_to(seg, lk, -1), scale, bq, bk)
+    return o[:, :l]
+
+
+# ------------------------------------------------------------------------------------ pallas
+
+
+def _pow2_at_least_16(n: int) -> int:
+    return max(16, 1 << (max(1, n) - 1).bit_length())
+
+
+def _pallas_gpu(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segment_ids_BxL, scale, block_q, block_k, interpret):
+    """The Pallas Triton flash-attention kernel. Blocks: the kernel's own defaults (128 forward,
+    32 backward) unless smaller ones are asked for, as powers of two >= 16 (Triton's dot). With
+    float32 inputs and E > 64 the forward blocks are capped at 64: 128-row K and V tiles, double
+    buffered, would need about 256 KiB of shared memory (a GPU SM has at most 228)."""
+    from jax.experimental.pallas.ops.gpu import attention as pallas_gpu
+
+    b, l, h, e = q_BxLxHxE.shape
+    g = h // k_BxSxKxE.shape[2]
+    if g > 1:  # the kernel wants as many kv heads as query heads: repeat them (linear memory)
+        k_BxSxKxE = jnp.repeat(k_BxSxKxE, g, axis=2)
+        v_BxSxKxE = jnp.repeat(v_BxSxKxE, g, axis=2)
+    top = 64 if jnp.dtype(q_BxLxHxE.dtype).itemsize > 2 and e > 64 else 128
+    cap = _pow2_at_least_16(l)
+    bq, bk = (min(_pow2_at_least_16(min(x, top)), cap) for x in (block_q, block_k))
+    bb = min(32, bq, bk)  # backward: one block size for all four (the fused kernel needs dq/dkv alike)
+    lp = _round_up(l, max(bq, bk))
+    sizes = pallas_gpu.BlockSizes(block_q=bq, block_k=bk, block_q_dkv=bb, block_kv_dkv=bb,
+                                  block_q_dq=bb, block_kv_dq=bb)
+    o = pallas_gpu.mha(_pad_to(q_BxLxHxE, lp), _pad_to(k_BxSxKxE, lp), _pad_to(v_BxSxKxE, lp),
+                       _pad_to(segment_ids_BxL.astype(jnp.int32), lp, -1), sm_scale=scale, causal=True,
+                       block_sizes=sizes, interpret=interpret)
+    return o[:, :l]
+
+
+def _pallas_tpu(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segment_ids_BxL, scale, block_q, block_k, interpret):
+    """Splash attention: its MQA kernel (G query heads over one kv head) vmapped over batch and kv
+    heads, causal mask static, segment ids dynamic. Blocks are multiples of 128 (the lane width);
+    the sequence is padded to them. Splash takes pre-scaled queries."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
+
+    b, l, h, e = q_BxLxHxE.shape
+    kv = k_BxSxKxE.shape[2]
+    g = h // kv
+    l128 = _round_up(l, 128)
+    bq, bk = (min(_round_up(x, 128), l128) for x in (block_q, block_k))
+    lp = _round_up(l128, math.lcm(bq, bk))
+    sizes = splash.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq,
+                              block_kv_dkv=bk, block_kv_dkv_compute=bk, use_fused_bwd_kernel=True)
+    mask = splash_mask.MultiHeadMask([splash_mask.CausalMask((lp, lp)) for _ in range(g)])
+    kernel = splash.make_splash_mqa_single_device(mask, block_sizes=sizes, interpret=interpret)
+    dt = q_BxLxHxE.dtype
+    q_BxKxGxLxE = (_pad_to(q_BxLxHxE, lp).astype(jnp.float32) * scale).astype(dt).reshape(
+        b, lp, kv, g, e).transpose(0, 2, 3, 1, 4)
+    k_BxKxSxE = _pad_to(k_BxSxKxE, lp).transpose(0, 2, 1, 3)
+    v_BxKxSxE = _pad_to(v_BxSxKxE, lp).transpose(0, 2, 1, 3)
+    seg_BxL = _pad_to(segment_ids_BxL.astype(jnp.int32), lp, -1)
+
+    def one_row(q_KxGxLxE, k_KxSxE, v_KxSxE, seg_L):
+        ids = splash.SegmentIds(q=seg_L, kv=seg_L)
+        return jax.vmap(lambda q, k, v: kernel(q, k, v, segment_ids=ids))(q_KxGxLxE, k_KxSxE, v_KxSxE)
+
+    o_BxKxGxLxE = jax.vmap(one_row)(q_BxKxGxLxE, k_BxKxSxE, v_BxKxSxE, seg_BxL)
+    return o_BxKxGxLxE.transpose(0, 3, 1, 2, 4).reshape(b, lp, h, e)[:, :l].astype(dt)
+
+
+# ------------------------------------------------------------------------------------ cudnn
+
+
+def _cudnn_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segment_ids_BxL, scale, implementation):
+    """jax.nn.dot_product_attention with is_causal and the segment equality as one [B, 1, L, S]
+    boolean mask (every head and layer shares it). cuDNN wants even lengths when it has a bias
+    (the mask becomes one): an odd length gets one padding position (segment -1, after every
+    real query, so unseen)."""
+    l = q_BxLxHxE.shape[1]
+    lp = _round_up(l, 2)
+    seg_BxL = _pad_to(segment_ids_BxL.astype(jnp.int32), lp, -1)
+    same_Bx1xLxS = (seg_BxL[:, :, None] == seg_BxL[:, None, :])[:, None]
+    o = jax.nn.dot_product_attention(_pad_to(q_BxLxHxE, lp), _pad_to(k_BxSxKxE, lp), _pad_to(v_BxSxKxE, lp),
+                                     mask=same_Bx1xLxS, scale=scale, is_causal=True,
+                                     implementation=implementation)
+    return o[:, :l]
+
+
+# ------------------------------------------------------------------------------------ sharding
+
+
+def _per_device_share(kernel, q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segment_ids_BxL):
+    """Run `kernel` (a Pallas call, which XLA cannot partition: left alone, every device would
+    compute the whole batch) on each device's own rows and heads. The mesh is the one the caller
+    traces under (`jax.set_mesh`, as the train step does): rows split over its batch axes
+    ("data", "fsdp"), heads over "tensor", each where it divides; no mesh, or one device: a
+    plain call."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return kernel(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segment_ids_BxL)
+    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+    batch = tuple(a for a in ("data", "fsdp") if sizes.get(a, 1) > 1)
+    if q_BxLxHxE.shape[0] % math.prod(sizes[a] for a in batch):
+        batch = ()
+    t = sizes.get("tensor", 1)
+    heads = "tensor" if t > 1 and k_BxSxKxE.shape[2] % t == 0 else None  # q heads then divide too
+    rows = batch or None
+    spec = jax.sharding.PartitionSpec(rows, None, heads, None)
+    return jax.shard_map(kernel, mesh=mesh, in_specs=(spec, spec, spec, jax.sharding.PartitionSpec(rows, None)),
+                         out_specs=spec, check_vma=False)(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segment_ids_BxL)
+
+
+# ------------------------------------------------------------------------------------ entry
+
+
+def packed_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segment_ids_BxL, *, impl: str,
+                     scale: float | None = None, block_q: int = 512, block_k: int = 512):
+    """Causal softmax attention within segments -> [B, L, H, E] in q's dtype.
+
+    q [B, L, H, E] (not pre-scaled; `scale` defaults to 1/sqrt(E)); k, v [B, S, K, E] with S == L
+    and H a multiple of K: query head h uses kv head h // (H // K). Key s is visible to query l
+    iff s <= l and segment_ids[b, s] == segment_ids[b, l]. `impl`: 'blockwise', 'cudnn', 'pallas'
+    or 'reference' ('auto' and 'plain' are resolved by the caller, see `resolve_attention`).
+    Scores and softmax statistics are float32 whatever the input dtype. block_q/block_k are the
+    blockwise tile (clamped to L); the kernels adapt them to their own constraints.
+    """
+    b, l, h, e = q_BxLxHxE.shape
+    _, s, kv, _ = k_BxSxKxE.shape
+    if s != l or v_BxSxKxE.shape != k_BxSxKxE.shape or h % kv or segment_ids_BxL.shape != (b, l):
+        raise ValueError(f"packed_attention: q {q_BxLxHxE.shape}, k {k_BxSxKxE.shape}, "
+                         f"v {v_BxSxKxE.shape}, segment ids {segment_ids_BxL.shape} do not fit")
+    scale = 1.0 / math.sqrt(e) if scale is None else float(scale)
+    backend = jax.default_backend()
+    if impl == "reference":
+        return reference_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segment_ids_BxL, scale)
+    if impl == "blockwise":
+        return _blockwise_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segment_ids_BxL, scale, block_q, block_k)
+    if impl == "cudnn":
+        if _CUDNN_IMPLEMENTATION == "cudnn":
+            resolve_attention("cudnn", backend)
+            if q_BxLxHxE.dtype not in _HALF:
+                raise MixjaxError(f"--attention cudnn needs bfloat16 or float16 compute (got {q_BxLxHxE.dtype}); "
+                                  "use --bf16, or --attention blockwise")
+        return _cudnn_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segment_ids_BxL, scale, _CUDNN_IMPLEMENTATION)
+    if impl == "pallas":
+        resolve_attention("pallas", backend)
+        platform = _PALLAS_INTERPRET if backend == "cpu" else backend
+        kernel = functools.partial(_pallas_tpu if platform == "tpu" else _pallas_gpu, scale=scale,
+                                   block_q=block_q, block_k=block_k, interpret=backend == "cpu")
+        return _per_device_share(kernel, q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segment_ids_BxL)
+    raise ValueError(f"packed_attention: impl {impl!r} is not one of blockwise, cudnn, pallas, reference "
+                     "('auto' and 'plain' are resolved by the caller)")
