@@ -76,8 +76,8 @@ def test_export_import_identity_and_transformers_reads_export(tmp_path, arch):
                       rope_theta=5e5)
     model = init_model(cfg, seed=3)
     if cfg.qkv_bias:  # non-zero biases
-        for blk in model.layers:
-            blk.attn.q_bias_HxE[...] = jax.random.normal(jax.random.key(1), blk.attn.q_bias_HxE.shape)
+        bias = model.layers.attn.q_bias_HxE  # [n_layers, H, E]
+        bias[...] = jax.random.normal(jax.random.key(1), bias.shape)
     save_hf(model, tmp_path / "out")
     again = load_hf(tmp_path / "out")
     assert again.cfg == cfg

@@ -3,16 +3,17 @@ losses; parameter shardings come from where the parameters are declared."""
 
 import jax
 import numpy as np
+import pytest
 from jax.sharding import PartitionSpec as P
 
-from mixjax.model import ModelConfig
+from mixjax.model import ModelConfig, get_config
 from mixjax.train.mesh import fit_spec, make_mesh
 from mixjax.train.step import StepConfig, Stepper
 
 CFG = ModelConfig(vocab_size=67, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=64)
 
 
-def _batches(n, B=8, L=24, K=3):
+def _batches(n, B=8, L=24, K=3, vocab=67):
     rng = np.random.default_rng(0)
     for _ in range(n):
         seg = np.ones((B, L), int)
@@ -21,7 +22,7 @@ def _batches(n, B=8, L=24, K=3):
         pos = np.concatenate([np.arange(L // 2), np.arange(L - L // 2)])[None].repeat(B, 0)
         dom = rng.integers(0, K, (B, 2)).repeat(L // 2, 1)
         dom[seg == 0] = -1
-        yield {"tokens": rng.integers(0, 67, (B, L)), "segment_ids": seg, "positions": pos,
+        yield {"tokens": rng.integers(0, vocab, (B, L)), "segment_ids": seg, "positions": pos,
                "loss_mask": rng.random((B, L)) < 0.7, "domain_ids": dom}
 
 
@@ -46,9 +47,9 @@ def test_one_device_and_eight_devices_give_the_same_losses():
         for x, y in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(ref_state["params"])):
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-4)
     # the declared shardings are really used: q is split over fsdp and tensor on the (1,4,2) mesh
-    q = state["params"]["layers"][0]["attn"]["q_DxHxE"]
-    assert q.sharding.spec == P("fsdp", "tensor", None)
-    assert q.addressable_shards[0].data.shape == (32 // 4, 4 // 2, 8)
+    q = state["params"]["layers"]["attn"]["q_DxHxE"]  # stacked over layers, the layer axis unsharded
+    assert q.sharding.spec == P(None, "fsdp", "tensor", None)
+    assert q.addressable_shards[0].data.shape == (1, 32 // 4, 4 // 2, 8)
 
 
 def test_gradient_accumulation_matches_one_big_batch():
@@ -62,3 +63,27 @@ def test_fit_spec_drops_axes_that_do_not_divide():
     assert fit_spec((32, 2, 8), P("fsdp", "tensor", None), mesh) == P("fsdp", None, None)
     assert fit_spec((32, 8), P("fsdp", "tensor"), mesh) == P("fsdp", "tensor")
     assert fit_spec((3,), P(None), mesh) == P(None)
+
+
+@pytest.mark.slow
+def test_qwen_half_billion_preset_steps_on_one_and_eight_devices():
+    """The real qwen2.5-0.5b shape (494M parameters, its 151,936-token vocabulary, scanned layers,
+    full remat, blockwise attention, chunked loss) takes SFT steps on one device and on eight
+    (fsdp 8) with the same finite losses."""
+    cfg = get_config("qwen2.5-0.5b", attention="blockwise", remat="full")
+    step_cfg = StepConfig(cfg, 8, 32, 3, loss_chunk=16)
+
+    def run(devices, shape):
+        st = Stepper(step_cfg, make_mesh(shape, devices))
+        state = st.init_state(st.init_params(0))
+        losses = []
+        for b in _batches(2, B=8, L=32, vocab=cfg.vocab_size):
+            state, m = st.train_step(state, st.put_batch(b), np.float32(1e-4))
+            losses.append(float(m["loss"]))
+        del state
+        return np.array(losses)
+
+    one = run(jax.devices()[:1], None)
+    eight = run(jax.devices(), (1, 8, 1))
+    assert np.all(np.isfinite(one)) and 11 < one[0] < 13  # about log(151936) = 11.9 at random init
+    np.testing.assert_allclose(eight, one, rtol=1e-5)

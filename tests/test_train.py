@@ -187,6 +187,26 @@ def test_init_from_checkpoint_and_hf_export(data, tmp_path):
         assert abs(from_hf["val_loss"][d] - first["val_loss"][d]) < 1e-5
 
 
+def test_old_per_layer_checkpoint_is_a_one_line_error(data, tmp_path):
+    """A checkpoint without the stacked-layer marker (mixjax before scanned layers) is refused by
+    name, for --init and for resume, instead of an orbax tree-mismatch traceback. Another --remat
+    or --attention resumes: they do not change the parameters."""
+    from mixjax.errors import MixjaxError
+
+    cfg = TrainConfig(**SHAPE, checkpoint_every=2)
+    run_training(cfg, data, {"a": 1.0}, 2 * BATCH, out_dir=tmp_path / "run")
+    other = TrainConfig(**{**SHAPE, "model_overrides": {**SHAPE["model_overrides"], "remat": "full"}},
+                        checkpoint_every=2)
+    res = run_training(other, data, {"a": 1.0}, 4 * BATCH, out_dir=tmp_path / "run")
+    assert res["steps"] == 4
+    meta = next((tmp_path / "run" / "checkpoints").glob("*/meta/metadata"))
+    meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k != "param_layout"}))
+    with pytest.raises(MixjaxError, match="per-layer parameter layout of an older mixjax"):
+        run_training(TrainConfig(**{**SHAPE, "model": None}, init=str(tmp_path / "run")), data, {"a": 1.0}, BATCH)
+    with pytest.raises(MixjaxError, match="per-layer parameter layout of an older mixjax"):
+        run_training(cfg, data, {"a": 1.0}, 6 * BATCH, out_dir=tmp_path / "run")
+
+
 def test_bf16_and_grad_accum_run(data):
     cfg = TrainConfig(**{**SHAPE, "compute_dtype": "bfloat16", "grad_accum": 2})
     import jax
@@ -214,6 +234,9 @@ def test_schedules():
     (["--data", "/nonexistent"], "not a prepared data directory"),
     (["--model", "llama-3.2-3b", "--init", "{hf}"], "does not match"),
     (["--seq-len", "4096", "--budget-tokens", "7e4"], "--seq-len 4096 exceeds the model's max_seq_len 2048"),
+    (["--attention", "flash"], "--attention 'flash': expected one of auto, plain, blockwise, cudnn, pallas"),
+    (["--attention", "cudnn"], "--attention cudnn is not available on the cpu backend"),
+    (["--remat", "some"], "--remat 'some': expected one of none, dots, full"),
 ])
 def test_bad_input_is_one_line_error(data_dir, tmp_path, capsys, argv, message):
     hf = tmp_path / "hf"

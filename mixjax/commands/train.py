@@ -89,6 +89,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, default=0, help="steps between evaluations (0: at the end)")
     p.add_argument("--eval-max-batches", type=int, default=None, help="validation batches per domain")
     p.add_argument("--mesh", default=None, metavar="D,F,T", help="mesh (data, fsdp, tensor); default all data")
+    p.add_argument("--attention", default=None, metavar="IMPL",
+                   help="auto|plain|blockwise|cudnn|pallas (default auto: the backend's best; blockwise "
+                        "and the fused kernels never keep sequence x sequence scores)")
+    p.add_argument("--remat", default=None, metavar="POLICY",
+                   help="none|dots|full: recompute each layer in the backward pass (dots keeps the "
+                        "projections, full only the layer inputs); default none")
+    p.add_argument("--no-scan-layers", action="store_true",
+                   help="unroll the layers instead of scanning over them (compile time grows with depth)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -108,7 +116,26 @@ def train_config_from_args(args):
         eval_every=args.eval_every, eval_max_batches=args.eval_max_batches,
         keep_best=getattr(args, "keep_best", False), checkpoint_every=getattr(args, "checkpoint_every", 0),
         resume=not getattr(args, "no_resume", False), mesh_shape=parse_mesh(args.mesh),
-        progress=not args.quiet)
+        progress=not args.quiet, model_overrides=execution_overrides(args))
+
+
+def execution_overrides(args) -> dict:
+    """The model fields set by --attention, --remat and --no-scan-layers (validated here, so a bad
+    value is a one-line error before any data is read)."""
+    from mixjax.model.config import ATTENTION_IMPLS, REMAT_POLICIES
+
+    out = {}
+    if getattr(args, "attention", None) is not None:
+        if args.attention not in ATTENTION_IMPLS:
+            raise MixjaxError(f"--attention {args.attention!r}: expected one of {', '.join(ATTENTION_IMPLS)}")
+        out["attention"] = args.attention
+    if getattr(args, "remat", None) is not None:
+        if args.remat not in REMAT_POLICIES:
+            raise MixjaxError(f"--remat {args.remat!r}: expected one of {', '.join(REMAT_POLICIES)}")
+        out["remat"] = args.remat
+    if getattr(args, "no_scan_layers", False):
+        out["scan_layers"] = False
+    return out
 
 
 def register(subparsers) -> None:

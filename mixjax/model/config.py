@@ -7,6 +7,10 @@ from typing import Any
 
 from mixjax.errors import MixjaxError
 
+ATTENTION_IMPLS = ("auto", "plain", "blockwise", "cudnn", "pallas")
+REMAT_POLICIES = ("none", "dots", "full")
+EXECUTION_FIELDS = ("attention", "remat", "scan_layers", "attn_blocks")
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -35,7 +39,11 @@ class ModelConfig:
     max_seq_len: int = 4096
     init_std: float = 0.02
     embed_impl: str = "auto"
-    attn_blocks: int = 0  # causal query blocks in attention; 0 = auto (sequence length / 64, at most 8)
+    attn_blocks: int = 0  # causal query blocks in the plain CPU attention; 0 = auto (sequence length / 64, at most 8)
+    # How the step computes, not what the model is (any value gives the same function):
+    attention: str = "auto"   # see mixjax.model.attention.IMPLEMENTATIONS; auto picks per backend
+    remat: str = "none"       # none | dots | full: what the backward recomputes (jax.checkpoint policy)
+    scan_layers: bool = True  # layers under one scan (compile time flat in depth) or unrolled
 
     def __post_init__(self):
         if isinstance(self.rope_scaling, dict):
@@ -48,12 +56,21 @@ class ModelConfig:
             raise MixjaxError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         if self.arch not in ("llama", "qwen2"):
             raise MixjaxError(f"unknown architecture {self.arch!r} (llama or qwen2)")
+        if self.attention not in ATTENTION_IMPLS:
+            raise MixjaxError(f"--attention {self.attention!r}: expected one of {', '.join(ATTENTION_IMPLS)}")
+        if self.remat not in REMAT_POLICIES:
+            raise MixjaxError(f"--remat {self.remat!r}: expected one of {', '.join(REMAT_POLICIES)}")
         if self.embed_impl not in ("auto", "take", "onehot"):
             raise MixjaxError(f"unknown embed_impl {self.embed_impl!r} (auto, take or onehot)")
 
     @property
     def use_onehot_embed(self) -> bool:
         return self.embed_impl == "onehot" or (self.embed_impl == "auto" and self.vocab_size <= 4096)
+
+    def shape_dict(self) -> dict[str, Any]:
+        """`to_dict` without the fields that only change how the step computes (attention,
+        remat, scanning): two configs with equal shape_dicts have interchangeable parameters."""
+        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
 
     def replace(self, **kw) -> "ModelConfig":
         return dataclasses.replace(self, **kw)

@@ -7,17 +7,23 @@ Each parameter declares its sharding over the mesh axes ("data", "fsdp", "tensor
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from mixjax.model.config import ModelConfig
 
 
-def _param(rngs: nnx.Rngs | None, init, shape, axes, dtype=jnp.float32) -> nnx.Param:
+def _param(rngs: nnx.Rngs | None, init, shape, axes, stack: int | None = None, dtype=jnp.float32) -> nnx.Param:
+    """A parameter of `shape` sharded by `axes`; with `stack`, `stack` of them along a new leading
+    (layer) axis that is never sharded, as the scanned decoder keeps its layers."""
+    if stack is not None:
+        shape, axes = (stack, *shape), (None, *axes)
     key = rngs.params() if rngs is not None else None
     return nnx.Param(init(key, shape, dtype), out_sharding=axes, eager_sharding=False)
 
@@ -126,6 +132,9 @@ def project(x_BxLxD, w_Dx_):
     b, l, d = x_BxLxD.shape
     x_NxD, w_DxF = x_BxLxD.reshape(b * l, d), w_Dx_.reshape(d, -1)
     out = _matmul_transposed_wgrad(x_NxD, w_DxF) if jax.default_backend() == "cpu" else x_NxD @ w_DxF
+    # named so that remat policy "dots" keeps it (a policy on dot primitives would miss the CPU
+    # path's custom VJP)
+    out = checkpoint_name(out, "projection")
     return out.reshape(b, l, *w_Dx_.shape[1:])
 
 
@@ -192,9 +201,9 @@ def attend(q_BxKxMxE, k_BxKxSxE, v_BxKxSxE, keep_Bx1xSxM):
 
 
 class RMSNorm(nnx.Module):
-    def __init__(self, dim: int, eps: float, rngs: nnx.Rngs | None = None):
+    def __init__(self, dim: int, eps: float, stack: int | None = None):
         self.eps = eps
-        self.weight = _param(None, _ones, (dim,), (None,))
+        self.weight = _param(None, _ones, (dim,), (None,), stack)
 
     def __call__(self, x_BxLxD):
         x = x_BxLxD.astype(jnp.float32)
@@ -203,23 +212,43 @@ class RMSNorm(nnx.Module):
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, stack: int | None = None):
         d, h, k, e = cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         init = nnx.initializers.normal(cfg.init_std)
         self.n_heads, self.n_kv, self.head_dim = h, k, e
         self.attn_blocks = cfg.attn_blocks
-        self.q_DxHxE = _param(rngs, init, (d, h, e), ("fsdp", "tensor", None))
-        self.k_DxKxE = _param(rngs, init, (d, k, e), ("fsdp", "tensor", None))
-        self.v_DxKxE = _param(rngs, init, (d, k, e), ("fsdp", "tensor", None))
-        self.o_HxExD = _param(rngs, init, (h, e, d), ("tensor", None, "fsdp"))
+        self.q_DxHxE = _param(rngs, init, (d, h, e), ("fsdp", "tensor", None), stack)
+        self.k_DxKxE = _param(rngs, init, (d, k, e), ("fsdp", "tensor", None), stack)
+        self.v_DxKxE = _param(rngs, init, (d, k, e), ("fsdp", "tensor", None), stack)
+        self.o_HxExD = _param(rngs, init, (h, e, d), ("tensor", None, "fsdp"), stack)
         if cfg.qkv_bias:
-            self.q_bias_HxE = _param(None, _zeros, (h, e), ("tensor", None))
-            self.k_bias_KxE = _param(None, _zeros, (k, e), ("tensor", None))
-            self.v_bias_KxE = _param(None, _zeros, (k, e), ("tensor", None))
+            self.q_bias_HxE = _param(None, _zeros, (h, e), ("tensor", None), stack)
+            self.k_bias_KxE = _param(None, _zeros, (k, e), ("tensor", None), stack)
+            self.v_bias_KxE = _param(None, _zeros, (k, e), ("tensor", None), stack)
         else:
             self.q_bias_HxE = self.k_bias_KxE = self.v_bias_KxE = None
 
-    def __call__(self, x_BxLxD, cos, sin, keep_Bx1xSxL):
+    def __call__(self, x_BxLxD, cos, sin, mask: "AttentionMask"):
+        if mask.impl == "plain":
+            return self._plain(x_BxLxD, cos, sin, mask.keep_Bx1xSxL)
+        from mixjax.model.attention import packed_attention
+
+        dt = x_BxLxD.dtype
+        b, l, d = x_BxLxD.shape
+        q_BxLxHxE = project(x_BxLxD, self.q_DxHxE[...].astype(dt))
+        k_BxSxKxE = project(x_BxLxD, self.k_DxKxE[...].astype(dt))
+        v_BxSxKxE = project(x_BxLxD, self.v_DxKxE[...].astype(dt))
+        if self.q_bias_HxE is not None:
+            q_BxLxHxE = q_BxLxHxE + self.q_bias_HxE[...].astype(dt)
+            k_BxSxKxE = k_BxSxKxE + self.k_bias_KxE[...].astype(dt)
+            v_BxSxKxE = v_BxSxKxE + self.v_bias_KxE[...].astype(dt)
+        cos_BxLx1xE2, sin_BxLx1xE2 = cos[:, :, None], sin[:, :, None]
+        q_BxLxHxE = apply_rope(q_BxLxHxE, cos_BxLx1xE2, sin_BxLx1xE2)
+        k_BxSxKxE = apply_rope(k_BxSxKxE, cos_BxLx1xE2, sin_BxLx1xE2)
+        o_BxLxHxE = packed_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, mask.segment_ids_BxL, impl=mask.impl)
+        return project(o_BxLxHxE.reshape(b, l, -1), self.o_HxExD[...].astype(dt).reshape(-1, d))
+
+    def _plain(self, x_BxLxD, cos, sin, keep_Bx1xSxL):
         # Layout: queries as [B, K, G, L, E] so that, per (batch, kv head), the G query heads'
         # positions in a block are the M = G x C rows of ONE matmul against that kv head's keys
         # [S, E] (k/v are not repeated, and the score tensors need no transposes: XLA CPU spent
@@ -262,11 +291,11 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, stack: int | None = None):
         init = nnx.initializers.normal(cfg.init_std)
-        self.gate_DxF = _param(rngs, init, (cfg.dim, cfg.hidden_dim), ("fsdp", "tensor"))
-        self.up_DxF = _param(rngs, init, (cfg.dim, cfg.hidden_dim), ("fsdp", "tensor"))
-        self.down_FxD = _param(rngs, init, (cfg.hidden_dim, cfg.dim), ("tensor", "fsdp"))
+        self.gate_DxF = _param(rngs, init, (cfg.dim, cfg.hidden_dim), ("fsdp", "tensor"), stack)
+        self.up_DxF = _param(rngs, init, (cfg.dim, cfg.hidden_dim), ("fsdp", "tensor"), stack)
+        self.down_FxD = _param(rngs, init, (cfg.hidden_dim, cfg.dim), ("tensor", "fsdp"), stack)
 
     def __call__(self, x_BxLxD):
         dt = x_BxLxD.dtype
@@ -276,14 +305,17 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.attn = Attention(cfg, rngs)
-        self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.mlp = MLP(cfg, rngs)
+    """One decoder layer; with `stack`, all `stack` layers at once, every parameter with a leading
+    layer axis (the decoder runs them by scanning over that axis)."""
 
-    def __call__(self, x_BxLxD, cos, sin, keep_Bx1xSxL):
-        x_BxLxD = x_BxLxD + self.attn(self.attn_norm(x_BxLxD), cos, sin, keep_Bx1xSxL)
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, stack: int | None = None):
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps, stack)
+        self.attn = Attention(cfg, rngs, stack)
+        self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps, stack)
+        self.mlp = MLP(cfg, rngs, stack)
+
+    def __call__(self, x_BxLxD, cos, sin, mask: "AttentionMask"):
+        x_BxLxD = x_BxLxD + self.attn(self.attn_norm(x_BxLxD), cos, sin, mask)
         return x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD))
 
 
@@ -296,14 +328,39 @@ def attention_mask(segment_ids_BxL):
     return (causal_SxL[None] & same_BxSxL)[:, None]
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class AttentionMask:
+    """Who sees whom, in the form the chosen attention takes: the plain path's [B, 1, S, L]
+    keep mask (built once for all layers), or just the segment ids for the blockwise kernels,
+    which never build an S x S mask."""
+
+    segment_ids_BxL: jax.Array
+    keep_Bx1xSxL: jax.Array | None
+    impl: str = dataclasses.field(metadata=dict(static=True))
+
+
+REMAT_POLICY_FNS = {
+    # save the layers' projections (q, k, v, o, gate, up, down: tagged in `project`), recompute
+    # attention and the element-wise work in the backward
+    "dots": lambda: jax.checkpoint_policies.save_only_these_names("projection"),
+    # save only each layer's input
+    "full": lambda: jax.checkpoint_policies.nothing_saveable,
+}
+
+
 class Decoder(nnx.Module):
-    """Token ids [B, L] (with optional positions and segment ids for packing) -> logits [B, L, V]."""
+    """Token ids [B, L] (with optional positions and segment ids for packing) -> logits [B, L, V].
+
+    The layers are one `Block` whose parameters carry a leading layer axis [n_layers, ...]; the
+    forward pass scans over it (`cfg.scan_layers`, so compile time does not grow with depth) or
+    unrolls it, each layer under `cfg.remat`'s rematerialisation policy."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         init = nnx.initializers.normal(cfg.init_std)
         self.embed_VxD = _param(rngs, init, (cfg.vocab_size, cfg.dim), ("tensor", "fsdp"))
-        self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+        self.layers = Block(cfg, rngs, stack=cfg.n_layers)
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head_DxV = None if cfg.tie_embeddings else _param(
             rngs, init, (cfg.dim, cfg.vocab_size), ("fsdp", "tensor"))
@@ -317,6 +374,8 @@ class Decoder(nnx.Module):
 
     def hidden(self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None, dtype=None):
         """Final normalised hidden states [B, L, D]."""
+        from mixjax.model.attention import resolve_attention
+
         dtype = dtype or self.embed_VxD[...].dtype
         b, l = tokens_BxL.shape
         if positions_BxL is None:
@@ -324,11 +383,26 @@ class Decoder(nnx.Module):
         if segment_ids_BxL is None:
             segment_ids_BxL = jnp.ones((b, l), jnp.int32)
         cos, sin = rope_tables(positions_BxL, rope_inv_freq(self.cfg), self.cfg.max_seq_len)
-        keep_Bx1xSxL = attention_mask(segment_ids_BxL)
+        impl = resolve_attention(self.cfg.attention, dtype=dtype)
+        mask = AttentionMask(segment_ids_BxL, attention_mask(segment_ids_BxL) if impl == "plain" else None, impl)
         x_BxLxD = self.embed(tokens_BxL, dtype)
-        for block in self.layers:
-            x_BxLxD = block(x_BxLxD, cos, sin, keep_Bx1xSxL)
+        x_BxLxD = self._layers(x_BxLxD, cos, sin, mask)
         return self.norm(x_BxLxD)
+
+    def _layers(self, x_BxLxD, cos, sin, mask):
+        graphdef, stacked = nnx.split(self.layers)
+
+        def layer(x_BxLxD, one_layer):
+            return nnx.merge(graphdef, one_layer)(x_BxLxD, cos, sin, mask), None
+
+        if self.cfg.remat != "none":
+            layer = jax.checkpoint(layer, policy=REMAT_POLICY_FNS[self.cfg.remat](),
+                                   prevent_cse=not self.cfg.scan_layers)
+        if self.cfg.scan_layers:
+            return jax.lax.scan(layer, x_BxLxD, stacked)[0]
+        for i in range(self.cfg.n_layers):
+            x_BxLxD = layer(x_BxLxD, jax.tree.map(lambda a: a[i], stacked))[0]
+        return x_BxLxD
 
     def head_DxV(self, dtype):
         if self.lm_head_DxV is None:

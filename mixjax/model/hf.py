@@ -101,23 +101,24 @@ def _read_tensors(path: Path) -> dict[str, np.ndarray]:
 
 
 def _hf_names(cfg: ModelConfig) -> dict[tuple, tuple[str, str]]:
-    """(path in the nnx state) -> (HF tensor name, how to convert)."""
-    m: dict[tuple, tuple[str, str]] = {("embed_VxD",): ("model.embed_tokens.weight", "id"),
-                                       ("norm", "weight"): ("model.norm.weight", "id")}
+    """(path in the nnx state, layer index or None) -> (HF tensor name, how to convert). Layer
+    parameters are stacked [n_layers, ...] in the state; HF keeps one tensor per layer."""
+    m: dict[tuple, tuple[str, str]] = {(("embed_VxD",), None): ("model.embed_tokens.weight", "id"),
+                                       (("norm", "weight"), None): ("model.norm.weight", "id")}
     if not cfg.tie_embeddings:
-        m[("lm_head_DxV",)] = ("lm_head.weight", "T")
+        m[(("lm_head_DxV",), None)] = ("lm_head.weight", "T")
     for i in range(cfg.n_layers):
         p = f"model.layers.{i}."
-        m[("layers", i, "attn_norm", "weight")] = (p + "input_layernorm.weight", "id")
-        m[("layers", i, "mlp_norm", "weight")] = (p + "post_attention_layernorm.weight", "id")
+        m[(("layers", "attn_norm", "weight"), i)] = (p + "input_layernorm.weight", "id")
+        m[(("layers", "mlp_norm", "weight"), i)] = (p + "post_attention_layernorm.weight", "id")
         for n in "qkv":
-            m[("layers", i, "attn", f"{n}_Dx{'H' if n == 'q' else 'K'}xE")] = (p + f"self_attn.{n}_proj.weight", "in_heads")
+            m[(("layers", "attn", f"{n}_Dx{'H' if n == 'q' else 'K'}xE"), i)] = (p + f"self_attn.{n}_proj.weight", "in_heads")
             if cfg.qkv_bias:
-                m[("layers", i, "attn", f"{n}_bias_{'H' if n == 'q' else 'K'}xE")] = (p + f"self_attn.{n}_proj.bias", "heads")
-        m[("layers", i, "attn", "o_HxExD")] = (p + "self_attn.o_proj.weight", "out_heads")
-        m[("layers", i, "mlp", "gate_DxF")] = (p + "mlp.gate_proj.weight", "T")
-        m[("layers", i, "mlp", "up_DxF")] = (p + "mlp.up_proj.weight", "T")
-        m[("layers", i, "mlp", "down_FxD")] = (p + "mlp.down_proj.weight", "T")
+                m[(("layers", "attn", f"{n}_bias_{'H' if n == 'q' else 'K'}xE"), i)] = (p + f"self_attn.{n}_proj.bias", "heads")
+        m[(("layers", "attn", "o_HxExD"), i)] = (p + "self_attn.o_proj.weight", "out_heads")
+        m[(("layers", "mlp", "gate_DxF"), i)] = (p + "mlp.gate_proj.weight", "T")
+        m[(("layers", "mlp", "up_DxF"), i)] = (p + "mlp.up_proj.weight", "T")
+        m[(("layers", "mlp", "down_FxD"), i)] = (p + "mlp.down_proj.weight", "T")
     return m
 
 
@@ -189,14 +190,25 @@ def load_hf(path: str | os.PathLike, expect: ModelConfig | None = None) -> Decod
     model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
     state = nnx.state(model, nnx.Param)
     pure = nnx.to_pure_dict(state)
-    for spath, (name, how) in _hf_names(cfg).items():
+    stacked: dict[tuple, np.ndarray] = {}
+    for (spath, layer), (name, how) in _hf_names(cfg).items():
         if name not in tensors:
             raise MixjaxError(f"{path}: tensor {name!r} missing from the safetensors files")
         shape = _get(pure, spath).shape
-        w = _from_hf(tensors[name], how, shape)
-        if w.shape != tuple(shape):
-            raise MixjaxError(f"{path}: tensor {name!r} has shape {tensors[name].shape}, config implies {shape}")
-        _set(pure, spath, jnp.asarray(w, jnp.float32))
+        shape = shape if layer is None else shape[1:]
+        hf_shape = tensors[name].shape
+        try:
+            w = _from_hf(tensors.pop(name), how, shape)
+        except ValueError:  # a reshape to the config's shape failed
+            w = None
+        if w is None or w.shape != tuple(shape):
+            raise MixjaxError(f"{path}: tensor {name!r} has shape {hf_shape}, config implies {shape}")
+        if layer is None:
+            _set(pure, spath, jnp.asarray(w, jnp.float32))
+        else:
+            stacked.setdefault(spath, np.zeros(_get(pure, spath).shape, np.float32))[layer] = w
+    for spath, a in stacked.items():
+        _set(pure, spath, jnp.asarray(a))
     nnx.replace_by_pure_dict(state, pure)
     nnx.update(model, state)
     return model
@@ -210,8 +222,9 @@ def save_hf(model: Decoder, path: str | os.PathLike, dtype: str = "float32") -> 
     cfg = model.cfg
     pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     tensors = {}
-    for spath, (name, how) in _hf_names(cfg).items():
+    for (spath, layer), (name, how) in _hf_names(cfg).items():
         a = np.asarray(_get(pure, spath), np.float32)
+        a = a if layer is None else a[layer]
         tensors[name] = jnp.asarray(np.ascontiguousarray(_to_hf(a, how)), dtype)
     hfcfg = config_to_hf(cfg)
     hfcfg["torch_dtype"] = dtype

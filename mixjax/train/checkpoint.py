@@ -18,6 +18,23 @@ import orbax.checkpoint as ocp
 
 from mixjax.errors import MixjaxError
 
+# "stacked": every layer parameter has a leading layer axis (the scanned decoder). Checkpoints
+# without this key hold one subtree per layer (mixjax before scanned layers) and cannot be read.
+PARAM_LAYOUT = "stacked"
+
+
+def check_layout(directory: Path, step: int) -> None:
+    """One-line error for a checkpoint written with the old per-layer parameter layout."""
+    f = Path(directory) / str(step) / "meta" / "metadata"
+    try:
+        layout = json.loads(f.read_text()).get("param_layout")
+    except (OSError, ValueError):
+        return  # no readable metadata: the restore itself reports what is wrong
+    if layout != PARAM_LAYOUT:
+        raise MixjaxError(f"{Path(directory) / str(step)}: checkpoint has the per-layer parameter layout of "
+                          f"an older mixjax (this one stacks layers); export it to a Hugging Face directory "
+                          f"with that version (mixjax train ... --export-hf DIR) and --init from DIR")
+
 
 def _abstract(tree, shardings):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
@@ -38,10 +55,12 @@ class Checkpointer:
         if step in self.manager.all_steps():  # written by a run that was killed after it
             self.manager.wait_until_finished()
             self.manager.delete(step)
+        meta = {**meta, "param_layout": PARAM_LAYOUT}
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                          meta=ocp.args.JsonSave(meta)), force=True)
 
     def restore(self, step: int, abstract_state, shardings):
+        check_layout(self.directory, step)
         out = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(_abstract(abstract_state, shardings)),
             meta=ocp.args.JsonRestore()))
@@ -81,6 +100,7 @@ def read_meta(path: str | Path) -> dict:
 def restore_params(path: str | Path, abstract_params, shardings):
     """Only the model parameters of a checkpoint (for --init): (params, meta)."""
     directory, step = find_checkpoint(path)
+    check_layout(directory, step)
     ck = Checkpointer(directory, max_to_keep=None, async_save=False)
     restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s), {"params": shardings})
     out = ck.manager.restore(step, args=ocp.args.Composite(

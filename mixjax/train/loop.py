@@ -235,7 +235,7 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
     if ckpt is not None and cfg.resume and ckpt.latest_step() is not None:
         start_step = ckpt.latest_step()
         state, meta = ckpt.restore(start_step, stepper.abstract_state, stepper.state_shardings)
-        if meta.get("model") != mcfg.to_dict():
+        if type(mcfg).from_dict(meta["model"]).shape_dict() != mcfg.shape_dict():
             raise MixjaxError(f"{out}/checkpoints: the checkpoint is of another model; use a new --out")
         sampler.load_state_dict(meta["sampler"])
         for cb, s in zip(callbacks, meta.get("callbacks", [])):

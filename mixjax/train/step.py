@@ -116,16 +116,25 @@ class Stepper:
         self.abstract_state = {"params": abs_pure, "opt": abs_opt}
         self.batch_sharding = meshlib.batch_sharding(mesh)
         bsh = {k: self.batch_sharding for k in BATCH_KEYS}
-        self.train_step = jax.jit(self._train, in_shardings=(self.state_shardings, bsh, repl),
+        self.train_step = jax.jit(self._under_mesh(self._train), in_shardings=(self.state_shardings, bsh, repl),
                                   out_shardings=(self.state_shardings, repl), donate_argnums=0)
-        self.eval_step = jax.jit(self._eval, in_shardings=(self.param_shardings, bsh), out_shardings=repl)
+        self.eval_step = jax.jit(self._under_mesh(self._eval), in_shardings=(self.param_shardings, bsh), out_shardings=repl)
         # K stacked batches [K, B, L], each sharded like one batch (compiled on first use only)
         self.stacked_batch_sharding = NamedSharding(mesh, P(None, *self.batch_sharding.spec))
         ssh = {k: self.stacked_batch_sharding for k in BATCH_KEYS}
         self.domain_gradient_alignment = jax.jit(
-            self._alignment, in_shardings=(self.param_shardings, bsh, ssh), out_shardings=repl)
+            self._under_mesh(self._alignment), in_shardings=(self.param_shardings, bsh, ssh), out_shardings=repl)
         self._init_params = None
         self._init_opt = jax.jit(self.tx.init, out_shardings=opt_sh)
+
+    def _under_mesh(self, fn):
+        """`fn` traced with the (abstract) mesh set, so code that partitions by hand (a Pallas attention
+        kernel under shard_map) sees the mesh; the axes stay Auto, so nothing else changes."""
+        @functools.wraps(fn)
+        def traced(*args):
+            with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
+                return fn(*args)
+        return traced
 
     # -- model <-> params ---------------------------------------------------------------------
     def merge(self, params) -> Decoder:
