@@ -26,7 +26,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options whose value may start with '-' (a mesh size of -1). argparse reads "--mesh -1,8,1" as an
+# option with no value, so main() joins such pairs into "--mesh=-1,8,1" before parsing.
+DASH_VALUE_OPTIONS = ("--mesh",)
+
+
+def join_dash_values(argv: list[str], options=DASH_VALUE_OPTIONS) -> list[str]:
+    """["--mesh", "-1,8,1"] -> ["--mesh=-1,8,1"] for the `options` (nothing after a bare "--")."""
+    out, i = [], 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--":
+            out.extend(argv[i:])
+            break
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if tok in options and nxt is not None and nxt.startswith("-") and nxt[1:2].isdigit():
+            out.append(f"{tok}={nxt}")
+            i += 2
+            continue
+        out.append(tok)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = join_dash_values(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
