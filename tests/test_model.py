@@ -222,7 +222,7 @@ def test_remat_unrolled_layers_and_blockwise_attention_give_the_same_loss_and_gr
     """Rematerialisation, unrolling and the attention implementation change how the step
     computes, not what: the same loss and gradients as the scanned, non-rematerialised decoder
     with the plain attention (3 layers, packed rows with padding, GQA)."""
-    cfg = CFG.replace(n_layers=3)
+    cfg = CFG.replace(n_layers=3, scan_layers=True)
     params = nnx.state(init_model(cfg, seed=2), nnx.Param)
     batch = _packed_batch()
     ref_loss, ref_grads = _loss_and_grads(cfg, params, *batch)
@@ -243,11 +243,16 @@ def _grad_temp_bytes(cfg, b, l):
 
 
 def test_remat_keeps_less_for_the_backward():
-    """XLA's memory analysis of the gradient: full remat keeps less than dots, dots less than none
-    (at a shape where the activations, not the weights, dominate)."""
-    cfg = CFG.replace(n_layers=4, dim=64, hidden_dim=256, vocab_size=64)
+    """XLA's memory analysis of the scanned decoder's gradient (the large presets' form): full remat
+    keeps less than dots, dots less than none (at a shape where the activations dominate)."""
+    cfg = CFG.replace(n_layers=4, dim=64, hidden_dim=256, vocab_size=64, scan_layers=True)
     none, dots, full = (_grad_temp_bytes(cfg.replace(remat=r), 4, 256) for r in ("none", "dots", "full"))
     assert full < dots < none, (none, dots, full)
+
+
+def test_scan_by_default_only_above_four_layers():
+    assert not CFG.replace(n_layers=4).scanned and CFG.replace(n_layers=5).scanned
+    assert CFG.replace(n_layers=2, scan_layers=True).scanned and not CFG.replace(n_layers=9, scan_layers=False).scanned
 
 
 def test_scanned_layers_compile_to_one_loop_body():

@@ -95,8 +95,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--remat", default=None, metavar="POLICY",
                    help="none|dots|full: recompute each layer in the backward pass (dots keeps the "
                         "projections, full only the layer inputs); default none")
-    p.add_argument("--no-scan-layers", action="store_true",
-                   help="unroll the layers instead of scanning over them (compile time grows with depth)")
+    p.add_argument("--scan-layers", action=argparse.BooleanOptionalAction, default=None,
+                   help="scan over the layers (compile time flat in depth) or unroll them (faster "
+                        "steps for shallow models); default: scan models of more than 4 layers")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -133,8 +134,8 @@ def execution_overrides(args) -> dict:
         if args.remat not in REMAT_POLICIES:
             raise MixjaxError(f"--remat {args.remat!r}: expected one of {', '.join(REMAT_POLICIES)}")
         out["remat"] = args.remat
-    if getattr(args, "no_scan_layers", False):
-        out["scan_layers"] = False
+    if getattr(args, "scan_layers", None) is not None:
+        out["scan_layers"] = args.scan_layers
     return out
 
 

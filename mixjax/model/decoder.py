@@ -328,6 +328,23 @@ def attention_mask(segment_ids_BxL):
     return (causal_SxL[None] & same_BxSxL)[:, None]
 
 
+def shard_over_batch(x_Bx_):
+    """Constrain activations [B, ...] to be split by rows over the mesh's batch axes ("data",
+    "fsdp"), when the caller traces under a mesh (the train step does). Without it XLA's
+    propagation follows the fsdp-sharded embedding: the residual stream is split along D and
+    [B*L, D] activations are all-gathered, so every device's memory grows with the global batch
+    (llama-3.1-8b, fsdp 8, remat dots: 164 GiB per device against 45 GiB with it, `mixjax plan`)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x_Bx_
+    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+    axes = tuple(a for a in ("data", "fsdp") if sizes.get(a, 1) > 1)
+    if not axes or x_Bx_.shape[0] % math.prod(sizes[a] for a in axes):
+        return x_Bx_
+    spec = jax.sharding.PartitionSpec(axes, *(None,) * (x_Bx_.ndim - 1))
+    return jax.lax.with_sharding_constraint(x_Bx_, spec)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class AttentionMask:
@@ -353,7 +370,7 @@ class Decoder(nnx.Module):
     """Token ids [B, L] (with optional positions and segment ids for packing) -> logits [B, L, V].
 
     The layers are one `Block` whose parameters carry a leading layer axis [n_layers, ...]; the
-    forward pass scans over it (`cfg.scan_layers`, so compile time does not grow with depth) or
+    forward pass scans over it (`cfg.scanned`, so compile time does not grow with depth) or
     unrolls it, each layer under `cfg.remat`'s rematerialisation policy."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -385,20 +402,21 @@ class Decoder(nnx.Module):
         cos, sin = rope_tables(positions_BxL, rope_inv_freq(self.cfg), self.cfg.max_seq_len)
         impl = resolve_attention(self.cfg.attention, dtype=dtype)
         mask = AttentionMask(segment_ids_BxL, attention_mask(segment_ids_BxL) if impl == "plain" else None, impl)
-        x_BxLxD = self.embed(tokens_BxL, dtype)
+        x_BxLxD = shard_over_batch(self.embed(tokens_BxL, dtype))
         x_BxLxD = self._layers(x_BxLxD, cos, sin, mask)
-        return self.norm(x_BxLxD)
+        return shard_over_batch(self.norm(x_BxLxD))
 
     def _layers(self, x_BxLxD, cos, sin, mask):
         graphdef, stacked = nnx.split(self.layers)
 
         def layer(x_BxLxD, one_layer):
-            return nnx.merge(graphdef, one_layer)(x_BxLxD, cos, sin, mask), None
+            x_BxLxD = nnx.merge(graphdef, one_layer)(shard_over_batch(x_BxLxD), cos, sin, mask)
+            return shard_over_batch(x_BxLxD), None
 
         if self.cfg.remat != "none":
             layer = jax.checkpoint(layer, policy=REMAT_POLICY_FNS[self.cfg.remat](),
-                                   prevent_cse=not self.cfg.scan_layers)
-        if self.cfg.scan_layers:
+                                   prevent_cse=not self.cfg.scanned)
+        if self.cfg.scanned:
             return jax.lax.scan(layer, x_BxLxD, stacked)[0]
         for i in range(self.cfg.n_layers):
             x_BxLxD = layer(x_BxLxD, jax.tree.map(lambda a: a[i], stacked))[0]
