@@ -9,7 +9,7 @@ from mixjax.errors import MixjaxError
 
 ATTENTION_IMPLS = ("auto", "plain", "blockwise", "cudnn", "pallas")
 REMAT_POLICIES = ("none", "dots", "full")
-EXECUTION_FIELDS = ("attention", "remat", "scan_layers", "attn_blocks")
+EXECUTION_FIELDS = ("attention", "remat", "scan_layers", "shard_activations", "attn_blocks")
 SCAN_ABOVE_LAYERS = 4  # scan_layers=None: unroll up to this many layers (compiles fast, runs faster)
 
 
@@ -47,6 +47,10 @@ class ModelConfig:
     # layers under one scan (compile time flat in depth) or unrolled; None = scan deeper models
     # than SCAN_ABOVE_LAYERS (on the CPU, scanning cost tiny and small 13-16% of their step)
     scan_layers: bool | None = None
+    # split activations over the batch axes at layer boundaries (see decoder.shard_over_batch):
+    # at 4096 tokens per device a must (llama-3.1-8b, remat dots: 164 -> 45 GiB per device), at
+    # 32 it costs 4x (qwen2.5-0.5b, fsdp 8: 0.5 -> 1.8 GiB of temporaries per device)
+    shard_activations: bool = True
 
     def __post_init__(self):
         if isinstance(self.rope_scaling, dict):

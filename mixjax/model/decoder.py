@@ -402,16 +402,17 @@ class Decoder(nnx.Module):
         cos, sin = rope_tables(positions_BxL, rope_inv_freq(self.cfg), self.cfg.max_seq_len)
         impl = resolve_attention(self.cfg.attention, dtype=dtype)
         mask = AttentionMask(segment_ids_BxL, attention_mask(segment_ids_BxL) if impl == "plain" else None, impl)
-        x_BxLxD = shard_over_batch(self.embed(tokens_BxL, dtype))
-        x_BxLxD = self._layers(x_BxLxD, cos, sin, mask)
-        return shard_over_batch(self.norm(x_BxLxD))
+        shard = shard_over_batch if self.cfg.shard_activations else (lambda x: x)
+        x_BxLxD = shard(self.embed(tokens_BxL, dtype))
+        x_BxLxD = self._layers(x_BxLxD, cos, sin, mask, shard)
+        return shard(self.norm(x_BxLxD))
 
-    def _layers(self, x_BxLxD, cos, sin, mask):
+    def _layers(self, x_BxLxD, cos, sin, mask, shard):
         graphdef, stacked = nnx.split(self.layers)
 
         def layer(x_BxLxD, one_layer):
-            x_BxLxD = nnx.merge(graphdef, one_layer)(shard_over_batch(x_BxLxD), cos, sin, mask)
-            return shard_over_batch(x_BxLxD), None
+            x_BxLxD = nnx.merge(graphdef, one_layer)(shard(x_BxLxD), cos, sin, mask)
+            return shard(x_BxLxD), None
 
         if self.cfg.remat != "none":
             layer = jax.checkpoint(layer, policy=REMAT_POLICY_FNS[self.cfg.remat](),
