@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from mixjax.errors import MixjaxError
+from mixjax.plan import parse_mesh  # the one --mesh parser (sizes >= 1, at most one -1); no jax import
 
 
 def parse_weights(text: str | None, flag: str = "--weights") -> dict[str, float] | None:
@@ -51,17 +52,6 @@ def parse_tokens(text: str, flag: str) -> int:
     if value <= 0:
         raise MixjaxError(f"{flag}: must be positive")
     return int(value)
-
-
-def parse_mesh(text: str | None):
-    if not text:
-        return None
-    try:
-        shape = tuple(int(x) for x in text.split(","))
-        assert len(shape) == 3
-    except (ValueError, AssertionError):
-        raise MixjaxError(f"--mesh: expected DATA,FSDP,TENSOR (e.g. -1,1,1 or 2,4,1), got {text!r}") from None
-    return shape
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -121,22 +111,13 @@ def train_config_from_args(args):
 
 
 def execution_overrides(args) -> dict:
-    """The model fields set by --attention, --remat and --no-scan-layers (validated here, so a bad
+    """The model fields set by --attention, --remat and --[no-]scan-layers (checked here, so a bad
     value is a one-line error before any data is read)."""
-    from mixjax.model.config import ATTENTION_IMPLS, REMAT_POLICIES
+    from mixjax.model.config import check_execution
 
-    out = {}
-    if getattr(args, "attention", None) is not None:
-        if args.attention not in ATTENTION_IMPLS:
-            raise MixjaxError(f"--attention {args.attention!r}: expected one of {', '.join(ATTENTION_IMPLS)}")
-        out["attention"] = args.attention
-    if getattr(args, "remat", None) is not None:
-        if args.remat not in REMAT_POLICIES:
-            raise MixjaxError(f"--remat {args.remat!r}: expected one of {', '.join(REMAT_POLICIES)}")
-        out["remat"] = args.remat
-    if getattr(args, "scan_layers", None) is not None:
-        out["scan_layers"] = args.scan_layers
-    return out
+    given = {k: getattr(args, k, None) for k in ("attention", "remat", "scan_layers")}
+    check_execution(given["attention"], given["remat"])
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def register(subparsers) -> None:

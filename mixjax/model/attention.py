@@ -410,19 +410,28 @@ def _cudnn_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segment_ids_BxL, scale, im
 # ------------------------------------------------------------------------------------ sharding
 
 
+def traced_mesh_batch_axes(n_rows: int):
+    """(the mesh sizes by axis name, the batch axes ("data", "fsdp") of size > 1 that split
+    `n_rows` rows) for the mesh the caller traces under; (None, ()) with no mesh or one device.
+    The batch axes are () when they do not divide `n_rows`."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return None, ()
+    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+    axes = tuple(a for a in ("data", "fsdp") if sizes.get(a, 1) > 1)
+    return sizes, (axes if n_rows % math.prod(sizes[a] for a in axes) == 0 else ())
+
+
 def _per_device_share(kernel, q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segment_ids_BxL):
     """Run `kernel` (a Pallas call, which XLA cannot partition: left alone, every device would
     compute the whole batch) on each device's own rows and heads. The mesh is the one the caller
-    traces under (`jax.set_mesh`, as the train step does): rows split over its batch axes
+    traces under (`jax.sharding.use_abstract_mesh`, as the train step does): rows split over its batch axes
     ("data", "fsdp"), heads over "tensor", each where it divides; no mesh, or one device: a
     plain call."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.size == 1:
+    sizes, batch = traced_mesh_batch_axes(q_BxLxHxE.shape[0])
+    if sizes is None:
         return kernel(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segment_ids_BxL)
-    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
-    batch = tuple(a for a in ("data", "fsdp") if sizes.get(a, 1) > 1)
-    if q_BxLxHxE.shape[0] % math.prod(sizes[a] for a in batch):
-        batch = ()
+    mesh = jax.sharding.get_abstract_mesh()
     t = sizes.get("tensor", 1)
     heads = "tensor" if t > 1 and k_BxSxKxE.shape[2] % t == 0 else None  # q heads then divide too
     rows = batch or None

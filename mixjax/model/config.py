@@ -13,6 +13,14 @@ EXECUTION_FIELDS = ("attention", "remat", "scan_layers", "shard_activations", "a
 SCAN_ABOVE_LAYERS = 4  # scan_layers=None: unroll up to this many layers (compiles fast, runs faster)
 
 
+def check_execution(attention: str | None = None, remat: str | None = None) -> None:
+    """One-line errors for an unknown --attention or --remat (None: not given)."""
+    if attention is not None and attention not in ATTENTION_IMPLS:
+        raise MixjaxError(f"--attention {attention!r}: expected one of {', '.join(ATTENTION_IMPLS)}")
+    if remat is not None and remat not in REMAT_POLICIES:
+        raise MixjaxError(f"--remat {remat!r}: expected one of {', '.join(REMAT_POLICIES)}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Shape of a Llama/Qwen2-family decoder.
@@ -63,10 +71,7 @@ class ModelConfig:
             raise MixjaxError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         if self.arch not in ("llama", "qwen2"):
             raise MixjaxError(f"unknown architecture {self.arch!r} (llama or qwen2)")
-        if self.attention not in ATTENTION_IMPLS:
-            raise MixjaxError(f"--attention {self.attention!r}: expected one of {', '.join(ATTENTION_IMPLS)}")
-        if self.remat not in REMAT_POLICIES:
-            raise MixjaxError(f"--remat {self.remat!r}: expected one of {', '.join(REMAT_POLICIES)}")
+        check_execution(self.attention, self.remat)
         if self.embed_impl not in ("auto", "take", "onehot"):
             raise MixjaxError(f"unknown embed_impl {self.embed_impl!r} (auto, take or onehot)")
 
