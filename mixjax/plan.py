@@ -185,12 +185,6 @@ def cpu_devices(n: int, *, cpu_only: bool = False) -> list:
 
 # -- the plan ----------------------------------------------------------------------------------
 
-def _abstract(tree, shardings):
-    import jax
-
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
-
-
 def _flops(cost) -> float | None:
     if isinstance(cost, (list, tuple)):  # older jaxlibs: one dict per program
         cost = cost[0] if cost else None
@@ -219,7 +213,7 @@ def plan_step(model_cfg, *, devices, mesh_shape=None, batch_size: int, seq_len: 
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from mixjax.train.mesh import make_mesh
+    from mixjax.train.mesh import abstract_arrays, make_mesh
     from mixjax.train.step import BATCH_KEYS, StepConfig, Stepper
 
     n = devices if isinstance(devices, int) else len(devices)
@@ -236,7 +230,7 @@ def plan_step(model_cfg, *, devices, mesh_shape=None, batch_size: int, seq_len: 
                           compute_dtype=compute_dtype, loss_chunk=loss_chunk)
     t0 = time.perf_counter()
     stepper = Stepper(step_cfg, mesh)
-    state = _abstract(stepper.abstract_state, stepper.state_shardings)
+    state = abstract_arrays(stepper.abstract_state, stepper.state_shardings)
     batch = {k: jax.ShapeDtypeStruct((batch_size, seq_len), jnp.bool_ if k == "loss_mask" else jnp.int32,
                                      sharding=stepper.batch_sharding) for k in BATCH_KEYS}
     lr = jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, P()))

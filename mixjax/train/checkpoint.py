@@ -17,6 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from mixjax.errors import MixjaxError
+from mixjax.train.mesh import abstract_arrays
 
 # "stacked": every layer parameter has a leading layer axis (the scanned decoder). Checkpoints
 # without this key hold one subtree per layer (mixjax before scanned layers) and cannot be read.
@@ -34,10 +35,6 @@ def check_layout(directory: Path, step: int) -> None:
         raise MixjaxError(f"{Path(directory) / str(step)}: checkpoint has the per-layer parameter layout of "
                           f"an older mixjax (this one stacks layers); export it to a Hugging Face directory "
                           f"with that version (mixjax train ... --export-hf DIR) and --init from DIR")
-
-
-def _abstract(tree, shardings):
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
 
 
 class Checkpointer:
@@ -62,7 +59,7 @@ class Checkpointer:
     def restore(self, step: int, abstract_state, shardings):
         check_layout(self.directory, step)
         out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(abstract_state, shardings)),
+            state=ocp.args.StandardRestore(abstract_arrays(abstract_state, shardings)),
             meta=ocp.args.JsonRestore()))
         return out["state"], out["meta"]
 
@@ -104,7 +101,7 @@ def restore_params(path: str | Path, abstract_params, shardings):
     ck = Checkpointer(directory, max_to_keep=None, async_save=False)
     restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s), {"params": shardings})
     out = ck.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item={"params": _abstract(abstract_params, shardings)},
+        state=ocp.args.PyTreeRestore(item={"params": abstract_arrays(abstract_params, shardings)},
                                      restore_args=restore_args, partial_restore=True),
         meta=ocp.args.JsonRestore()))
     ck.close()

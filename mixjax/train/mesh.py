@@ -79,6 +79,12 @@ def shardings_for(abstract_tree, spec_tree, mesh: Mesh):
                         abstract_tree, spec_tree, is_leaf=lambda x: isinstance(x, P))
 
 
+def abstract_arrays(tree, shardings):
+    """`tree`'s arrays (or shape/dtype structs) as ShapeDtypeStructs carrying `shardings`: what
+    a restore or an ahead-of-time compile needs, with nothing allocated."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES, None))
 
