@@ -148,9 +148,9 @@ def run_one(model: str, args) -> dict:
         jax.block_until_ready(state)
         out["init_s"] = round(time.perf_counter() - t, 3)
         batch = stepper.put_batch(random_batch(b, l, cfg.vocab_size, 3, args.seed))
-        lr = np.float32(1e-4)
+        lr, loss_weights = np.float32(1e-4), stepper.no_loss_weights()
         t = time.perf_counter()
-        compiled = stepper.train_step.lower(state, batch, lr).compile()
+        compiled = stepper.train_step.lower(state, batch, lr, loss_weights).compile()
         out["compile_s"] = round(time.perf_counter() - t, 3)
         out["xla_memory_analysis"] = _mem_bytes(compiled)
         print(f"[{model}] compiled in {out['compile_s']:.1f} s, init {out['init_s']:.1f} s", flush=True)
@@ -158,7 +158,7 @@ def run_one(model: str, args) -> dict:
         losses, times = [], []
         for i in range(args.warmup + args.steps):
             t = time.perf_counter()
-            state, metrics = compiled(state, batch, lr)
+            state, metrics = compiled(state, batch, lr, loss_weights)
             loss = float(jax.device_get(metrics["loss"]))  # waits for the step
             dt = time.perf_counter() - t
             losses.append(loss)

@@ -82,7 +82,7 @@ class JaxRunner:
 
     def step(self, n):
         for _ in range(n):
-            self.state, m = self.st.train_step(self.state, self.batch, np.float32(1e-3))
+            self.state, m = self.st.train_step(self.state, self.batch, np.float32(1e-3), self.st.no_loss_weights())
         return float(self.jax.device_get(m["loss"]))
 
 

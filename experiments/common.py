@@ -51,8 +51,8 @@ def online_options(method: str, num_steps: int, k: int) -> dict:
     if method == "aioli":
         lp_steps = max(1, round_steps * 3 // 10 // k)
         return {"lp_rounds": 1, "lp_steps": lp_steps, "update_steps": max(round_steps, k * lp_steps + 1)}
-    if method == "skillit":
-        return {"update_steps": round_steps}
+    if method == "skillit":  # 2 evaluations per round as released (every 250 of 500 steps)
+        return {"update_steps": round_steps, "evaluations": 8}
     if method == "doge":
         return {"update_every": max(1, num_steps // 6)}
     return {}

@@ -234,7 +234,8 @@ def plan_step(model_cfg, *, devices, mesh_shape=None, batch_size: int, seq_len: 
     batch = {k: jax.ShapeDtypeStruct((batch_size, seq_len), jnp.bool_ if k == "loss_mask" else jnp.int32,
                                      sharding=stepper.batch_sharding) for k in BATCH_KEYS}
     lr = jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, P()))
-    lowered = stepper.train_step.lower(state, batch, lr)
+    loss_weights = jax.ShapeDtypeStruct((num_domains,), jnp.float32, sharding=NamedSharding(mesh, P()))
+    lowered = stepper.train_step.lower(state, batch, lr, loss_weights)
     t1 = time.perf_counter()
     options = {"xla_backend_optimization_level": 0} if fast_compile else {}
     compiled = lowered.compile(options) if options else lowered.compile()

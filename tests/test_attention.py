@@ -210,7 +210,7 @@ def test_pallas_kernel_runs_on_each_devices_share_in_the_sharded_train_step(monk
         state = st.init_state(st.init_params(0))
         out = []
         for b in _batches(2):
-            state, m = st.train_step(state, st.put_batch(b), np.float32(3e-3))
+            state, m = st.train_step(state, st.put_batch(b), np.float32(3e-3), st.no_loss_weights())
             out.append(float(m["loss"]))
         return out
 

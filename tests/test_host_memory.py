@@ -31,12 +31,12 @@ batch = st.put_batch({"tokens": rng.integers(0, v, (b, l)), "segment_ids": np.on
                       "domain_ids": np.zeros((b, l))})
 lr = np.float32(1e-3)
 for _ in range(3):
-    state, m = st.train_step(state, batch, lr)
+    state, m = st.train_step(state, batch, lr, st.no_loss_weights())
 jax.block_until_ready(m)
 faults = []
 for _ in range(9):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    state, m = st.train_step(state, batch, lr)
+    state, m = st.train_step(state, batch, lr, st.no_loss_weights())
     jax.block_until_ready(m)
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 print(json.dumps({"applied": hm.applied(), "faults_per_step": statistics.median(faults)}))

@@ -50,7 +50,7 @@ def test_chunks_shrink_the_step_memory_for_a_large_vocabulary():
         st = _stepper(big, chunk, b=8, l=256)
         state = jax.eval_shape(lambda: st.abstract_state)
         batch = st.put_batch(_batch(8, 256, 32_000))
-        compiled = st.train_step.lower(state, batch, np.float32(1e-3)).compile()
+        compiled = st.train_step.lower(state, batch, np.float32(1e-3), st.no_loss_weights()).compile()
         return compiled.memory_analysis().temp_size_in_bytes
 
     whole, chunked = temp_bytes(None), temp_bytes(32)

@@ -76,6 +76,34 @@ def test_li2025_method_recovers_the_true_optimum_in_simulation():
         assert method.fitted.law.name == "li2025"
 
 
+def test_li2025_fits_the_papers_huber_loss_by_default():
+    """li2025 fits with Huber delta 1e-3 (the authors' setting; dml keeps least squares), and
+    huber_delta=0 (`--huber 0`) is least squares. With one run's loss off by 0.05 on one domain, the
+    Huber fit (nearly L1 beyond 1e-3) still passes through the other, exact runs and leaves the
+    outlier's residual near 0.05; least squares would spread it over the other runs."""
+    from mixjax.fit import FitOptions
+    from mixjax.methods.offline import DataMixingLaws, Li2025
+    from mixjax.observations import simulate
+
+    truth, budget = paper_like_law(), 20_000_000
+    fast = FitOptions(n_bootstrap=0, leave_one_out=False)
+    method = Li2025(base_fraction=0.1, fit_options=fast)
+    assert method.fit_options.huber_delta == 1e-3 and method.fit_options.n_bootstrap == 0
+    assert Li2025(huber_delta=0).fit_options.huber_delta is None and DataMixingLaws().fit_options.huber_delta is None
+    with pytest.raises(MixjaxError, match="--huber: must be a positive delta"):
+        Li2025(huber_delta=-1e-3)
+
+    runs = method.propose(truth.domains, budget)
+    clean = _observe(truth, runs, noise=0.0, seed=0)
+    losses = clean.losses.copy()
+    losses[4, 1] += 0.05
+    method.recommend(Observations(clean.runs, clean.domains, clean.tokens, losses), truth.domains, budget)
+    assert method.fitted.diagnostics["fit"]["huber_delta"] == 1e-3     # what the fit used (law.json)
+    residual = losses - simulate(method.fitted, clean.runs, clean.tokens).losses
+    assert residual[4, 1] == pytest.approx(0.05, abs=2e-3)
+    assert np.abs(np.delete(residual, 4, axis=0)).max() < 2e-3          # 7e-4; least squares: 0.019
+
+
 def test_regmix_finds_the_minimum_of_a_quadratic_total_loss():
     from mixjax.methods.offline import RegMix
     from mixjax.observations import Observations

@@ -14,8 +14,9 @@ from mixjax.cli import main
 from mixjax.data.prepare import PrepareOptions, parse_domain_flag, prepare
 from mixjax.errors import MixjaxError
 from mixjax.methods.mix import run_mix
-from mixjax.methods.online_rules import doge_scaled_alignment, skillit_graph, skillit_weights
+from mixjax.methods.online_rules import skillit_graph
 from mixjax.train import Callback, TrainConfig, run_training
+from mixjax.train.metrics import read_metrics
 from tests.data_fixtures import letter_domain
 
 BUDGET = 6 * 8 * 16                                      # 6 steps of 8 x 16 tokens (8 fake devices)
@@ -70,6 +71,13 @@ def test_doremi_mix_end_to_end(doremi_mix):
     weights = summary["results"][0]["weights"]
     np.testing.assert_allclose([weights[d] for d in "abc"], _time_average(trajectory, 6, "abc"), atol=1e-12)
     assert len({tuple(t["weights"].values()) for t in trajectory}) == 6           # the weights moved
+    # reweighted proxy: sampled stratified, each step's loss weighted by the weights of that step
+    proxy_steps = [r for r in read_metrics(out / "proxy" / "metrics.jsonl") if "loss" in r]
+    assert all(r["weights"] == pytest.approx([1 / 3] * 3) for r in proxy_steps)
+    for r, t in zip(proxy_steps, trajectory):
+        assert r["loss_weights"] == pytest.approx([t["weights"][d] for d in "abc"], rel=1e-12)
+        seen = [(w, r["train_loss"][d]) for w, d in zip(r["loss_weights"], "abc") if r["train_loss"][d] is not None]
+        assert r["loss"] == pytest.approx(sum(w * v for w, v in seen), rel=1e-5)
     final = json.loads((out / "final" / "result.json").read_text())
     assert sum(final["tokens"].values()) == BUDGET and final["weights"] == pytest.approx(weights)
     assert summary["results"][0]["val_loss"] == final["val_loss"]
@@ -149,6 +157,8 @@ def test_domain_gradient_alignment_matches_per_domain_grads():
     expected = val_grads @ train_grads.T
     np.testing.assert_allclose(out["alignment"], expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
     np.testing.assert_allclose(out["train_grad_norm"], np.linalg.norm(train_grads, axis=1), rtol=1e-5)
+    gram = val_grads @ val_grads.T
+    np.testing.assert_allclose(out["val_gram"], gram, rtol=1e-4, atol=1e-5 * np.abs(gram).max())
 
 
 def test_doge_mix_end_to_end(data, tmp_path):
@@ -158,8 +168,18 @@ def test_doge_mix_end_to_end(data, tmp_path):
     trajectory = _trajectory(out)
     assert [t["step"] for t in trajectory] == [0, 2, 4]
     proxy = json.loads((out / "proxy" / "result.json").read_text())
-    alignments = proxy["online"]["state"]["alignment"]
-    assert [s for s, _ in alignments] == [2, 4, 6] and np.asarray(alignments[0][1]).shape == (3, 3)
+    state = proxy["online"]["state"]
+    alignments, scores = state["alignment"], state["scores"]
+    assert [s for s, _ in alignments] == [s for s, _ in scores] == [2, 4, 6]
+    assert np.asarray(alignments[0][1]).shape == (3, 3) and state["eta"] == 100.0   # 1 / mu, mu 0.01
+    # each update: log w += 2 (steps per update) x eta x the step's clipped scores
+    ws = [np.array([t["weights"][d] for d in "abc"]) for t in trajectory]
+    for before, after, (_, s) in zip(ws, ws[1:], scores):
+        assert 0 <= min(s) and max(s) <= 5 * 1e-3 + 1e-12                         # clipped to [0, 5 lr]
+        expected = before * np.exp(2 * 100.0 * np.asarray(s))
+        np.testing.assert_allclose(after, expected / expected.sum(), rtol=1e-9)
+    # the proxy sampled stratified (equal tokens) and weighted the loss instead
+    assert len(set(proxy["tokens"].values())) == 1
     weights = summary["results"][0]["weights"]
     np.testing.assert_allclose([weights[d] for d in "abc"], _time_average(trajectory, 6, "abc"), atol=1e-12)
     final = json.loads((out / "final" / "result.json").read_text())
@@ -173,23 +193,25 @@ def test_doge_refuses_a_proxy_run_too_short_for_one_update():
         DoGE().begin(["a", "b"], 6)
 
 
-def test_doge_scaled_alignment_by_hand():
-    # lr 1e-3, 2 steps per update, mean training-gradient norm 2: A x 1e-3 x 2 / 2 = A x 1e-3
-    np.testing.assert_allclose(doge_scaled_alignment([[4.0, -2.0], [0.0, 1.0]], [1.0, 3.0], 1e-3, 2),
-                               [[4e-3, -2e-3], [0.0, 1e-3]], rtol=1e-6)
+def test_doge_eta_is_one_over_the_released_mu_per_number_of_domains():
+    from mixjax.methods.doge import DoGE
+
+    assert [DoGE.released_eta(k) for k in (2, 3, 7)] == [100.0, 100.0, 10.0]
+    with pytest.raises(MixjaxError, match=r"^--proxy-sampling 'mixed': must be reweight or resample$"):
+        DoGE(sampling="mixed")
 
 
 # -- Skill-It -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def skillit_mix(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("skillit") / "mix"
-    return out, run_mix("skillit", {"update_steps": 2}, data, BUDGET, out, CONFIG, **QUIET)
+    return out, run_mix("skillit", {"update_steps": 2, "evaluations": 6}, data, BUDGET, out, CONFIG, **QUIET)
 
 
 def test_skillit_mix_end_to_end(skillit_mix):
     out, summary = skillit_mix
     assert summary["extra_runs"] == 3 and summary["extra_tokens"] == 3 * (BUDGET // 3)   # K runs, 1/K each
-    assert summary["evaluations"] == 3                                                   # steps 0, 2, 4
+    assert summary["evaluations"] == 4                       # every step (6 // 6) before the last update
     singles = {d: json.loads((out / "prereq" / f"single-{d}" / "result.json").read_text()) for d in "abc"}
     for d, result in singles.items():
         assert result["tokens"] == {o: (BUDGET // 3 if o == d else 0) for o in "abc"}
@@ -198,12 +220,19 @@ def test_skillit_mix_end_to_end(skillit_mix):
     loss_after = [[singles[j]["val_loss"][i] for i in "abc"] for j in "abc"]
     assert state["loss_after"] == loss_after
     np.testing.assert_allclose(state["graph"], skillit_graph(state["loss_before"], loss_after), rtol=0)
-    # the weights of each round: the graph scaled by the last `window` (3) evaluations' losses
+    # as released: first exp(eta * colsum(A)), then at each update (steps 2, 4) the graph scaled by
+    # the sum of the last 3 evaluations taken before it (steps 0-1, then 1-3)
+    assert state["loss_steps"] == [0, 1, 2, 3]
     trajectory = _trajectory(out)
     assert [t["step"] for t in trajectory] == [0, 2, 4]
-    for n, t in enumerate(trajectory):
-        summed = np.sum(state["losses"][max(0, n - 2):n + 1], axis=0)
-        np.testing.assert_allclose(list(t["weights"].values()), skillit_weights(state["graph"], summed, 0.2))
+    a, losses = np.array(state["graph"]), np.array(state["losses"])
+    for t, signal in zip(trajectory, [a.sum(axis=0), a.T @ losses[0:2].sum(axis=0), a.T @ losses[1:4].sum(axis=0)]):
+        expected = np.exp(0.2 * signal)
+        np.testing.assert_allclose(list(t["weights"].values()), expected / expected.sum(), rtol=1e-12)
+    # the evaluations are the run's: the one at step 0 is the initial model's (loss_before; the tiny
+    # validation sets fit in the 4 batches an online evaluation takes)
+    np.testing.assert_allclose(losses[0], state["loss_before"], rtol=1e-6)
+    assert not np.allclose(losses[3], losses[0])
     assert summary["results"][0]["weights"] == trajectory[-1]["weights"]
     assert sum(final["tokens"].values()) == BUDGET
 

@@ -60,11 +60,15 @@ def test_sweep_refuses_a_directory_of_another_configuration(data_dir, tmp_path, 
     (["--method", "grid", "--eta", "0.1"], "--eta does not apply to --method grid (only aioli, doremi, doge, skillit)"),
     (["--method", "grid", "--shard", "2/2"], "--shard: expected i/n with 0 <= i < n"),
     (["--method", "dml", "--runs", "2"], "dml: --runs 2 is too few"),
+    (["--method", "li2025", "--huber", "-1"], "--huber: must be a positive delta, or 0 for least squares; got -1"),
+    (["--method", "li2025", "--perturbation-evals", "-2"], "--perturbation-evals: must be a whole number >= 0"),
+    (["--method", "dml", "--huber", "1e-3"], "--huber does not apply to --method dml (only li2025)"),
 ])
 def test_sweep_bad_input(data_dir, tmp_path, capsys, argv, message):
     assert main(["sweep", *argv, "--data", str(data_dir), "--budget-tokens", "256",
                  "--out", str(tmp_path / "x"), *TRAIN]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
 
 
 def test_mix_offline_and_online(data_dir, tmp_path):
@@ -97,3 +101,64 @@ def test_a_sweep_written_before_a_training_setting_existed_still_resumes(data_di
     path.write_text(json.dumps(old))
     assert _sweep(data_dir, tmp_path / "s", "--shard", "0/3") == 2
     assert "(train_config differ)" in capsys.readouterr().err
+
+
+def _best_evaluation(result):
+    """(step, val_loss) of the evaluation of lowest mean loss, from the run's val_history."""
+    means = [sum(h["val_loss"].values()) / len(h["val_loss"]) for h in result["val_history"]]
+    h = result["val_history"][min(range(len(means)), key=means.__getitem__)]
+    return h["step"], h["val_loss"]
+
+
+def test_li2025_sweep_runs_record_their_best_evaluation(data_dir, tmp_path, capsys):
+    """As the authors keep each perturbation run's best checkpoint: by default a li2025 run is
+    evaluated every steps // 10 steps and records its lowest-mean evaluation, without a checkpoint."""
+    out = tmp_path / "s"
+    assert main(["sweep", "--method", "li2025", "--base-fraction", "1", "--data", str(data_dir),
+                 "--budget-tokens", "512", "--out", str(out), *TRAIN, "--lr", "0.1"]) == 0
+    assert json.loads((out / "sweep.json").read_text())["run_selection"] == {"evaluations": 10,
+                                                                               "val_loss": "best evaluation"}
+    rows = {l.split(",")[0]: [float(x) for x in l.split(",")[3:]]
+            for l in (out / "observations.csv").read_text().splitlines()[1:]}
+    assert len(rows) == 9
+    not_final = 0
+    for name, row in rows.items():
+        result = json.loads((out / "runs" / name / "result.json").read_text())
+        steps = result["steps"]                                       # 2 to 8 steps of 128 tokens
+        assert result["config"]["eval_every"] == max(1, steps // 10) == 1 and result["config"]["select_best"]
+        assert [h["step"] for h in result["val_history"]] == list(range(1, steps + 1))
+        step, best = _best_evaluation(result)
+        assert result["val_loss"] == best and result["val_loss_step"] == step
+        assert row == pytest.approx([best["a"], best["b"]], rel=1e-12)  # what the law is fitted to
+        assert not (out / "runs" / name / "best").exists()
+        not_final += step != steps
+    assert not_final >= 1                                            # lr 0.1 overshoots: the test can tell
+
+    # sweep.json records how runs are chosen: another cadence (or the final loss) is another sweep
+    capsys.readouterr()
+    assert main(["sweep", "--method", "li2025", "--base-fraction", "1", "--perturbation-evals", "0",
+                 "--data", str(data_dir), "--budget-tokens", "512", "--out", str(out), *TRAIN, "--lr", "0.1"]) == 2
+    assert "(options, run_selection differ)" in capsys.readouterr().err
+
+
+def test_mix_li2025_least_squares_and_evaluation_flags(data_dir, tmp_path):
+    """--huber 0: the law is fitted by least squares (law.json says so; the default is the paper's
+    Huber 1e-3, see test_methods_offline); --perturbation-evals 2: the sweep's and the extra runs
+    evaluate every steps // 2 steps and keep their best; the final run keeps the user's settings."""
+    out = tmp_path / "m"
+    assert main(["mix", "--method", "li2025", "--base-fraction", "1", "--factors", "2", "--huber", "0",
+                 "--perturbation-evals", "2", "--data", str(data_dir), "--budget-tokens", "512",
+                 "--out", str(out), *TRAIN, "--lr", "0.1"]) == 0
+    assert json.loads((out / "law.json").read_text())["diagnostics"]["fit"]["huber_delta"] is None
+    runs = sorted((out / "sweep" / "runs").iterdir()) + sorted((out / "sweep-extra" / "runs").iterdir())
+    assert [r.name for r in runs] == ["a-x2", "b-x2", "base", "a-rest-x0.5", "a-rest-x2", "b-rest-x0.5", "b-rest-x2"]
+    for run in runs:
+        result = json.loads((run / "result.json").read_text())
+        every = max(1, result["steps"] // 2)                         # 4 steps (base), 6 (x2), 3 (x0.5)
+        assert result["config"]["eval_every"] == every and result["config"]["select_best"], run.name
+        assert [h["step"] for h in result["val_history"]] == sorted(
+            set(range(every, result["steps"] + 1, every)) | {result["steps"]}), run.name
+        assert (result["val_loss_step"], result["val_loss"]) == _best_evaluation(result), run.name
+    final = json.loads((out / "final" / "result.json").read_text())
+    assert final["config"]["eval_every"] == 0 and not final["config"]["select_best"]
+    assert [h["step"] for h in final["val_history"]] == [final["val_loss_step"]] == [4]

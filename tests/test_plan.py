@@ -65,12 +65,12 @@ def test_arguments_are_the_state_and_batch_shards(plan1, plan8):
     # one device: float32 params, Adam mu and nu (3 x 4 bytes a parameter) + a few scalar counters
     state1 = state_bytes_per_device(1, (1, 1, 1))
     assert 12 * CFG.num_params() <= state1 <= 12 * CFG.num_params() + 64
-    assert plan1["bytes_per_device"]["arguments"] == state1 + B * BATCH_BYTES_PER_ROW + 4  # + the lr
+    assert plan1["bytes_per_device"]["arguments"] == state1 + B * BATCH_BYTES_PER_ROW + 4 + 4 * K  # + the lr and the loss weights
     # fsdp 8: every matrix split 8 ways; the norm weights (a few KiB) stay whole; the batch a row each
     state8 = state_bytes_per_device(8, (1, 8, 1))
     norms = 3 * 4 * CFG.dim * (2 * CFG.n_layers + 1)
     assert state8 == pytest.approx(state1 / 8 + norms * 7 / 8, abs=64)
-    assert plan8["bytes_per_device"]["arguments"] == state8 + (B // 8) * BATCH_BYTES_PER_ROW + 4
+    assert plan8["bytes_per_device"]["arguments"] == state8 + (B // 8) * BATCH_BYTES_PER_ROW + 4 + 4 * K
     for plan, state in ((plan1, state1), (plan8, state8)):
         b = plan["bytes_per_device"]
         assert b["aliased"] == state  # the donated state is written in place

@@ -36,7 +36,7 @@ def _run(devices, shape, grad_accum=1, steps=3):
     state = st.init_state(st.init_params(0))
     out = []
     for b in _batches(steps):
-        state, m = st.train_step(state, st.put_batch(b), np.float32(3e-3))
+        state, m = st.train_step(state, st.put_batch(b), np.float32(3e-3), st.no_loss_weights())
         m = jax.device_get(m)
         out.append(np.concatenate([[m["loss"]], m["domain_loss_sum"] / m["domain_count"]]))
     return np.array(out), st, state
@@ -90,7 +90,7 @@ st = Stepper(StepConfig(cfg, 8, 32, 3, loss_chunk=16),
 state = st.init_state(st.init_params(0))
 losses = []
 for b in _batches(2, B=8, L=32, vocab=cfg.vocab_size):
-    state, m = st.train_step(state, st.put_batch(b), np.float32(1e-4))
+    state, m = st.train_step(state, st.put_batch(b), np.float32(1e-4), st.no_loss_weights())
     losses.append(float(m["loss"]))
 print("LOSSES", json.dumps(losses))
 """

@@ -214,6 +214,47 @@ def test_bf16_and_grad_accum_run(data):
     assert np.isfinite(res["val_loss"]["b"]) and res["devices"]["count"] == 2
 
 
+def test_select_best_records_the_lowest_evaluation_without_a_checkpoint(data, tmp_path):
+    """select_best: val_loss is the evaluation of lowest mean validation loss (li2025's perturbation
+    runs keep their best checkpoint) and no RUN_DIR/best is written; without it, the final one."""
+    weights, budget = {"a": 0.4, "b": 0.3, "c": 0.3}, 6 * BATCH
+    # lr 0.1: the last step overshoots, so the best evaluation (step 5) is not the final one
+    cfg = TrainConfig(**SHAPE, lr=0.1, eval_every=1, select_best=True)
+    res = run_training(cfg, data, weights, budget, out_dir=tmp_path / "best")
+    written = json.loads((tmp_path / "best" / "result.json").read_text())
+    history = written["val_history"]
+    assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
+    means = [np.mean([h["val_loss"][d] for d in "abc"]) for h in history]  # not the loop's val_loss_mean
+    best = int(np.argmin(means))
+    assert best != len(history) - 1, means                 # else this test could not tell best from final
+    assert written["val_loss"] == history[best]["val_loss"] and written["val_loss_step"] == history[best]["step"]
+    assert written["final_val_loss"] == history[-1]["val_loss"] and res["val_loss"] == history[best]["val_loss"]
+    assert written["config"]["select_best"] is True
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["metrics.jsonl", "result.json"]  # no best/
+
+    plain = run_training(TrainConfig(**SHAPE, lr=0.1, eval_every=1), data, weights, budget)
+    assert plain["val_history"] == history                  # the same run, deterministic
+    assert plain["val_loss"] == history[-1]["val_loss"] and plain["val_loss_step"] == 6
+
+
+def test_weight_decay_skips_norms_and_biases_of_the_stacked_layers():
+    """The layers' parameters carry a leading layer axis: a norm weight [n_layers, dim] or a bias
+    [n_layers, heads, head_dim] is still not a matrix to decay."""
+    import jax
+
+    from mixjax.model import get_config
+    from mixjax.model.decoder import init_params
+    from mixjax.train.optim import decay_mask
+
+    cfg = get_config("tiny", 259).replace(qkv_bias=True, n_layers=3)
+    flat = jax.tree_util.tree_flatten_with_path(decay_mask(jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))))[0]
+    decayed = {jax.tree_util.keystr(path): v for path, v in flat}
+    assert {k for k, v in decayed.items() if not v} == {
+        "['layers']['attn_norm']['weight']", "['layers']['mlp_norm']['weight']", "['norm']['weight']",
+        "['layers']['attn']['q_bias_HxE']", "['layers']['attn']['k_bias_KxE']", "['layers']['attn']['v_bias_KxE']"}
+    assert decayed["['layers']['mlp']['up_DxF']"] and decayed["['embed_VxD']"]
+
+
 def test_schedules():
     lrs = [learning_rate(s, 100, 1.0, "cosine", 10, 0.1) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)

@@ -12,6 +12,8 @@ OPTION_TARGETS = {
     "factors": (("li2025",), "factors"),
     "base_fraction": (("li2025",), "base_fraction"),
     "no_extra_runs": (("li2025",), "add_runs"),  # the flag stores False
+    "huber": (("li2025",), "huber_delta"),
+    "perturbation_evals": (("li2025",), "perturbation_evals"),
     "runs": (("dml", "regmix"), "n_runs"),
     "eta": (("aioli", "doremi", "doge", "skillit"), "eta"),
     "lp_rounds": (("aioli",), "lp_rounds"),
@@ -19,14 +21,18 @@ OPTION_TARGETS = {
     "one_hot_factor": (("aioli",), "one_hot_factor"),
     "update_steps": (("aioli", "skillit"), "update_steps"),
     "ema": (("aioli",), "ema"),
+    "cumulative": (("aioli",), "cumulative"),
+    "dynamic_start": (("aioli",), "dynamic_start"),
     "prior_weights": (("aioli",), "prior_weights"),
     "prior_steps": (("aioli",), "prior_steps"),
     "update_every": (("doremi", "doge"), "update_every"),
     "proxy_fraction": (("doremi", "doge"), "proxy_fraction"),
+    "proxy_sampling": (("doremi", "doge"), "sampling"),
     "smoothing": (("doremi",), "smoothing"),
     "reference": (("doremi",), "reference"),
     "window": (("skillit",), "window"),
     "single_fraction": (("skillit",), "single_fraction"),
+    "evaluations": (("skillit",), "evaluations"),
 }
 
 
@@ -46,27 +52,47 @@ def add_method_arguments(p: argparse.ArgumentParser, methods: list[str]) -> None
                    help="li2025: base run size as a fraction of the budget (default 0.25)")
     g.add_argument("--no-extra-runs", action="store_const", const=False, default=None,
                    help="li2025: do not add runs when the fit would be under-determined")
+    g.add_argument("--huber", type=float, metavar="DELTA",
+                   help="li2025: fit with a Huber loss of this delta (default 1e-3, the paper's); "
+                        "0 = least squares")
+    g.add_argument("--perturbation-evals", type=int, metavar="N",
+                   help="li2025: evaluate each perturbation run about N times (every steps//N steps) and "
+                        "record its best evaluation, as the paper keeps the best checkpoint (default 10); "
+                        "0 = the final loss")
     g.add_argument("--runs", type=int, help="dml/regmix: number of Dirichlet runs")
     g.add_argument("--eta", type=float,
                    help="EG step size: aioli (released: 0.2 for 2 domains, 0.1 for 3-4, 1 for more), "
-                        "doremi 1, doge 100 (= 1/mu), skillit 0.2")
+                        "doremi 1, doge 1/mu (released: 100 for up to 4 domains, 10 for more), skillit 0.2")
     g.add_argument("--lp-rounds", type=int, help="aioli: LearnParams sweeps per round")
     g.add_argument("--lp-steps", type=int, help="aioli: steps per LearnParams interval")
     g.add_argument("--one-hot-factor", type=float, help="aioli: weight of the interval's own domain")
-    g.add_argument("--update-steps", type=int, help="aioli (default 250) / skillit (default 500): steps per round")
-    g.add_argument("--ema", type=float, help="aioli: EMA of the interaction matrix")
+    g.add_argument("--update-steps", type=int,
+                   help="aioli (default 250) / skillit (default 500, 400 for more than 6 domains): steps per round")
+    g.add_argument("--ema", type=float,
+                   help="aioli: weight of the old EMA of the interaction matrix; the weights are recomputed "
+                        "from uniform each round (released: 0.1 for 2 domains, 0.5 for 3-4, 0.1 for more)")
+    g.add_argument("--cumulative", action="store_const", const=True, default=None,
+                   help="aioli: accumulate each round's EG step instead (the release without --ema)")
+    g.add_argument("--dynamic-start", choices=("uniform", "prior"),
+                   help="aioli restricted setting: after --prior-steps the rounds start from uniform "
+                        "(the release, default) or from --prior-weights")
     g.add_argument("--prior-weights", type=_floats, help="aioli: start from these weights (restricted)")
     g.add_argument("--prior-steps", type=int, help="aioli: steps at --prior-weights first")
     g.add_argument("--update-every", type=int,
                    help="doremi (default 1) / doge (default 100): steps between weight updates")
     g.add_argument("--proxy-fraction", type=float,
                    help="doremi/doge: proxy (and doremi's reference) run size as a fraction of the budget (default 1)")
+    g.add_argument("--proxy-sampling", choices=("reweight", "resample"),
+                   help="doremi/doge: sample the proxy stratified and weight each domain's loss (reweight, "
+                        "the releases; default) or sample at the current weights (resample)")
     g.add_argument("--smoothing", type=float, help="doremi: weight of the uniform distribution mixed in (default 1e-3)")
     g.add_argument("--reference", metavar="RUN_DIR",
                    help="doremi: an existing reference run with a checkpoint (default: train one at stratified weights)")
     g.add_argument("--window", type=int, help="skillit: evaluations whose losses are summed (default 3)")
     g.add_argument("--single-fraction", type=float,
                    help="skillit: each single-domain run's size as a fraction of the budget (default 1/K)")
+    g.add_argument("--evaluations", type=int, metavar="N",
+                   help="skillit: validation evaluations per run, every num_steps/N steps from step 0 (default 20)")
     g.add_argument("--online-eval-batches", type=int, default=4,
                    help="validation batches per domain for each evaluation an online method asks for")
 

@@ -24,6 +24,7 @@ from mixjax.data.sources import domain_name_for, file_sha256, read_records, sour
 from mixjax.data.template import LOSS_ON, render
 from mixjax.data.tokenizer import load_tokenizer
 from mixjax.errors import MixjaxError
+from mixjax.names import check_domain_name
 from mixjax.io import write_json_atomic
 
 MANIFEST = "manifest.json"
@@ -52,9 +53,7 @@ class PrepareOptions:
 
 
 def _check_domain_name(name: str, flag: str) -> str:
-    if not name or not all(c.isalnum() or c in "-_" for c in name):
-        raise MixjaxError(f"{flag}: domain name '{name}' must use letters, digits, '-' or '_'")
-    return name
+    return check_domain_name(name, flag)
 
 
 def parse_domain_flag(value: str) -> SourceSpec:

@@ -3,9 +3,20 @@
 The run is cut into rounds of `update_steps`. Each round starts with LearnParams: `lp_rounds`
 sweeps over the K smoothed one-hot mixtures in a seeded random order, `lp_steps` steps each, with a
 validation evaluation before the first interval and after every interval. The loss drops give
-beta = A P^T, solved for A, normalised, optionally smoothed by an EMA, and an EG step moves the
-weights; the rest of the round trains on them. With `prior_weights` the first `prior_steps` train
-on weights learned elsewhere (the paper's "restricted" setting) and Aioli adjusts them from there.
+beta = A P^T, solved for A and normalised (shifted to be non-negative, scaled to sum 1); the rest
+of the round trains on the new weights.
+
+The weights, as the released scripts run them (every one passes `--ema`): an EMA of the
+normalised A over rounds, `ema` the weight of the old average, and the weights recomputed every
+round *from uniform* as exp(eta * column sums of the EMA), so they stay within a factor e^eta of
+uniform. `cumulative=True` is the release without `--ema` (and mixjax's rule before it followed the
+scripts): each round's EG step multiplies the previous weights, so a persistent preference keeps
+moving them.
+
+The restricted setting: with `prior_weights` the first `prior_steps` train on weights learned
+elsewhere. The release then starts the rounds from uniform again (`dynamic_start="uniform"`, the
+default), so the prior only shapes the model that LearnParams measures; `dynamic_start="prior"`
+starts the EG updates from the prior weights instead.
 
 The schedule is a pure function of the step, so the state to checkpoint is only the weights, the
 current round's partial loss drops and the history.
@@ -24,29 +35,35 @@ from mixjax.methods.online_rules import (
 
 @dataclasses.dataclass
 class AioliConfig:
-    """Defaults: the released 3-domain settings (papers.md)."""
+    """Defaults: the released 3-domain settings (papers.md; scripts/arxiv_books_stackexchange)."""
 
     eta: float = 0.1
     lp_rounds: int = 4
     lp_steps: int = 6
     one_hot_factor: float = 0.5
     update_steps: int = 250
-    ema: float | None = None
+    ema: float | None = 0.5           # weight of the old EMA; None: each round's A alone
+    cumulative: bool = False          # accumulate EG steps (the release without --ema)
     normalize_a: bool = True
     diagonal: bool = False
     prior_weights: list[float] | None = None
     prior_steps: int = 0
+    dynamic_start: str = "uniform"    # restricted setting: rounds start from "uniform" or the "prior"
     seed: int = 0
 
     @classmethod
     def released(cls, k: int, **overrides) -> "AioliConfig":
-        """The released settings for 2, 3 or 7 domains (the nearest for other K)."""
+        """What the released scripts ran for 2, 3 or 7 domains (the nearest for other K): 2 domains
+        arxiv/stackexchange, 3 arxiv/books/stackexchange (EMA 0.5), 7 the full SlimPajama run
+        (update every 200 steps). `cumulative=True` without an explicit `ema` drops the EMA."""
         if k <= 2:
-            base = dict(lp_rounds=4, lp_steps=4, eta=0.2, one_hot_factor=0.625)
+            base = dict(lp_rounds=4, lp_steps=4, eta=0.2, one_hot_factor=0.625, ema=0.1)
         elif k <= 4:
-            base = dict(lp_rounds=4, lp_steps=6, eta=0.1, one_hot_factor=0.5)
+            base = dict(lp_rounds=4, lp_steps=6, eta=0.1, one_hot_factor=0.5, ema=0.5)
         else:
-            base = dict(lp_rounds=2, lp_steps=10, eta=1.0, one_hot_factor=0.75)
+            base = dict(lp_rounds=2, lp_steps=10, eta=1.0, one_hot_factor=0.75, ema=0.1, update_steps=200)
+        if overrides.get("cumulative") and "ema" not in overrides:
+            base["ema"] = None
         return cls(**{**base, **overrides})
 
 
@@ -73,8 +90,15 @@ class Aioli:
             raise MixjaxError(f"--prior-weights must be {k} non-negative numbers summing to 1")
         if c.prior_weights is None and c.prior_steps:
             raise MixjaxError("--prior-steps needs --prior-weights")
+        if c.ema is not None and not 0 <= c.ema < 1:
+            raise MixjaxError(f"--ema {c.ema}: must be in [0, 1) (the weight of the old average)")
+        if c.cumulative and c.ema is not None:
+            raise MixjaxError("--cumulative accumulates each round's A; it takes no --ema")
+        if c.dynamic_start not in ("uniform", "prior"):
+            raise MixjaxError(f"--dynamic-start {c.dynamic_start!r}: must be uniform or prior")
+        base = start if c.dynamic_start == "prior" else np.full(k, 1.0 / k)
         self.mixtures = smoothed_one_hot(k, c.one_hot_factor)
-        self.state = {"start": start.tolist(), "weights": start.tolist(), "ema_a": None,
+        self.state = {"start": start.tolist(), "base": base.tolist(), "weights": base.tolist(), "ema_a": None,
                       "loss_prev": None, "drops": np.zeros((k, k)).tolist(),
                       "trajectory": [[0, start.tolist()]], "raw_a": [], "a": []}
 
@@ -123,12 +147,13 @@ class Aioli:
         c, st = self.config, self.state
         raw = solve_interaction_matrix(drops, self.mixtures, c.diagonal)
         a = normalise_interactions(raw) if c.normalize_a else raw
-        if c.ema is not None:
-            st["ema_a"] = a.tolist() if st["ema_a"] is None else \
-                ((1 - c.ema) * a + c.ema * np.asarray(st["ema_a"])).tolist()
-            weights = aioli_update(np.asarray(st["start"]), np.asarray(st["ema_a"]), c.eta)
-        else:
+        if c.cumulative:
             weights = aioli_update(np.asarray(st["weights"]), a, c.eta)
+        else:
+            ema = c.ema or 0.0
+            st["ema_a"] = a.tolist() if st["ema_a"] is None else \
+                ((1 - ema) * a + ema * np.asarray(st["ema_a"])).tolist()
+            weights = aioli_update(np.asarray(st["base"]), np.asarray(st["ema_a"]), c.eta)
         st["weights"] = weights.tolist()
         st["raw_a"].append(raw.tolist())
         st["a"].append(a.tolist())

@@ -3,15 +3,20 @@ A_ii is the proxy model's excess loss over a reference model.
 
 Prerequisite: a reference model trained at stratified weights (MIX_DIR/prereq/reference, kept as
 a checkpoint), or an existing run given with `reference=`. Proxy run (`proxy_fraction` of the
-budget, from the same initialisation): after each batch the reference's per-domain loss on that
-same batch is computed (a second forward pass) and the weights take an EG step on the clipped
-excess loss, smoothed with `smoothing` of the uniform distribution (`doremi_update`). The answer
-is the weights averaged over the proxy run; `run_mix` trains the final model at them.
+budget, from the same initialisation): batches are sampled at stratified proportions and the
+proxy trains on sum_j w_j x (mean loss of domain j), as the releases do (`sampling="reweight"`;
+"resample" samples at the weights instead, see `proxy.py`). After each batch the reference's
+per-domain loss on that same batch is computed (a second forward pass) and the weights take an
+EG step on the clipped excess loss, smoothed with `smoothing` of the uniform distribution
+(`doremi_update`). The answer is the weights averaged over the proxy run; `run_mix` trains the
+final model at them.
 
-Departures, both from the released code's behaviour or cost: excess losses are clipped per domain
-mean (the paper clips per token); a domain absent from a batch keeps its previous excess (as the
-Aioli reproduction does). With `update_every` U > 1 the reference pass runs only every U steps and
-the step size is multiplied by U, so the weights drift as far as with per-step updates.
+Departures from the releases: excess losses are clipped per domain mean (the paper clips per
+token); a domain absent from a batch keeps its previous excess (as the Aioli reproduction does);
+the new weights weight the next batch's loss, not the batch they were computed on; one gradient of
+the weighted loss is clipped, not each domain's. With `update_every` U > 1 the reference pass runs
+only every U steps and the step size is multiplied by U, so the weights drift as far as with
+per-step updates.
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ class DoReMi(ProxyMethod):
     keep_prerequisite_params = True
 
     def __init__(self, eta: float = 1.0, smoothing: float = 1e-3, update_every: int = 1,
-                 proxy_fraction: float = 1.0, reference: str | None = None):
-        super().__init__(eta, update_every, proxy_fraction)
+                 proxy_fraction: float = 1.0, reference: str | None = None, sampling: str = "reweight"):
+        super().__init__(eta, update_every, proxy_fraction, sampling)
         if not 0 <= smoothing <= 1:
             raise MixjaxError(f"--smoothing {smoothing}: must be in [0, 1]")
         self.smoothing, self.reference = float(smoothing), reference

@@ -3,6 +3,8 @@
 Offline: the sweep of its proposed runs (MIX_DIR/sweep, resumable), extra runs when it asks for
 them once the first ones are in (li2025, under-determined: MIX_DIR/sweep-extra), its
 recommendation, the law it fitted (MIX_DIR/law.json, for li2025 and dml), and MIX_DIR/final.
+(li2025's sweep and extra runs record their best evaluation, see `Li2025.run_config`; the final
+run keeps the training settings given.)
 Online: its prerequisite runs (MIX_DIR/prereq/<name>, resumable), then one run with the method
 setting the weights as it trains: the final model itself (aioli, skillit), or a proxy run
 (MIX_DIR/proxy; doremi, doge) whose averaged weights the final run in MIX_DIR/final trains at.
@@ -25,13 +27,20 @@ from mixjax.methods import get, is_online
 
 
 class _Runs:
-    """A fixed list of runs as an offline method (to train them with `run_sweep`)."""
+    """A fixed list of runs as an offline method (to train them with `run_sweep`), trained and
+    recorded as `like`'s own runs (its `run_config` and `run_selection`, when it has them)."""
 
-    def __init__(self, runs):
-        self.runs = runs
+    def __init__(self, runs, like=None):
+        self.runs, self.like = runs, like
 
     def propose(self, domains, budget_tokens):
         return self.runs
+
+    def run_selection(self):
+        return self.like.run_selection() if hasattr(self.like, "run_selection") else None
+
+    def run_config(self, config, run):
+        return self.like.run_config(config, run) if hasattr(self.like, "run_config") else config
 
 
 def planned_spend(method, domains: list[str], budget_tokens: int) -> tuple[int, int]:
@@ -72,8 +81,8 @@ def _offline(method, method_name, options, data, budget_tokens, out, config, log
     if extra:
         log(f"{method_name}: the runs leave the law under-determined; {len(extra)} more run(s) "
             f"({', '.join(r.name for r in extra)})")
-        _, more = run_sweep(_Runs(extra), f"{method_name} (extra runs)", options, data, budget_tokens,
-                            out / "sweep-extra", config, log=log)
+        _, more = run_sweep(_Runs(extra, like=method), f"{method_name} (extra runs)", options, data,
+                            budget_tokens, out / "sweep-extra", config, log=log)
         observations, runs = _concat(observations, more), runs + extra
     weights = method.recommend(observations, domains, budget_tokens)
     summary = {}

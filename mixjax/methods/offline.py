@@ -4,6 +4,8 @@ law) and regmix (many small Dirichlet runs + a regression of total loss on the m
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from mixjax.errors import MixjaxError
@@ -25,8 +27,15 @@ class _LawMethod:
     law_name: str
 
     def __init__(self, fit_options=None, available: dict | None = None, max_epochs: float | None = None):
-        self.fit_options, self.available, self.max_epochs = fit_options, available, max_epochs
+        self._fit_options, self.available, self.max_epochs = fit_options, available, max_epochs
         self.fitted = None  # the FittedLaw of the last recommendation (written as law.json)
+
+    @property
+    def fit_options(self):
+        """The FitOptions the fit uses: those given, else the defaults (least squares)."""
+        from mixjax.fit import FitOptions
+
+        return self._fit_options or FitOptions()
 
     def recommend(self, observations, domains, budget_tokens):
         from mixjax import laws
@@ -47,6 +56,16 @@ class Li2025(_LawMethod):
     """Algorithm 1: a base run of `base_fraction` x budget split evenly, each domain perturbed by
     `factors`; fit the li2025 law on every run's loss on every domain; optimise at the budget.
 
+    As the authors ran it: the fit minimises a Huber loss of `huber_delta` (default 1e-3, their
+    delta; 0 or None = least squares; it replaces the huber_delta of `fit_options`, which set the
+    rest), and each run records its best evaluation, not its final loss (they keep the checkpoint
+    of lowest validation loss): `run_config` has the sweep evaluate a run every steps //
+    `perturbation_evals` steps (default 10 evaluations) and select the lowest mean validation loss
+    without writing a checkpoint (0 = the final loss). One departure: the authors fit domain i's law
+    to the runs that vary its own tokens, in which the other domains' tokens m stay fixed, so they
+    pin down only k_i m^alpha_i; mixjax fits every run's loss on every domain (runs perturbing
+    another domain change m), which identifies the transfer terms k_i and alpha_i apart.
+
     When the runs leave some domain's law under-determined (at most as many observed losses as
     free parameters: the rule of `fit`'s diagnostics["under_determined"], e.g. a design with one
     factor), `extra_runs` proposes, once, runs that keep one domain at the base n and scale all the
@@ -57,11 +76,41 @@ class Li2025(_LawMethod):
     name = "li2025"
     law_name = "li2025"
 
-    def __init__(self, base_fraction: float = 0.25, factors=DEFAULT_FACTORS, add_runs: bool = True, **kwargs):
+    def __init__(self, base_fraction: float = 0.25, factors=DEFAULT_FACTORS, add_runs: bool = True,
+                 huber_delta: float | None = 1e-3, perturbation_evals: int = 10, **kwargs):
         super().__init__(**kwargs)
         if not 0 < base_fraction:
             raise MixjaxError("--base-fraction must be positive")
+        if huber_delta is not None and not (np.isfinite(huber_delta) and huber_delta >= 0):
+            raise MixjaxError(f"--huber: must be a positive delta, or 0 for least squares; got {huber_delta:g}")
+        if isinstance(perturbation_evals, bool) or not isinstance(perturbation_evals, (int, np.integer)) \
+                or perturbation_evals < 0:
+            raise MixjaxError(f"--perturbation-evals: must be a whole number >= 0 (0: the final loss); "
+                              f"got {perturbation_evals}")
         self.base_fraction, self.factors, self.add_runs = base_fraction, tuple(factors), bool(add_runs)
+        self.huber_delta = float(huber_delta) if huber_delta else None
+        self.perturbation_evals = int(perturbation_evals)
+
+    @property
+    def fit_options(self):
+        """The FitOptions given (or the defaults), with this method's Huber delta."""
+        return dataclasses.replace(super().fit_options, huber_delta=self.huber_delta)
+
+    def run_selection(self) -> dict:
+        """How each run's loss is chosen, as recorded in sweep.json ({} = the final loss)."""
+        if not self.perturbation_evals:
+            return {}
+        return {"evaluations": self.perturbation_evals, "val_loss": "best evaluation"}
+
+    def run_config(self, config, run: ProposedRun):
+        """The training settings of one of this method's runs: `config` evaluated every
+        max(1, steps // perturbation_evals) steps, recording the evaluation of lowest mean
+        validation loss (`select_best`, no checkpoint); `config` itself when perturbation_evals is 0."""
+        if not self.perturbation_evals:
+            return config
+        steps = max(1, int(run.budget_tokens) // (config.batch_size * config.seq_len))
+        return dataclasses.replace(config, eval_every=max(1, steps // self.perturbation_evals),
+                                   select_best=True)
 
     def _per_domain(self, domains, budget_tokens) -> int:
         return int(self.base_fraction * budget_tokens / len(domains))

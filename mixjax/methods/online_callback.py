@@ -35,10 +35,17 @@ class OnlineMethodCallback(Callback):
         return np.array([val[d] for d in ctx.domains], np.float64)
 
     def _set_weights(self, ctx, step: int) -> None:
+        """The method's weights for batch `step`: the sampler's, or, for a method that samples at
+        other proportions (`sampling_weights`, the reweighted proxies), the trainer's loss weights."""
         weights = np.asarray(self.method.weights(step), np.float64)
         if not self.trajectory or not np.allclose(self.trajectory[-1][1], weights, rtol=0, atol=1e-12):
             self.trajectory.append((step, weights.tolist()))
-        ctx.sampler.set_weights(weights / weights.sum())
+        sampling = getattr(self.method, "sampling_weights", lambda step: None)(step)
+        if sampling is None:
+            ctx.sampler.set_weights(weights / weights.sum())
+        else:
+            ctx.sampler.set_weights(np.asarray(sampling, np.float64) / np.sum(sampling))
+            ctx.loss_weights = weights / weights.sum()
 
     def on_train_start(self, ctx) -> None:
         self.domains, self.num_steps = list(ctx.domains), int(ctx.num_steps)

@@ -45,7 +45,7 @@ def aioli_update(weights: np.ndarray, a: np.ndarray, eta: float) -> np.ndarray:
 
 def skillit_weights(a: np.ndarray, val_loss: np.ndarray, eta: float) -> np.ndarray:
     """Skill-It: p_j proportional to exp(eta * sum_i A_ij L_i), the skills graph scaled by the
-    current (window-summed) validation losses."""
+    validation losses summed over the last evaluations (L = 1 gives the release's first weights)."""
     k = len(val_loss)
     return eg_update(np.full(k, 1.0 / k), np.asarray(a).T @ np.asarray(val_loss), eta)
 
@@ -65,14 +65,29 @@ def doremi_update(weights: np.ndarray, proxy_loss: np.ndarray, reference_loss: n
     return eg_update(weights, excess, eta, smoothing)
 
 
-def doge_update(weights: np.ndarray, alignment: np.ndarray, eta: float) -> np.ndarray:
-    """DoGE: A_ij = <grad of validation loss i, grad of training loss j>; EG on its column sums."""
-    return eg_update(weights, np.asarray(alignment).sum(axis=0), eta)
+def doge_scores(alignment: np.ndarray, train_grad_norm: np.ndarray, val_gram: np.ndarray, lr: float,
+                max_norm: float = 1.0, score_max: float = 5.0) -> np.ndarray:
+    """DoGE's per-domain score, as its released code computes it from one gradient of the mixed
+    validation batch: every gradient clipped to norm `max_norm` (clip_grad_norm_), then
+    lr x <clipped g_val, clipped g_train_j> / (mean clipped training-gradient norm), clipped to
+    [0, score_max x lr].
+
+    From the per-domain quantities the trainer measures: the mixed validation gradient is the mean of
+    the K validation gradients, so <g_val, g_train_j> is the column mean of `alignment`
+    (A_ij = <g_val_i, g_train_j>) and |g_val| = sqrt(sum of their Gram matrix) / K."""
+    a = np.asarray(alignment, np.float64)
+    k = a.shape[0]
+    norms = np.asarray(train_grad_norm, np.float64)
+    val_norm = np.sqrt(max(float(np.sum(val_gram)), 0.0)) / k
+
+    def clip(norm):  # torch's clip_grad_norm_ factor
+        return np.minimum(1.0, max_norm / (norm + 1e-6))
+
+    dots = a.mean(axis=0) * clip(val_norm) * clip(norms)
+    scores = lr * dots / (float(np.mean(norms * clip(norms))) + 1e-6)
+    return np.clip(scores, 0.0, score_max * lr)
 
 
-def doge_scaled_alignment(alignment: np.ndarray, train_grad_norm: np.ndarray, lr: float,
-                          steps: int = 1) -> np.ndarray:
-    """DoGE's scale for A (as its released code): lr x A / the mean training-gradient norm, i.e.
-    the first-order drop of each validation loss from a step of size lr on each domain with the
-    gradients' overall size divided out; times `steps` when one update stands for that many steps."""
-    return np.asarray(alignment, np.float64) * (lr * steps / (float(np.mean(train_grad_norm)) + 1e-6))
+def doge_update(weights: np.ndarray, scores: np.ndarray, eta: float) -> np.ndarray:
+    """DoGE's step: log w += scores / mu (eta = 1 / mu), then softmax."""
+    return eg_update(weights, scores, eta)

@@ -1,6 +1,12 @@
 """What DoReMi and DoGE share: an online run that is only a proxy. The weights start uniform, an EG
 update every `update_every` steps moves them, and the answer is their average over the proxy run
-(weighted by the steps each was used); `run_mix` then trains the final model at that average."""
+(weighted by the steps each was used); `run_mix` then trains the final model at that average.
+
+How the proxy uses its weights, `sampling`: "reweight" (the default, as both releases do) samples
+every batch at stratified (uniform) proportions and trains on sum_j w_j x (mean loss of domain j),
+so every domain keeps ~1/K of each batch and its loss or gradient stays measurable however small
+its weight; "resample" (mixjax's rule before it followed the releases) samples each batch at the
+current weights, so a domain near the smoothing floor gets a few tokens or none."""
 
 from __future__ import annotations
 
@@ -12,14 +18,17 @@ from mixjax.errors import MixjaxError
 class ProxyMethod:
     keep_prerequisite_params = False
 
-    def __init__(self, eta: float, update_every: int, proxy_fraction: float):
-        if not eta > 0:
+    def __init__(self, eta: float | None, update_every: int, proxy_fraction: float, sampling: str = "reweight"):
+        if eta is not None and not eta > 0:
             raise MixjaxError(f"--eta {eta}: must be positive")
+        if sampling not in ("reweight", "resample"):
+            raise MixjaxError(f"--proxy-sampling {sampling!r}: must be reweight or resample")
         if int(update_every) != update_every or update_every < 1:
             raise MixjaxError(f"--update-every {update_every}: must be a positive integer")
         if not 0 < proxy_fraction:
             raise MixjaxError(f"--proxy-fraction {proxy_fraction}: must be positive")
-        self.eta, self.update_every, self.proxy_fraction = float(eta), int(update_every), float(proxy_fraction)
+        self.eta = None if eta is None else float(eta)
+        self.update_every, self.proxy_fraction, self.sampling = int(update_every), float(proxy_fraction), sampling
 
     def check_domains(self, domains) -> None:
         if len(domains) < 2:
@@ -39,6 +48,11 @@ class ProxyMethod:
 
     def weights(self, step: int) -> np.ndarray:
         return np.asarray(self.state["weights"])
+
+    def sampling_weights(self, step: int) -> np.ndarray | None:
+        """The proportions batches are sampled at when they differ from `weights` (reweighting:
+        stratified, the weights enter the loss instead); None: sample at `weights`."""
+        return None if self.sampling == "resample" else np.full(len(self.domains), 1.0 / len(self.domains))
 
     def eval_due(self, step: int) -> bool:
         return False

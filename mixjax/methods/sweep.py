@@ -6,6 +6,10 @@ Each run trains into SWEEP_DIR/runs/<name>/ and is skipped once its result.json 
 killed sweep resumes, and `shard=(i, n)` trains only runs i, i+n, i+2n, ... so an array job
 splits the runs over hosts sharing the directory. SWEEP_DIR/observations.csv always holds every
 finished run, in proposal order.
+
+A method may set each run's training settings (`method.run_config(config, run)`: li2025 evaluates
+its runs every few steps and records the best evaluation) and say so in sweep.json
+(`method.run_selection()`, recorded as "run_selection" when not empty).
 """
 
 from __future__ import annotations
@@ -30,11 +34,15 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return i, n
 
 
-def _describe(method_name, options, runs, budget_tokens, data, config) -> dict:
-    return {"method": method_name, "options": options, "budget_tokens": int(budget_tokens),
-            "domains": list(data.domains), "data_source_groups": data.manifest.get("source_groups"),
-            "train_config": {k: v for k, v in config.to_dict().items() if k not in ("progress", "resume")},
-            "runs": [{"name": r.name, "weights": r.weights, "budget_tokens": r.budget_tokens} for r in runs]}
+def _describe(method_name, options, runs, budget_tokens, data, config, selection: dict | None = None) -> dict:
+    description = {
+        "method": method_name, "options": options, "budget_tokens": int(budget_tokens),
+        "domains": list(data.domains), "data_source_groups": data.manifest.get("source_groups"),
+        "train_config": {k: v for k, v in config.to_dict().items() if k not in ("progress", "resume")},
+        "runs": [{"name": r.name, "weights": r.weights, "budget_tokens": r.budget_tokens} for r in runs]}
+    if selection:  # absent when runs record their final loss, as in sweeps written before the key
+        description["run_selection"] = selection
+    return description
 
 
 def _train_config_defaults() -> dict:
@@ -86,7 +94,8 @@ def run_sweep(method, method_name: str, options: dict, data, budget_tokens: int,
 
     out = Path(out)
     runs = method.propose(list(data.domains), int(budget_tokens))
-    check_sweep_dir(out, _describe(method_name, options, runs, budget_tokens, data, config))
+    selection = method.run_selection() if hasattr(method, "run_selection") else None
+    check_sweep_dir(out, _describe(method_name, options, runs, budget_tokens, data, config, selection))
     mine = [r for i, r in enumerate(runs) if i % shard[1] == shard[0]]
     for number, run in enumerate(mine, start=1):
         run_dir = out / "runs" / run.name
@@ -95,7 +104,8 @@ def run_sweep(method, method_name: str, options: dict, data, budget_tokens: int,
             continue
         weights = ", ".join(f"{d}={w:.3f}" for d, w in run.weights.items())
         log(f"[{number}/{len(mine)}] {run.name}: {run.budget_tokens:,} tokens at {weights}")
-        run_training(config, data, run.weights, run.budget_tokens, out_dir=run_dir)
+        run_cfg = method.run_config(config, run) if hasattr(method, "run_config") else config
+        run_training(run_cfg, data, run.weights, run.budget_tokens, out_dir=run_dir)
     observations = observations_from_results(out, runs, data.domains)
     write_csv(observations, out / "observations.csv")
     return runs, observations

@@ -49,6 +49,8 @@ class TrainConfig:
     eval_every: int = 0               # steps between evaluations; 0 = only at the end
     eval_max_batches: int | None = None  # per domain; None = the whole held-out split
     keep_best: bool = False           # keep the lowest-validation-loss checkpoint (RUN_DIR/best)
+    select_best: bool = False         # result val_loss = the lowest-mean evaluation (no checkpoint;
+                                      # keep_best implies it)
     checkpoint_every: int = 0         # steps between checkpoints (RUN_DIR/checkpoints); 0 = none
     resume: bool = True               # continue from RUN_DIR/checkpoints when present
     mesh_shape: tuple[int, int, int] | None = None  # (data, fsdp, tensor); None = all data
@@ -64,7 +66,7 @@ class StepInfo:
     """What a step reports. Per-domain dicts have NaN for domains with no target in the batch."""
 
     step: int                            # 1-based: number of steps done
-    loss: float                          # token-weighted mean over the batch
+    loss: float                          # the objective: token mean, or the loss-weighted domain means
     train_loss: dict[str, float]         # each domain's mean token loss in this batch
     loss_counts: dict[str, int]          # each domain's number of loss targets in this batch
     tokens_per_domain: dict[str, int]    # each domain's tokens in this batch
@@ -82,7 +84,10 @@ class RunContext:
     For methods that need more than losses: `stepper` (the compiled steps), `params` (the current
     parameters; valid until the next step, which donates them), `domain_losses(batch, params=None)`
     (per-domain mean loss [K] of any parameters on a batch, e.g. `StepInfo.batch`) and
-    `validation_arrays(domain, max_batches)` (the cached held-out batches, host arrays)."""
+    `validation_arrays(domain, max_batches)` (the cached held-out batches, host arrays).
+
+    `loss_weights` (None or [K]): a callback sets it to train on sum_j w_j x (mean loss of domain j)
+    instead of the mean token loss (DoReMi's and DoGE's reweighted proxies); it is checkpointed."""
 
     sampler: Any
     domains: list[str]
@@ -94,6 +99,7 @@ class RunContext:
     params: Any = None
     domain_losses: Callable[..., np.ndarray] | None = None
     validation_arrays: Callable[..., list] | None = None
+    loss_weights: np.ndarray | None = None
 
 
 class Callback:
@@ -292,7 +298,19 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
 
     ctx = RunContext(sampler=sampler, domains=domains, num_steps=num_steps, config=cfg,
                      evaluate=evaluate, step=start_step, stepper=stepper, params=state["params"],
-                     domain_losses=domain_losses, validation_arrays=validation_arrays)
+                     domain_losses=domain_losses, validation_arrays=validation_arrays,
+                     loss_weights=None if not meta or meta.get("loss_weights") is None
+                     else np.asarray(meta["loss_weights"], np.float64))
+
+    def loss_weights() -> np.ndarray:
+        if ctx.loss_weights is None:
+            return stepper.no_loss_weights()
+        w = np.asarray(ctx.loss_weights, np.float32)
+        if w.shape != (len(domains),) or not np.all(np.isfinite(w)) or w.min() < 0 or not w.sum() > 0:
+            raise MixjaxError(f"loss weights must be {len(domains)} non-negative numbers with a positive sum, "
+                              f"got {w.tolist()}")
+        return w
+
     if not meta:
         for cb in callbacks:
             cb.on_train_start(ctx)
@@ -307,10 +325,12 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
         metrics.write(rec)
         for cb in callbacks:
             cb.on_eval(ctx, step, val)
-        if best_ckpt is not None and (best is None or rec["val_loss_mean"] < best["val_loss_mean"]):
+        tracking = best_ckpt is not None or cfg.select_best
+        if tracking and (best is None or rec["val_loss_mean"] < best["val_loss_mean"]):
             best = rec
-            best_ckpt.save(step, {"params": state["params"]}, {"step": step, "model": mcfg.to_dict(),
-                                                             "val_loss": val, "config": cfg.to_dict()})
+            if best_ckpt is not None:
+                best_ckpt.save(step, {"params": state["params"]}, {"step": step, "model": mcfg.to_dict(),
+                                                                 "val_loss": val, "config": cfg.to_dict()})
         return val
 
     def save(step: int):
@@ -318,7 +338,8 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
                     "callbacks": [cb.state_dict() for cb in callbacks],
                     "loss_tokens": loss_tokens.tolist(), "seen_tokens": seen_tokens.tolist(),
                     "val_history": val_history, "best": best, "timings": timings,
-                    "initial_weights": initial_weights, "model": mcfg.to_dict(), "config": cfg.to_dict()}
+                    "initial_weights": initial_weights, "model": mcfg.to_dict(), "config": cfg.to_dict(),
+                    "loss_weights": None if ctx.loss_weights is None else np.asarray(ctx.loss_weights).tolist()}
         ckpt.save(step, state, json.loads(json.dumps(meta_out, default=float)))
 
     warmup = int(cfg.warmup * num_steps) if cfg.warmup < 1 else int(cfg.warmup)
@@ -359,7 +380,7 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
             batch = next_batch if next_batch is not None else sampler.next_batch()
             lr = learning_rate(step, num_steps, cfg.lr, cfg.schedule, warmup, cfg.final_lr_ratio)
             device_batch = stepper.put_batch(batch)
-            state, m = stepper.train_step(state, device_batch, np.float32(lr))
+            state, m = stepper.train_step(state, device_batch, np.float32(lr), loss_weights())
             drawn_with = np.array(sampler.weights)
             next_batch = draw_ahead() if prefetch and not reweighted and step + 1 < num_steps else None
             m = jax.device_get(m)
@@ -382,7 +403,9 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
             ctx.step, ctx.params = step + 1, state["params"]
             metrics.write({"step": step + 1, "loss": info.loss, "train_loss": info.train_loss, "lr": lr,
                            "grad_norm": info.grad_norm, "tokens": int(seen_tokens.sum()),
-                           "weights": [float(w) for w in np.asarray(sampler.weights)]})
+                           "weights": [float(w) for w in np.asarray(sampler.weights)],
+                           **({} if ctx.loss_weights is None else
+                              {"loss_weights": [float(w) for w in np.asarray(ctx.loss_weights)]})})
             progress.update(info.loss, batch_tokens / dt)
             for cb in callbacks:
                 cb.on_step(ctx, info)
@@ -403,7 +426,7 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
     if not val_history:  # a finished run resumed: nothing left to do
         run_eval(num_steps)
     final = val_history[-1]
-    chosen = best if (cfg.keep_best and best) else final
+    chosen = best if ((cfg.keep_best or cfg.select_best) and best) else final
     consumed = getattr(sampler, "tokens_consumed", None)
     tokens = dict(consumed) if consumed else {d: int(t) for d, t in zip(domains, seen_tokens)}
     timings["total_s"] = time.perf_counter() - t_start

@@ -35,8 +35,13 @@ def learning_rate(step: int, num_steps: int, peak: float, schedule: str = "cosin
 
 
 def decay_mask(params):
-    """Weight decay on matrices only (not norms or biases)."""
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+    """Weight decay on matrices only, not on norms or biases. By name, since shapes do not tell:
+    the decoder's layer parameters carry a leading layer axis and its biases are [heads, head_dim]."""
+    def decayed(path, p):
+        names = [str(getattr(k, "key", k)) for k in path]
+        return p.ndim >= 2 and not any("norm" in n or "bias" in n for n in names)
+
+    return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def adamw_direction(b1: float = 0.9, b2: float = 0.95, eps: float = 1e-8, weight_decay: float = 0.0,

@@ -4,6 +4,10 @@ A `Stepper` holds one compiled train step and one eval step for a (model shape, 
 optimizer, mesh) combination; `get_stepper` caches them so many runs in one process (sweeps,
 mixing methods) compile once. The learning rate is a step input, so budgets and schedules do not
 recompile. Train state = {"params": pure dict of float32 master weights, "opt": optax state}.
+
+The train step also takes `loss_weights` [K]: all zeros trains on the mean token loss of the
+batch; otherwise on sum_j loss_weights_j x (mean loss of domain j's tokens), the reweighted
+objective of DoReMi's and DoGE's proxy runs (a step input too, so changing it never recompiles).
 """
 
 from __future__ import annotations
@@ -116,7 +120,7 @@ class Stepper:
         self.abstract_state = {"params": abs_pure, "opt": abs_opt}
         self.batch_sharding = meshlib.batch_sharding(mesh)
         bsh = {k: self.batch_sharding for k in BATCH_KEYS}
-        self.train_step = jax.jit(self._under_mesh(self._train), in_shardings=(self.state_shardings, bsh, repl),
+        self.train_step = jax.jit(self._under_mesh(self._train), in_shardings=(self.state_shardings, bsh, repl, repl),
                                   out_shardings=(self.state_shardings, repl), donate_argnums=0)
         self.eval_step = jax.jit(self._under_mesh(self._eval), in_shardings=(self.param_shardings, bsh), out_shardings=repl)
         # K stacked batches [K, B, L], each sharded like one batch (compiled on first use only)
@@ -200,14 +204,22 @@ class Stepper:
         k = self.cfg.num_domains
         return jnp.sum(ce_BxL), domain_sums(ce_BxL, b["domain_ids"], k), domain_sums(w_BxL, b["domain_ids"], k)
 
-    def _train(self, state, b, lr):
+    def no_loss_weights(self) -> np.ndarray:
+        """The train step's `loss_weights` for the plain mean token loss."""
+        return np.zeros(self.cfg.num_domains, np.float32)
+
+    def _train(self, state, b, lr, loss_weights_K):
         params = state["params"]
         _, w_BxL = next_token_targets(b["tokens"], b["segment_ids"], b["loss_mask"], xp=jnp)
         denom = jnp.maximum(jnp.sum(w_BxL), 1.0)
+        # per-token weight of each domain when reweighting: its weight over its targets in the whole
+        # batch (so micro-batches of a gradient accumulation add up to the batch's objective)
+        reweight = jnp.sum(loss_weights_K) > 0
+        per_token_K = loss_weights_K / jnp.maximum(domain_sums(w_BxL, b["domain_ids"], self.cfg.num_domains), 1.0)
 
         def loss_fn(p, mb):
             total, dl, dw = self._sums(p, mb)
-            return total / denom, (dl, dw)
+            return jnp.where(reweight, jnp.sum(dl * per_token_K), total / denom), (dl, dw)
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         a = self.cfg.grad_accum
@@ -241,7 +253,9 @@ class Stepper:
 
     def _alignment(self, params, train_b, val_KxB):
         """A_ij = <grad of domain i's loss on its validation batch, grad of domain j's loss on the
-        training batch> [K, K] (DoGE), and the training gradients' norms [K].
+        training batch> [K, K] (DoGE), the training gradients' norms [K] and the validation
+        gradients' Gram matrix [K, K] (the norm of their mean, DoGE's mixed validation gradient,
+        is sqrt(sum of it) / K).
 
         The K validation gradients come one at a time (lax.map); the training batch takes one
         forward pass and K backward passes through its saved residuals (one VJP per domain), each
@@ -263,7 +277,9 @@ class Stepper:
             return dots_K, optax.tree.norm(grad_j)
 
         columns_KxK, norms_K = jax.lax.map(column, jnp.arange(k))
-        return {"alignment": columns_KxK.T, "train_grad_norm": norms_K}
+        gram_KxK = sum(jnp.dot(v.reshape(k, -1), v.reshape(k, -1).T, precision=jax.lax.Precision.HIGHEST)
+                       for v in jax.tree.leaves(val_grads))
+        return {"alignment": columns_KxK.T, "train_grad_norm": norms_K, "val_gram": gram_KxK}
 
 
 @functools.lru_cache(maxsize=16)
