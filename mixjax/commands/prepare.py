@@ -28,6 +28,9 @@ def register(subparsers) -> None:
                    help="train on assistant tokens only (SFT) or on all tokens (pre-training style)")
     p.add_argument("--validation-fraction", type=float, default=0.05)
     p.add_argument("--max-validation", type=int, default=1000, help="cap on validation examples per domain")
+    p.add_argument("--max-record-bytes", type=int, default=None, metavar="N",
+                   help="refuse a record (JSONL line, or a Parquet row's text) longer than N bytes; "
+                        "memory in prepare is about 100x the largest record (default 16 MiB)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -70,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     options = PrepareOptions(tokenizer=args.tokenizer, loss_on=args.loss_on,
                              validation_fraction=args.validation_fraction,
                              max_validation=args.max_validation)
+    if args.max_record_bytes is not None:
+        options.max_record_bytes = args.max_record_bytes
     manifest = prepare(specs, args.out, options, progress=not args.quiet)
     print(format_manifest(manifest))
     return 0

@@ -3,19 +3,34 @@
 Each domain is tokenised with the chat template, split deterministically into train and validation
 by a hash of each record's content (identical records land in the same split, so validation is
 never trained on), written into a staging directory, and only swapped into the output once every
-domain succeeded. A domain whose inputs and settings are unchanged is left alone.
+domain succeeded. A domain whose inputs and settings are unchanged (and whose files are whole) is
+left alone.
+
+Nothing already written is lost or half-overwritten: the new manifest is written into the staging
+directory with the domains, so a full disk fails before the output changes; the swap moves old
+copies aside and moves them back if any step fails; the manifest is moved in last (the commit).
+
+Leftovers: a run holds an exclusive lock (flock) on the output directory for its whole duration, so
+a second run on the same output is refused while one runs. Whoever holds the lock therefore knows
+that any `.staging-*` or `.trash-*` folder in the output is left from a killed run, and removes it
+at the start (after moving back an old domain copy from a trash folder when the manifest lists the
+domain and the output lacks it: a run killed in the middle of its swap). Folders are only removed in
+an output that holds a manifest or nothing but such leftovers, never in someone else's directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -29,6 +44,10 @@ from mixjax.io import write_json_atomic
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+MAX_RECORD_BYTES = 16 * 2**20     # default --max-record-bytes: memory in prepare is ~100x a record
+MAX_DOMAIN_NAME = 100             # characters; a domain name is a folder name
+_LEFTOVER_DIR = re.compile(r"\.(staging|trash)-[A-Za-z0-9_]+")
+_LEFTOVER_FILE = re.compile(r"\.manifest\.json\.[A-Za-z0-9_]+\.tmp")  # from write_json_atomic
 
 
 @dataclasses.dataclass
@@ -50,10 +69,19 @@ class PrepareOptions:
     validation_fraction: float = 0.05
     min_validation: int = 1
     max_validation: int = 1000
+    max_record_bytes: int | None = MAX_RECORD_BYTES  # refuse larger records; None: no limit
 
 
-def _check_domain_name(name: str, flag: str) -> str:
-    return check_domain_name(name, flag)
+# Options that only decide whether a run succeeds, not what it writes: not part of a fingerprint,
+# so changing them does not rebuild anything.
+_UNFINGERPRINTED = ("max_record_bytes",)
+
+
+def _check_domain_name(name: str, where: str) -> str:
+    check_domain_name(name, where)
+    if len(name) > MAX_DOMAIN_NAME:
+        raise MixjaxError(f"{where}: domain name '{name[:20]}...' is longer than {MAX_DOMAIN_NAME} characters")
+    return name
 
 
 def parse_domain_flag(value: str) -> SourceSpec:
@@ -66,21 +94,58 @@ def parse_domain_flag(value: str) -> SourceSpec:
     return SourceSpec(flag=flag, paths=source_files(path, flag), domain=name)
 
 
-def _scan(spec: SourceSpec, tokenizer, loss_on: str) -> tuple[dict, dict]:
+def _short(value: str, limit: int = 40) -> str:
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
+def _collection_domain(record, spec: SourceSpec, values: dict[str, str], where: str) -> str:
+    """The domain a collection record goes to; two split values that clean up to the same name are
+    refused (they would be merged silently)."""
+    value = split_key(record, spec.split_field, spec.split_prefix_sep, where)
+    domain = domain_name_for(value)
+    first = values.setdefault(domain, value)
+    if first != value:
+        raise MixjaxError(f"{where}: --split-field {spec.split_field} values {_short(first)} and "
+                          f"{_short(value)} both become domain name '{domain}'; make them differ in "
+                          "letters or digits")
+    if len(domain) > MAX_DOMAIN_NAME:
+        _check_domain_name(domain, f"{where}: --split-field {spec.split_field} value {_short(value)}")
+    return domain
+
+
+def _check_text(messages: list[dict], where: str, max_bytes: int | None) -> None:
+    """Every text encodes to UTF-8 (a JSON escape like "\\ud800" decodes to a lone surrogate that
+    does not) and the record's texts fit in `max_bytes`."""
+    size = 0
+    for m in messages:
+        try:
+            size += len(m["content"].encode("utf-8"))
+        except UnicodeEncodeError as e:
+            raise MixjaxError(f"{where}: text holds a lone surrogate {m['content'][e.start]!r} at "
+                              f"character {e.start}, which is not valid Unicode (fix the source's "
+                              "\\u escapes)") from None
+        if max_bytes and size > max_bytes:
+            raise MixjaxError(f"{where}: record text is longer than --max-record-bytes "
+                              f"({max_bytes:,} bytes); raise the limit or split the record")
+
+
+def _scan(spec: SourceSpec, tokenizer, options: PrepareOptions) -> tuple[dict, dict]:
     """Read, convert and tokenise every record; returns ({domain: examples}, {domain: info})."""
     examples: dict[str, list] = {}
     info: dict[str, dict] = {}
+    values: dict[str, str] = {}  # domain -> the split value that named it (collections)
     for path in spec.paths:
         file_format = spec.format
-        for where, record in read_records(path):
+        for where, record in read_records(path, options.max_record_bytes):
             if file_format is None:
                 file_format = detect_format(record, where)
             if spec.domain is not None:
                 domain = spec.domain
             else:
-                domain = domain_name_for(split_key(record, spec.split_field, spec.split_prefix_sep, where))
+                domain = _collection_domain(record, spec, values, where)
             messages = to_messages(record, file_format, where)
-            tokens, loss_mask = render(messages, tokenizer, loss_on)
+            _check_text(messages, where, options.max_record_bytes)
+            tokens, loss_mask = render(messages, tokenizer, options.loss_on)
             d_info = info.setdefault(domain, {"sources": {}, "dropped_no_loss_tokens": 0})
             d_info["sources"][str(path)] = file_format
             if not loss_mask.any():
@@ -112,38 +177,101 @@ def _counts(split_examples: list) -> dict:
 
 
 def _fingerprint(spec: SourceSpec, tokenizer_spec: dict, options: PrepareOptions) -> str:
+    settings = {k: v for k, v in dataclasses.asdict(options).items() if k not in _UNFINGERPRINTED}
     content = {
         "format_version": FORMAT_VERSION,
         "files": [(str(p.resolve()), file_sha256(p)) for p in spec.paths],
         "domain": spec.domain, "split_field": spec.split_field,
         "split_prefix_sep": spec.split_prefix_sep, "format": spec.format,
-        "tokenizer": tokenizer_spec, "options": dataclasses.asdict(options),
+        "tokenizer": tokenizer_spec, "options": settings,
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def read_manifest(out: Path) -> dict | None:
+    """The checked manifest of a prepared directory, or None when it has none."""
     path = out / MANIFEST
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise MixjaxError(f"{path}: corrupt manifest ({e})") from None
+        manifest = json.loads(path.read_bytes())
+    except OSError as e:
+        raise MixjaxError(f"{path}: cannot read the manifest ({e.strerror})") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, too deep
+        first_line = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
+        raise MixjaxError(f"{path}: corrupt manifest ({first_line})") from None
+    return check_manifest(manifest, path)
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_inside(relative) -> bool:
+    """A relative path that stays inside its directory: no root, no '..', no empty part."""
+    if not isinstance(relative, str) or not relative or "\\" in relative or "\0" in relative:
+        return False
+    parts = PurePosixPath(relative).parts
+    return not PurePosixPath(relative).is_absolute() and bool(parts) and \
+        all(p not in ("..", ".", "") for p in parts)
+
+
+def check_manifest(manifest, path: Path) -> dict:
+    """A manifest read from `path`, checked before any name or path in it is used: domain names
+    become folders under output directories, so one like '../x' must never get through."""
+    def bad(problem: str) -> MixjaxError:
+        return MixjaxError(f"{path}: {problem}")
+
+    if not isinstance(manifest, dict):
+        raise bad(f"not a mixjax manifest (a JSON {type(manifest).__name__}, expected an object)")
+    missing = [k for k in ("format_version", "domains", "vocab_size") if k not in manifest]
+    if missing:
+        raise bad(f"not a mixjax manifest (missing {', '.join(map(repr, missing))}); delete it or "
+                  "prepare into a new --out")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise bad(f"format_version {manifest['format_version']!r} is not {FORMAT_VERSION}, the one "
+                  "this mixjax reads; prepare the data again")
+    if not _is_count(manifest["vocab_size"]) or manifest["vocab_size"] < 1:
+        raise bad(f"vocab_size {manifest['vocab_size']!r} is not a positive integer")
+    domains = manifest["domains"]
+    if not isinstance(domains, dict) or not domains:
+        raise bad("'domains' must be a non-empty object")
+    for name, entry in domains.items():
+        _check_domain_name(name, f"{path}: domains")
+        if not isinstance(entry, dict):
+            raise bad(f"domain '{name}' must be an object")
+        if not _is_inside(entry.get("path")):
+            raise bad(f"domain '{name}': path {entry.get('path')!r} must be a relative path inside "
+                      f"{path.parent} (no '..')")
+        for split in ("train", "validation"):
+            counts = entry.get(split)
+            if not isinstance(counts, dict) or \
+                    not all(_is_count(counts.get(k)) for k in ("examples", "tokens", "loss_tokens")):
+                raise bad(f"domain '{name}': '{split}' must hold counts examples, tokens, loss_tokens")
+    groups = manifest.get("source_groups", [])
+    if not isinstance(groups, list):
+        raise bad("'source_groups' must be a list")
+    for i, group in enumerate(groups):
+        if not isinstance(group, dict) or not isinstance(group.get("fingerprint"), str) or \
+                not isinstance(group.get("domains"), list):
+            raise bad(f"source_groups[{i}] must hold a 'fingerprint' and a list of 'domains'")
+        for d in group["domains"]:
+            _check_domain_name(d, f"{path}: source_groups[{i}]")
+            if d not in domains:
+                raise bad(f"source_groups[{i}] lists domain '{d}', which 'domains' lacks")
+    return manifest
 
 
 def prepare(specs: list[SourceSpec], out: str | os.PathLike, options: PrepareOptions | None = None,
             progress: bool = True) -> dict:
     """Prepare every domain of `specs` into `out`; returns the manifest (also written to out)."""
-    from tqdm.auto import tqdm
-
-    from mixjax.data.tfds_builder import write_domain
-
     options = options or PrepareOptions()
     if options.loss_on not in LOSS_ON:
         raise MixjaxError(f"--loss-on: expected one of {', '.join(LOSS_ON)}, got '{options.loss_on}'")
     if not 0 < options.validation_fraction < 1:
         raise MixjaxError("--validation-fraction: must be between 0 and 1")
+    if options.max_record_bytes is not None and options.max_record_bytes < 1:
+        raise MixjaxError("--max-record-bytes: must be a positive number of bytes")
     for spec in specs:
         if spec.format is not None:
             check_format_name(spec.format)
@@ -152,15 +280,109 @@ def prepare(specs: list[SourceSpec], out: str | os.PathLike, options: PrepareOpt
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise MixjaxError(f"--out: {out} exists and is not a directory")
-    old = read_manifest(out) if out.is_dir() else None
-    if out.is_dir() and old is None and any(out.iterdir()):
-        raise MixjaxError(f"--out: {out} is not empty and holds no {MANIFEST}; refusing to write into it")
     tokenizer = load_tokenizer(options.tokenizer)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with _exclusive(out):
+            return _prepare_locked(specs, out, options, tokenizer, progress)
+    except MixjaxError:
+        _remove_if_empty(out, created)
+        raise
+    except Exception as e:
+        _remove_if_empty(out, created)
+        full = _disk_full(e)
+        if full:
+            kept = "nothing was left there" if created else "the previous output there is unchanged"
+            raise MixjaxError(f"{full}: {out} ({kept})") from None
+        raise
+
+
+def _remove_if_empty(out: Path, created: bool) -> None:
+    if created:
+        with contextlib.suppress(OSError):
+            out.rmdir()  # only if still empty
+
+
+def _disk_full(e: BaseException | None) -> str | None:
+    """'no space left on device' (or the quota's phrase) when `e` or an exception it came from
+    says so: an OSError from Python, or a RuntimeError from array_record's C++ writer."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = str(e)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left on device" in text:
+            return "no space left on device"
+        if isinstance(e, OSError) and e.errno == errno.EDQUOT or "Disk quota exceeded" in text:
+            return "disk quota exceeded"
+        e = e.__cause__ or e.__context__
+    return None
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path):
+    """Hold an exclusive lock on the directory `out` (released by the kernel if the process dies)."""
+    import fcntl
+
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MixjaxError(f"--out: {out} is being written by another `mixjax prepare` (it holds "
+                              "the directory's lock); wait for it to finish") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_leftovers(out: Path, manifest: dict | None) -> None:
+    """Remove the staging and trash folders of killed runs; the caller holds the lock, so no run
+    is using them. Done only in a prepared output, or one that holds nothing but leftovers."""
+    entries = list(out.iterdir())
+    dirs = [p for p in entries if _LEFTOVER_DIR.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+    files = [p for p in entries if _LEFTOVER_FILE.fullmatch(p.name) and p.is_file() and not p.is_symlink()]
+    if manifest is None and len(dirs) + len(files) != len(entries):
+        return  # not (yet) a prepared output: leave someone else's folders alone
+    for p in sorted(dirs, key=lambda p: p.name):  # .staging-* before .trash-*
+        if p.name.startswith(".trash-") and manifest is not None:
+            for d in manifest["domains"]:  # a swap killed half-way: put the old copy back
+                if not os.path.lexists(out / d) and (p / d).is_dir():
+                    os.replace(p / d, out / d)
+        shutil.rmtree(p, ignore_errors=True)
+    for p in files:
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def _reusable(out: Path, entry: dict) -> bool:
+    """A previously written domain whose files are all there and whole."""
+    from mixjax.data.tfds_builder import open_domain
+
+    path = out / entry["path"]
+    if not path.is_dir():
+        return False
+    try:
+        open_domain(str(path))
+    except MixjaxError:
+        return False
+    return True
+
+
+def _prepare_locked(specs: list[SourceSpec], out: Path, options: PrepareOptions, tokenizer,
+                    progress: bool) -> dict:
+    from tqdm.auto import tqdm
+
+    from mixjax.data.tfds_builder import write_domain
+
+    old = read_manifest(out)
+    _remove_leftovers(out, old)
+    if old is None and any(out.iterdir()):
+        raise MixjaxError(f"--out: {out} is not empty and holds no {MANIFEST}; refusing to write into it")
     tokenizer_spec = tokenizer.spec()
     old_sources = {s["fingerprint"]: s for s in (old or {}).get("source_groups", [])}
 
     started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
     domains: dict[str, dict] = {}
     groups, rebuilt, total_tokens = [], [], 0
@@ -168,12 +390,12 @@ def prepare(specs: list[SourceSpec], out: str | os.PathLike, options: PrepareOpt
         for spec in tqdm(specs, desc="prepare", unit="source", disable=None if progress else True):  # None: off when not a terminal
             fingerprint = _fingerprint(spec, tokenizer_spec, options)
             previous = old_sources.get(fingerprint)
-            if previous is not None and all((out / d).is_dir() for d in previous["domains"]):
+            if previous is not None and all(_reusable(out, old["domains"][d]) for d in previous["domains"]):
                 group_domains = previous["domains"]
                 for d in group_domains:
                     _add_domain(domains, d, old["domains"][d], spec.flag)
             else:
-                examples, info = _scan(spec, tokenizer, options.loss_on)
+                examples, info = _scan(spec, tokenizer, options)
                 group_domains = sorted(examples) if spec.domain is None else [spec.domain]
                 for d in sorted(set(info) - set(examples)):
                     raise MixjaxError(f"{spec.flag}: domain '{d}' has no example with loss tokens "
@@ -184,6 +406,7 @@ def prepare(specs: list[SourceSpec], out: str | os.PathLike, options: PrepareOpt
                     if len(examples[d]) < 2:
                         raise MixjaxError(f"{spec.flag}: domain '{d}' has {len(examples[d])} example; "
                                           "need at least 2 (one goes to validation)")
+                    _add_domain(domains, d, None, spec.flag)
                     splits = _split(examples[d], options)
                     dataset_dir = write_domain(str(staging / d), splits)
                     entry = {
@@ -194,7 +417,7 @@ def prepare(specs: list[SourceSpec], out: str | os.PathLike, options: PrepareOpt
                         "validation": _counts(splits["validation"]),
                     }
                     total_tokens += entry["train"]["tokens"] + entry["validation"]["tokens"]
-                    _add_domain(domains, d, entry, spec.flag)
+                    domains[d] = entry
                     rebuilt.append(d)
             groups.append({"flag": spec.flag, "fingerprint": fingerprint, "domains": group_domains})
         seconds = time.perf_counter() - started
@@ -212,14 +435,14 @@ def prepare(specs: list[SourceSpec], out: str | os.PathLike, options: PrepareOpt
         if old is not None and not rebuilt and _same_layout(old, manifest):
             # nothing changed: leave the directory exactly as it was
             return {**old, "last_prepare": manifest["last_prepare"]}
+        write_json_atomic(staging / MANIFEST, manifest)  # a full disk fails here, before any swap
         _swap_in(out, staging, rebuilt, stale=set((old or {}).get("domains", {})) - set(domains))
-        write_json_atomic(out / MANIFEST, manifest)
         return manifest
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _add_domain(domains: dict, name: str, entry: dict, flag: str) -> None:
+def _add_domain(domains: dict, name: str, entry: dict | None, flag: str) -> None:
     if name in domains:
         raise MixjaxError(f"{flag}: duplicate domain name '{name}'")
     domains[name] = entry
@@ -231,15 +454,27 @@ def _same_layout(old: dict, new: dict) -> bool:
 
 
 def _swap_in(out: Path, staging: Path, rebuilt: list[str], stale: set[str]) -> None:
-    """Move rebuilt domains from staging into `out`; old copies go only once the new are in place."""
+    """Move rebuilt domains from staging into `out`, then the staged manifest (the commit). Old
+    copies wait in a trash folder until the commit; if any move fails, every move is undone."""
     trash = Path(tempfile.mkdtemp(prefix=".trash-", dir=out))
+    moved: list[tuple[Path, Path]] = []
+
+    def move(src: Path, dst: Path) -> None:
+        os.replace(src, dst)
+        moved.append((src, dst))
+
     try:
         for d in rebuilt:
-            if (out / d).exists():
-                os.replace(out / d, trash / d)
-            os.replace(staging / d, out / d)
-        for d in stale:
-            if (out / d).exists():
-                os.replace(out / d, trash / d)
-    finally:
-        shutil.rmtree(trash, ignore_errors=True)
+            if os.path.lexists(out / d):
+                move(out / d, trash / d)
+            move(staging / d, out / d)
+        for d in sorted(stale):
+            if os.path.lexists(out / d):
+                move(out / d, trash / d)
+        os.replace(staging / MANIFEST, out / MANIFEST)
+    except BaseException:
+        for src, dst in reversed(moved):
+            os.replace(dst, src)
+        shutil.rmtree(trash, ignore_errors=True)  # empty again; kept (for the next run) if undoing failed
+        raise
+    shutil.rmtree(trash, ignore_errors=True)

@@ -18,22 +18,24 @@ class PreparedData:
         if manifest is None:
             raise MixjaxError(f"{flag}: {self.directory} is not a prepared data directory "
                               f"(no {MANIFEST}; run `mixjax prepare` first)")
-        self.manifest = manifest
+        self.manifest = manifest  # read_manifest checked its names, paths and counts
         self.domains: list[str] = list(manifest["domains"])
         self.vocab_size: int = int(manifest["vocab_size"])
-        self._sources: dict[str, dict] = {}
+        self._sources: dict[str, dict] = {domain: self._open(domain) for domain in self.domains}
+
+    def _open(self, domain: str) -> dict:
+        """Open (and check: every file there and whole) one domain's splits, before any training."""
+        from mixjax.data.tfds_builder import open_domain
+
+        path = self.directory / self.manifest["domains"][domain]["path"]
+        if not path.is_dir():
+            raise MixjaxError(f"{path} is missing: the prepared data is incomplete; rerun `mixjax prepare`")
+        return open_domain(str(path))
 
     def split(self, domain: str, split: str):
         """A random-access source of {'tokens', 'loss_mask'} examples (len() and [i])."""
-        from mixjax.data.tfds_builder import open_domain
-
         if domain not in self.manifest["domains"]:
             raise MixjaxError(f"unknown domain '{domain}'; the data has {', '.join(self.domains)}")
-        if domain not in self._sources:
-            path = self.directory / self.manifest["domains"][domain]["path"]
-            if not path.is_dir():
-                raise MixjaxError(f"{path} is missing: the prepared data is incomplete; rerun `mixjax prepare`")
-            self._sources[domain] = open_domain(str(path))
         return self._sources[domain][split]
 
     def counts(self, domain: str, split: str) -> dict:

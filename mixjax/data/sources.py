@@ -36,31 +36,60 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_records(path: Path) -> Iterator[tuple[str, dict]]:
-    """Yield (where, record) with where = 'file:line' (JSONL) or 'file:row N' (Parquet)."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+def read_records(path: Path, max_record_bytes: int | None = None) -> Iterator[tuple[str, dict]]:
+    """Yield (where, record) with where = 'file:line' (JSONL) or 'file:row N' (Parquet).
 
-        try:
-            table = pq.ParquetFile(path)
-        except Exception as e:  # pyarrow raises several types for a bad file
-            raise MixjaxError(f"{path}: not a readable Parquet file ({e})") from None
-        row = 0
-        for batch in table.iter_batches(batch_size=4096):
-            for record in batch.to_pylist():
-                row += 1
-                yield f"{path}:row {row}", record
+    A JSONL line longer than `max_record_bytes` is refused before it is read whole, so memory stays
+    bounded by the limit; errors name the file and line (or row)."""
+    if path.suffix == ".parquet":
+        yield from _parquet_records(path)
         return
     with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
+        line_no = 0
+        while True:
+            raw = f.readline(max_record_bytes + 1) if max_record_bytes else f.readline()
+            if not raw:
+                return
+            line_no += 1
+            if max_record_bytes and len(raw) > max_record_bytes and not raw.endswith(b"\n"):
+                raise MixjaxError(f"{path}:{line_no}: record is longer than --max-record-bytes "
+                                  f"({max_record_bytes:,} bytes); raise the limit or split the record")
             if not raw.strip():
                 continue
             try:
                 record = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, too deep
                 raise MixjaxError(f"{path}:{line_no}: malformed JSON ({e.__class__.__name__}: "
-                                  f"{str(e).splitlines()[0]})") from None
+                                  f"{_first_line(e)})") from None
             yield f"{path}:{line_no}", record
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else e.__class__.__name__
+
+
+def _parquet_records(path: Path) -> Iterator[tuple[str, dict]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise MixjaxError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
+    batches = table.iter_batches(batch_size=4096)
+    row = 0
+    while True:
+        try:  # a corrupt page surfaces only when its batch is decoded (OSError, ArrowException)
+            batch = next(batches, None)
+            records = None if batch is None else batch.to_pylist()
+        except Exception as e:
+            raise MixjaxError(f"{path}: corrupt Parquet data after row {row} "
+                              f"({e.__class__.__name__}: {_first_line(e)})") from None
+        if records is None:
+            return
+        for record in records:
+            row += 1
+            yield f"{path}:row {row}", record
 
 
 def split_key(record: dict, field: str, prefix_sep: str | None, where: str) -> str:
@@ -74,6 +103,7 @@ def split_key(record: dict, field: str, prefix_sep: str | None, where: str) -> s
 
 
 def domain_name_for(value: str) -> str:
-    """A split value made safe to use as a domain and directory name."""
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in value.strip()).strip("_")
+    """A split value made safe to use as a domain and directory name: ASCII letters, digits, '-'
+    and '_' kept, anything else '_' (so distinct values can meet: callers refuse that)."""
+    safe = "".join(c if (c.isascii() and c.isalnum()) or c in "-_" else "_" for c in value.strip()).strip("_")
     return safe or "unnamed"

@@ -8,8 +8,11 @@ import shutil
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mixjax.errors import MixjaxError
+
 DATASET_NAME = "mixjax_domain"
 DATASET_VERSION = "1.0.0"
+REBUILD_HINT = "rerun `mixjax prepare` to rebuild it"  # prepare checks files so before reusing a domain
 
 
 class MixjaxDomain(tfds.core.GeneratorBasedBuilder):
@@ -61,5 +64,67 @@ def write_domain(data_dir: str, examples_by_split: dict[str, list]) -> str:
 
 
 def open_domain(dataset_dir: str) -> dict:
-    """Random-access data sources {split: source} of a written domain."""
-    return tfds.builder_from_directory(dataset_dir).as_data_source()
+    """Random-access data sources {split: source} of a written domain.
+
+    Every array_record file is checked first (cheaply: its footer, not its records): a missing,
+    truncated or corrupt file is a one-line error naming it, before any training starts. A record
+    that fails to read later (a damaged chunk inside a whole file) names its file too."""
+    try:
+        builder = tfds.builder_from_directory(dataset_dir)
+        splits = {name: (list(map(str, info.filepaths)), list(info.shard_lengths))
+                  for name, info in builder.info.splits.items()}
+    except Exception as e:  # missing or damaged dataset_info.json / features.json
+        raise MixjaxError(f"{dataset_dir}: not a readable TFDS dataset ({_first_line(e)}); "
+                          f"{REBUILD_HINT}") from None
+    for files, lengths in splits.values():
+        for path, expected in zip(files, lengths):
+            _check_file(path, expected)
+    return {name: CheckedSource(builder.as_data_source(split=name), files, lengths)
+            for name, (files, lengths) in splits.items()}
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else e.__class__.__name__
+
+
+def _check_file(path: str, expected: int) -> None:
+    """An array_record file whose footer reads and counts the records dataset_info.json gives."""
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    if not os.path.isfile(path):
+        raise MixjaxError(f"{path}: missing; the prepared data is incomplete: {REBUILD_HINT}")
+    try:
+        reader = ArrayRecordReader(path, "readahead_buffer_size:0")
+        ok, found = reader.ok(), reader.num_records()
+    except Exception as e:
+        raise MixjaxError(f"{path}: unreadable array_record file ({_first_line(e)}); {REBUILD_HINT}") from None
+    try:
+        reader.close()
+    except Exception:  # closing a reader that found a damaged file raises the same damage again
+        pass
+    if not ok or found != expected:
+        raise MixjaxError(f"{path}: truncated or corrupt array_record file ({found} of {expected} "
+                          f"records readable); {REBUILD_HINT}")
+
+
+class CheckedSource:
+    """A split's random-access source (len() and [i]) whose read errors name the file."""
+
+    def __init__(self, source, files: list[str], shard_lengths: list[int]):
+        self._source, self._files = source, files
+        self._ends = np.cumsum(shard_lengths)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index):
+        try:
+            return self._source[index]
+        except (IndexError, KeyError, TypeError):
+            raise
+        except Exception as e:  # RuntimeError from array_record, decode errors from TFDS
+            shard = min(int(np.searchsorted(self._ends, int(index), side="right")), len(self._files) - 1)
+            domain_dir = os.path.dirname(os.path.dirname(os.path.dirname(self._files[shard])))
+            raise MixjaxError(f"{self._files[shard]}: cannot read record {int(index)} ({_first_line(e)}); "
+                              f"delete {domain_dir} and rerun `mixjax prepare`") from None
