@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mixjax.errors import MixjaxError
+from mixjax.names import check_domain_name, check_run_name
 
 
 @dataclass
@@ -93,6 +94,8 @@ def parse_csv(text: str, source: str = "observations") -> Observations:
     loss_domains = [h[len("loss_") :] for h in header if h.startswith("loss_") and len(h) > 5]
     if len(domains) < 2:
         raise MixjaxError(f"{source}: line 1: need tokens_<domain> columns for at least 2 domains")
+    for d in domains:
+        check_domain_name(d, f"{source}: line 1")
     for d in loss_domains:
         if d not in domains:
             raise MixjaxError(f"{source}: line 1: column loss_{d} has no tokens_{d} column")
@@ -100,6 +103,7 @@ def parse_csv(text: str, source: str = "observations") -> Observations:
     known = {"run"} | {f"tokens_{d}" for d in domains} | {f"loss_{d}" for d in domains}
     extra_cols = [h for h in header if h not in known]
     runs, tokens, losses, extra = [], [], [], {h: [] for h in extra_cols}
+    line_of = {}  # run name -> the line it is on
     for line_no, row in enumerate(reader, start=2):
         if not row or all(not cell.strip() for cell in row):
             continue
@@ -111,6 +115,10 @@ def parse_csv(text: str, source: str = "observations") -> Observations:
         name = row[col["run"]].strip()
         if not name:
             raise MixjaxError(f"{where}: empty run name")
+        check_run_name(name, where)
+        if name in line_of:
+            raise MixjaxError(f"{where}: run {name!r} is also on line {line_of[name]}; run names must be unique")
+        line_of[name] = line_no
         tok = [_parse_number(row[col[f"tokens_{d}"]], where, f"tokens_{d}", False) for d in domains]
         if sum(tok) <= 0:
             raise MixjaxError(f"{where}: run {name!r} has no tokens in any domain")
@@ -166,6 +174,28 @@ def write_csv(obs: Observations, path) -> None:
     from mixjax.io import write_text_atomic
 
     write_text_atomic(path, to_csv_text(obs))
+
+
+def weights_in_file(obj, where: str) -> dict:
+    """The weights a parsed weights file holds: the first result of the format `mixjax optimize`
+    and `mixjax mix` write ({"results": [{"weights": {...}}, ...]}) or a plain {domain: weight}
+    object. A file with no results, an empty result or no weights is a one-line error naming
+    `where` (the flag and the file); the caller checks the numbers."""
+    if isinstance(obj, dict) and "results" in obj:
+        results = obj["results"]
+        if not isinstance(results, list) or not results:
+            raise MixjaxError(f"{where}: no results (its 'results' list is empty)")
+        first = results[0]
+        if not isinstance(first, dict) or not isinstance(first.get("weights"), dict) or not first["weights"]:
+            raise MixjaxError(f"{where}: its first result has no weights")
+        obj = first["weights"]
+    elif isinstance(obj, dict) and any(k in obj and not isinstance(obj[k], (int, float)) for k in ("law", "domains")):
+        raise MixjaxError(f"{where}: no 'results' (a weights file from `mixjax optimize` lists them)")
+    if not isinstance(obj, dict) or not obj:
+        raise MixjaxError(f"{where}: holds no weights object")
+    for name in obj:
+        check_domain_name(name, where)
+    return obj
 
 
 def _format(x: float) -> str:

@@ -44,12 +44,32 @@ def parse_budgets(values: list[str], flag: str = "--budget") -> list[float]:
     return out
 
 
+def check_output_path(path: str, flag: str, folder: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written: a file path that is an existing
+    folder (or a folder path that is a file), or one under something that is not a folder."""
+    from pathlib import Path
+
+    from mixjax.errors import MixjaxError
+
+    p = Path(path)
+    if not folder and p.is_dir():
+        raise MixjaxError(f"{flag}: {path} is a folder; give the path of a file to write")
+    if folder and p.exists() and not p.is_dir():
+        raise MixjaxError(f"{flag}: {path} is a file; give the path of a folder")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise MixjaxError(f"{flag}: {parent} (in {path}) is not a folder")
+            break
+
+
 def run(args: argparse.Namespace) -> int:
     from mixjax import laws
     from mixjax.errors import MixjaxError
     from mixjax.fit import FitOptions, fit
     from mixjax.observations import read_csv
 
+    check_output_path(args.out, "--out")
     law = laws.get(args.law)
     budgets = parse_budgets(args.budget)
     if args.starts < 1:

@@ -22,6 +22,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from mixjax.commands.fit import check_output_path
     from mixjax.commands.method_options import method_options
     from mixjax.commands.train import enable_compilation_cache, parse_tokens, train_config_from_args
     from mixjax.data.prepared import PreparedData
@@ -29,6 +30,7 @@ def run(args) -> int:
 
     options = method_options(args)
     budget = parse_tokens(args.budget_tokens, "--budget-tokens")
+    check_output_path(args.out, "--out", folder=True)
     config = train_config_from_args(args)
     enable_compilation_cache()
     data = PreparedData(args.data)

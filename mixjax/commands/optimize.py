@@ -48,13 +48,16 @@ def parse_assignments(values: list[str], flag: str) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mixjax.commands.fit import parse_budgets
+    from mixjax.commands.fit import check_output_path, parse_budgets
     from mixjax.errors import MixjaxError
     from mixjax.io import write_json_atomic
     from mixjax.laws import load_law_file
     from mixjax.observations import read_csv
     from mixjax.optimize import check_budgets, optimize
 
+    check_output_path(args.out, "--out")
+    if args.plot:
+        check_output_path(args.plot, "--plot", folder=True)
     budgets = check_budgets(parse_budgets(args.budget))
     fitted = load_law_file(args.law_file)
     bounds = dict(

@@ -23,6 +23,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from mixjax.commands.fit import check_output_path
     from mixjax.commands.method_options import method_options
     from mixjax.commands.train import enable_compilation_cache, parse_tokens, train_config_from_args
     from mixjax.data.prepared import PreparedData
@@ -31,6 +32,7 @@ def run(args) -> int:
 
     options = method_options(args)
     shard = parse_shard(args.shard)
+    check_output_path(args.out, "--out", folder=True)
     budget = parse_tokens(args.budget_tokens, "--budget-tokens")
     config = train_config_from_args(args)
     enable_compilation_cache()

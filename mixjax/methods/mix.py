@@ -24,6 +24,7 @@ import numpy as np
 from mixjax.errors import MixjaxError
 from mixjax.io import write_json_atomic
 from mixjax.methods import get, is_online
+from mixjax.names import check_domain_name
 
 
 class _Runs:
@@ -98,30 +99,57 @@ def _offline(method, method_name, options, data, budget_tokens, out, config, log
     return weights, final, summary
 
 
+def _checked_result(run_dir: Path) -> dict:
+    """A finished run's result.json with the domain names of its maps checked (a record read back
+    brings in no name the rules refuse), or a one-line error naming the file."""
+    from mixjax.methods.prerequisites import read_result
+
+    result = read_result(run_dir)
+    for key in ("val_loss", "tokens", "weights"):
+        names = result.get(key)
+        for name in names if isinstance(names, dict) else ():
+            check_domain_name(name, str(run_dir / "result.json"))
+    return result
+
+
 def _final_run(config, data, weights: dict, budget_tokens: int, run_dir: Path, log) -> dict:
     """Train the final run at `weights`, or reuse one finished at the same weights (mix.json has
     already checked that the rest of the configuration is the same)."""
-    from mixjax.methods.prerequisites import read_result
     from mixjax.train import run_training
 
     if (run_dir / "result.json").is_file():
-        done = read_result(run_dir)
-        if done.get("budget_tokens") == int(budget_tokens) and done.get("weights", {}).keys() == weights.keys() \
-                and all(abs(done["weights"][d] - w) < 1e-9 for d, w in weights.items()):
+        done = _checked_result(run_dir)
+        done_weights = done.get("weights")
+        if done.get("budget_tokens") == int(budget_tokens) and isinstance(done_weights, dict) \
+                and done_weights.keys() == weights.keys() \
+                and all(_is_number(done_weights[d]) and abs(done_weights[d] - w) < 1e-9 for d, w in weights.items()):
             log(f"final run done already ({run_dir})")
             return done
     return run_training(config, data, weights, budget_tokens, out_dir=run_dir)
 
 
-def _finished_online_run(run_dir: Path) -> dict | None:
-    """The result of a finished online run in run_dir (with its "online" record), or None."""
-    from mixjax.methods.prerequisites import read_result
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
+
+def _finished_online_run(run_dir: Path, domains: list[str]) -> dict | None:
+    """The result of a finished online run in run_dir (with its "online" record: weights for
+    `domains`, trajectory, evaluations), or None."""
     if not (run_dir / "result.json").is_file():
         return None
-    result = read_result(run_dir)
+    path = run_dir / "result.json"
+    result = _checked_result(run_dir)
     if "online" not in result:
-        raise MixjaxError(f"{run_dir / 'result.json'}: not an online method's run; delete {run_dir} to retrain it")
+        raise MixjaxError(f"{path}: not an online method's run; delete {run_dir} to retrain it")
+    record = result["online"]
+    weights = record.get("weights") if isinstance(record, dict) else None
+    for name in weights if isinstance(weights, dict) else ():
+        check_domain_name(name, f"{path}: online weights")
+    if not isinstance(weights, dict) or sorted(weights) != sorted(domains) \
+            or not all(_is_number(w) for w in weights.values()) \
+            or not isinstance(record.get("trajectory"), list) or "evaluations" not in record:
+        raise MixjaxError(f"{path}: its online record lacks weights for the domains {domains}, a trajectory "
+                          f"or evaluations; delete {run_dir} to retrain it")
     return result
 
 
@@ -140,7 +168,7 @@ def _online(method, method_name, options, data, budget_tokens, out, config, eval
     proxy = getattr(method, "proxy_fraction", None)
     run_dir = out / ("proxy" if proxy else "final")
     tokens = method.proxy_tokens(budget_tokens) if proxy else budget_tokens
-    result = _finished_online_run(run_dir)
+    result = _finished_online_run(run_dir, domains)
     if result is not None:
         log(f"{method_name}: {'proxy' if proxy else 'online'} run done already ({run_dir})")
     else:
@@ -164,12 +192,14 @@ def _online(method, method_name, options, data, budget_tokens, out, config, eval
 
 def run_mix(method_name: str, options: dict, data, budget_tokens: int, out, config, *,
             eval_max_batches: int | None = 4, log=print) -> dict:
-    from mixjax.methods.sweep import check_sweep_dir
+    from mixjax.methods.sweep import check_run_names, check_sweep_dir
 
     out = Path(out)
     domains = list(data.domains)
     method = get(method_name, len(domains), **options)
     planned_spend(method, domains, budget_tokens)  # bad options / too few domains: fail before any file
+    if hasattr(method, "prerequisite_runs"):  # folders MIX_DIR/prereq/<name> (a sweep checks its own)
+        check_run_names(method.prerequisite_runs(domains, budget_tokens), f"--method {method_name}")
     check_sweep_dir(out, _describe_mix(method_name, options, budget_tokens, data, config),
                     filename="mix.json", what="a mix")
     if is_online(method_name):

@@ -21,6 +21,7 @@ import numpy as np
 
 from mixjax.errors import MixjaxError
 from mixjax.io import write_json_atomic
+from mixjax.names import check_domain_name, check_run_name
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -50,12 +51,44 @@ def _train_config_defaults() -> dict:
     return json.loads(json.dumps(TrainConfig().to_dict()))
 
 
+def check_run_names(runs, where: str) -> None:
+    """Every proposed run's name is one safe folder name and no two are the same (before any
+    folder is made from them); `where` names the flag (the method)."""
+    seen = set()
+    for run in runs:
+        check_run_name(run.name, where)
+        if run.name in seen:
+            raise MixjaxError(f"{where}: run name {run.name!r} is proposed twice")
+        seen.add(run.name)
+
+
+def read_record(path: Path) -> dict:
+    """A directory's record (sweep.json, mix.json, prereq.json) with the domain and run names in it
+    checked, or a one-line error naming the file."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise MixjaxError(f"{path}: unreadable ({e}); use a new directory") from None
+    if not isinstance(record, dict):
+        raise MixjaxError(f"{path}: not a JSON object; use a new directory")
+    domains, runs = record.get("domains", []), record.get("runs", [])
+    if not isinstance(domains, list) or not isinstance(runs, list):
+        raise MixjaxError(f"{path}: 'domains' and 'runs' must be lists; use a new directory")
+    for i, domain in enumerate(domains):
+        check_domain_name(domain, f"{path}: domains[{i}]")
+    for i, run in enumerate(runs):
+        check_run_name(run.get("name") if isinstance(run, dict) else run, f"{path}: runs[{i}]")
+    return record
+
+
 def check_sweep_dir(out: Path, description: dict, filename: str = "sweep.json", what: str = "a sweep") -> None:
     """Record `description` in out/filename, or refuse a directory made for another one."""
     path = out / filename
     description = json.loads(json.dumps(description))  # as it reads back from the file
+    if out.exists() and not out.is_dir():
+        raise MixjaxError(f"--out: {out} is not a folder")
     if path.is_file():
-        old = json.loads(path.read_text())
+        old = read_record(path)
         if isinstance(old.get("train_config"), dict) and isinstance(description.get("train_config"), dict):
             # a training setting added to mixjax since the file was written counts at its default
             added = {k: v for k, v in _train_config_defaults().items() if k in description["train_config"]}
@@ -69,6 +102,30 @@ def check_sweep_dir(out: Path, description: dict, filename: str = "sweep.json", 
         write_json_atomic(path, description)
 
 
+def read_run_result(path: Path, domains) -> tuple[list[float], list[float]]:
+    """A finished run's tokens and validation losses (NaN = not measured) in `domains` order, from
+    its result.json; a one-line error naming the file if it is not a run's result."""
+    redo = f"delete {path.parent} to retrain it"
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise MixjaxError(f"{path}: unreadable ({e}); {redo}") from None
+    if not isinstance(result, dict) or not all(isinstance(result.get(k), dict) for k in ("tokens", "val_loss")):
+        raise MixjaxError(f"{path}: no 'tokens' and 'val_loss' maps; {redo}")
+    for name in (*result["tokens"], *result["val_loss"]):
+        check_domain_name(name, str(path))
+
+    def number(key, d, allow_none):
+        value = result[key].get(d)
+        if value is None and allow_none:
+            return np.nan
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise MixjaxError(f"{path}: {key} of domain {d!r} is {value!r}, not a number; {redo}")
+        return float(value)
+
+    return [number("tokens", d, False) for d in domains], [number("val_loss", d, True) for d in domains]
+
+
 def observations_from_results(out: Path, runs, domains):
     """The finished runs' tokens and validation losses as an Observations table."""
     from mixjax.observations import Observations
@@ -78,10 +135,10 @@ def observations_from_results(out: Path, runs, domains):
         result_path = out / "runs" / run.name / "result.json"
         if not result_path.is_file():
             continue
-        result = json.loads(result_path.read_text())
+        run_tokens, run_losses = read_run_result(result_path, domains)
         names.append(run.name)
-        tokens.append([result["tokens"][d] for d in domains])
-        losses.append([np.nan if result["val_loss"].get(d) is None else result["val_loss"][d] for d in domains])
+        tokens.append(run_tokens)
+        losses.append(run_losses)
     return Observations(names, list(domains), np.array(tokens, np.float64).reshape(-1, len(domains)),
                         np.array(losses, np.float64).reshape(-1, len(domains)))
 
@@ -94,6 +151,7 @@ def run_sweep(method, method_name: str, options: dict, data, budget_tokens: int,
 
     out = Path(out)
     runs = method.propose(list(data.domains), int(budget_tokens))
+    check_run_names(runs, f"--method {method_name}")
     selection = method.run_selection() if hasattr(method, "run_selection") else None
     check_sweep_dir(out, _describe(method_name, options, runs, budget_tokens, data, config, selection))
     mine = [r for i, r in enumerate(runs) if i % shard[1] == shard[0]]
@@ -106,6 +164,8 @@ def run_sweep(method, method_name: str, options: dict, data, budget_tokens: int,
         log(f"[{number}/{len(mine)}] {run.name}: {run.budget_tokens:,} tokens at {weights}")
         run_cfg = method.run_config(config, run) if hasattr(method, "run_config") else config
         run_training(run_cfg, data, run.weights, run.budget_tokens, out_dir=run_dir)
+        # every finished run is in the CSV at once, so a killed sweep leaves it complete so far
+        write_csv(observations_from_results(out, runs, data.domains), out / "observations.csv")
     observations = observations_from_results(out, runs, data.domains)
     write_csv(observations, out / "observations.csv")
     return runs, observations
