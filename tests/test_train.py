@@ -193,8 +193,14 @@ def test_old_per_layer_checkpoint_is_a_one_line_error(data, tmp_path):
     or --attention resumes: they do not change the parameters."""
     from mixjax.errors import MixjaxError
 
+    class KillAtStep3(Callback):
+        def on_step(self, ctx, info):
+            if info.step == 3:
+                raise KeyboardInterrupt
+
     cfg = TrainConfig(**SHAPE, checkpoint_every=2)
-    run_training(cfg, data, {"a": 1.0}, 2 * BATCH, out_dir=tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):  # leaves the checkpoint of step 2
+        run_training(cfg, data, {"a": 1.0}, 4 * BATCH, out_dir=tmp_path / "run", callbacks=[KillAtStep3()])
     other = TrainConfig(**{**SHAPE, "model_overrides": {**SHAPE["model_overrides"], "remat": "full"}},
                         checkpoint_every=2)
     res = run_training(other, data, {"a": 1.0}, 4 * BATCH, out_dir=tmp_path / "run")
@@ -204,7 +210,7 @@ def test_old_per_layer_checkpoint_is_a_one_line_error(data, tmp_path):
     with pytest.raises(MixjaxError, match="per-layer parameter layout of an older mixjax"):
         run_training(TrainConfig(**{**SHAPE, "model": None}, init=str(tmp_path / "run")), data, {"a": 1.0}, BATCH)
     with pytest.raises(MixjaxError, match="per-layer parameter layout of an older mixjax"):
-        run_training(cfg, data, {"a": 1.0}, 6 * BATCH, out_dir=tmp_path / "run")
+        run_training(cfg, data, {"a": 1.0}, 4 * BATCH, out_dir=tmp_path / "run")
 
 
 def test_bf16_and_grad_accum_run(data):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from mixjax.errors import MixjaxError
+from mixjax.observations import weights_in_file
 from mixjax.plan import parse_mesh  # the one --mesh parser (sizes >= 1, at most one -1); no jax import
 
 
@@ -21,7 +23,7 @@ def parse_weights(text: str | None, flag: str = "--weights") -> dict[str, float]
             obj = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise MixjaxError(f"{flag}: cannot read {text}: {e}") from None
-        weights = obj["results"][0]["weights"] if isinstance(obj, dict) and "results" in obj else obj
+        weights = weights_in_file(obj, f"{flag}: {text}")
         if not isinstance(weights, dict):
             raise MixjaxError(f"{flag}: {text} holds no weights object")
     else:
@@ -49,9 +51,29 @@ def parse_tokens(text: str, flag: str) -> int:
         value = float(text[:-1] if mult != 1 else text) * mult
     except ValueError:
         raise MixjaxError(f"{flag}: expected a number of tokens (e.g. 5e6 or 5M), got {text!r}") from None
+    if not math.isfinite(value):
+        raise MixjaxError(f"{flag}: expected a finite number of tokens (e.g. 5e6 or 5M), got {text!r}")
     if value <= 0:
         raise MixjaxError(f"{flag}: must be positive")
     return int(value)
+
+
+def check_number(flag: str, value: float, *, minimum: float = 0.0, strict: bool = False) -> None:
+    """A one-line error unless value is finite and >= minimum (> minimum when strict)."""
+    if not (math.isfinite(value) and (value > minimum if strict else value >= minimum)):
+        bound = f"{'>' if strict else '>='} {minimum:g}"
+        raise MixjaxError(f"{flag} must be a finite number {bound}, got {value}")
+
+
+def check_output_dir(path: str | Path, flag: str) -> None:
+    """Refuse an output directory that is an existing file, or lies under one (before any work)."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "an existing file" if p == path else f"{p} is a file"
+                raise MixjaxError(f"{flag} {path}: {what}, not a directory")
+            return
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -97,8 +119,14 @@ def train_config_from_args(args):
     for flag, v in (("--batch-size", args.batch_size), ("--seq-len", args.seq_len), ("--grad-accum", args.grad_accum)):
         if v < 1:
             raise MixjaxError(f"{flag} must be >= 1")
-    if args.lr <= 0:
-        raise MixjaxError("--lr must be positive")
+    check_number("--lr", args.lr, strict=True)
+    check_number("--max-epochs", args.max_epochs, strict=True)
+    for flag, v in (("--warmup", args.warmup), ("--final-lr-ratio", args.final_lr_ratio),
+                    ("--weight-decay", args.weight_decay), ("--clip-norm", args.clip_norm)):
+        check_number(flag, v)
+    for flag, v in (("--eval-every", args.eval_every), ("--checkpoint-every", getattr(args, "checkpoint_every", 0))):
+        if v < 0:
+            raise MixjaxError(f"{flag} must be >= 0 (0: {'at the end' if flag == '--eval-every' else 'none'})")
     return TrainConfig(
         model=args.model, init=args.init, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
         schedule=args.schedule, warmup=args.warmup, final_lr_ratio=args.final_lr_ratio,
@@ -160,6 +188,9 @@ def run(args) -> int:
     from mixjax.data.prepared import PreparedData
     from mixjax.train import run_training
 
+    check_output_dir(args.out, "--out")
+    if args.export_hf:
+        check_output_dir(args.export_hf, "--export-hf")
     budget = parse_tokens(args.budget_tokens, "--budget-tokens")
     weights = parse_weights(args.weights)
     cfg = train_config_from_args(args)
@@ -169,7 +200,9 @@ def run(args) -> int:
     enable_compilation_cache()
     if weights is None:
         weights = {d: 1.0 / len(data.domains) for d in data.domains}
-    result = run_training(cfg, data, weights, budget, out_dir=args.out)
+    # RUN_DIR's result.json or checkpoints of another run (weights, budget, data, settings) are
+    # refused; the same command again resumes its checkpoints, or reports the finished run.
+    result = run_training(cfg, data, weights, budget, out_dir=args.out, check_result=True)
     if args.export_hf:
         from mixjax.train import export_hf
         export_hf(args.out, args.export_hf)

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 import weakref
 from pathlib import Path
@@ -187,13 +188,136 @@ def _per_domain(sums, counts, domains) -> dict[str, float]:
     return {d: (float(s) / float(c) if c > 0 else float("nan")) for d, s, c in zip(domains, sums, counts)}
 
 
+# TrainConfig fields a run may be resumed (or its result reported) with other values of: they change
+# how a step is computed or when it is saved, not what the run learns. `model` and `model_overrides`
+# are compared as the model's shape (ModelConfig.shape_dict, which leaves out attention, remat and
+# scanning); the weights, the budget and the data are compared besides the rest of the config.
+RESUMABLE_FIELDS = ("model", "model_overrides", "mesh_shape", "grad_accum", "loss_chunk", "progress",
+                    "resume", "checkpoint_every")
+
+
+def data_signature(data) -> dict:
+    """The prepared data a run trains on: its domains and the fingerprints of their sources (so
+    the same data moved to another directory is the same, and re-prepared other data is not)."""
+    groups = (getattr(data, "manifest", None) or {}).get("source_groups") or []
+    return {"domains": list(data.domains),
+            "sources": [[g.get("fingerprint"), g.get("domains")] for g in groups if isinstance(g, dict)] or None}
+
+
+def _same_path(a, b) -> bool:
+    if a == b:
+        return True
+    return isinstance(a, str) and isinstance(b, str) and Path(a).resolve() == Path(b).resolve()
+
+
+def _shown(x) -> str:
+    text = x if isinstance(x, str) else json.dumps(x)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def run_differences(saved: dict, cfg: TrainConfig, mcfg, data, weights, budget_tokens: int,
+                    num_steps: int | None = None) -> list[str]:
+    """What differs between a run recorded in `saved` (a result.json, or a checkpoint's meta) and
+    this one, as "name old -> new" texts; empty when a resume (or the report) is the same run."""
+    from mixjax.model.config import ModelConfig
+
+    diffs = []
+    domains = list(data.domains)
+    old_domains = saved.get("domains") or (saved.get("sampler") or {}).get("domains")
+    old_data = saved.get("data")
+    if old_domains is not None and list(old_domains) != domains:
+        diffs.append(f"domains {','.join(old_domains)} -> {','.join(domains)}")
+    elif isinstance(old_data, dict) and old_data.get("sources") != data_signature(data)["sources"]:
+        diffs.append("data (the prepared sources differ)")
+    old_w = saved.get("weights", saved.get("initial_weights"))
+    if isinstance(old_w, dict):
+        old_w = [old_w.get(d, 0.0) for d in domains]
+    new_w = [float(w) for w in weights]
+    if old_w is not None and not (old_domains is not None and list(old_domains) != domains) and (
+            len(old_w) != len(new_w) or any(abs(float(a) - b) > 1e-9 for a, b in zip(old_w, new_w))):
+        show = lambda w: ",".join(f"{d}={float(x):g}" for d, x in zip(domains, w))
+        diffs.append(f"weights {show(old_w)} -> {show(new_w)}")
+    old_budget = saved.get("budget_tokens")
+    if old_budget is not None and int(old_budget) != int(budget_tokens):
+        diffs.append(f"budget_tokens {int(old_budget)} -> {int(budget_tokens)}")
+    elif old_budget is None and num_steps is not None and int(saved.get("step", 0)) > num_steps:
+        diffs.append(f"budget_tokens (the checkpoint is at step {saved['step']}, past this budget's {num_steps} steps)")
+    if isinstance(saved.get("model"), dict):
+        old_m, new_m = ModelConfig.from_dict(saved["model"]).shape_dict(), mcfg.shape_dict()
+        diffs += [f"model {k} {_shown(old_m.get(k))} -> {_shown(new_m.get(k))}"
+                  for k in new_m if old_m.get(k) != new_m.get(k)]
+    if isinstance(saved.get("config"), dict):
+        now = json.loads(json.dumps(cfg.to_dict(), default=float))
+        old = {**json.loads(json.dumps(TrainConfig().to_dict(), default=float)), **saved["config"]}
+        for k in now:
+            if k in RESUMABLE_FIELDS or old.get(k) == now[k] or (k == "init" and _same_path(old.get(k), now[k])):
+                continue
+            diffs.append(f"{k} {_shown(old.get(k))} -> {_shown(now[k])}")
+    return diffs
+
+
+def _refuse_other_run(out: Path, source: Path, diffs: list[str]) -> None:
+    if diffs:
+        raise MixjaxError(f"--out {out}: {source} is of another configuration ({'; '.join(diffs)}); "
+                          f"use a new --out, or delete {out} to start afresh")
+
+
+def _close_all(closers) -> None:
+    """Call every closer. When an exception is already on its way out (a full disk, a kill), a
+    closer's own failure (often the same error again) is dropped so that one is reported."""
+    failing = sys.exc_info()[1] is not None
+    error = None
+    for close in closers:
+        try:
+            close()
+        except Exception as e:
+            error = error or e
+    if error is not None and not failing:
+        raise error
+
+
 def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_dir: str | os.PathLike | None = None,
-                 callbacks: Sequence[Callback] = (), sampler=None, validation_fn=None, devices=None) -> dict:
+                 callbacks: Sequence[Callback] = (), sampler=None, validation_fn=None, devices=None,
+                 check_result: bool = False) -> dict:
     """Train one model on the mixture `weights` (dict domain -> weight, or an array in domain order)
     of the prepared `data` for `budget_tokens` tokens. Returns (and writes to out_dir/result.json)
     {"tokens", "loss_tokens", "val_loss", "train_loss", "val_history", "steps", "config", "model",
     "timings", ...}. `sampler` may replace the MixtureSampler (any object with its API);
-    `validation_fn(data, domain, batch_size, seq_len)` the held-out batches."""
+    `validation_fn(data, domain, batch_size, seq_len)` the held-out batches.
+
+    out_dir's checkpoints are resumed only if they are of this run (weights, budget, data, model
+    shape, the config bar RESUMABLE_FIELDS), else a MixjaxError; with `check_result` (`mixjax
+    train`) so is an out_dir/result.json of another run. A full disk is a one-line MixjaxError; the
+    last complete checkpoint is kept, so rerunning the same call resumes."""
+    from mixjax.train.checkpoint import disk_full_error, quiet_disk_full_logs
+
+    made = out_dir is not None and not os.path.lexists(out_dir)
+    with quiet_disk_full_logs():
+        try:
+            return _run_training(config, data, weights, budget_tokens, out_dir=out_dir, callbacks=callbacks,
+                                 sampler=sampler, validation_fn=validation_fn, devices=devices,
+                                 check_result=check_result)
+        except BaseException as e:
+            if made:  # a run that failed before writing anything leaves no empty run directory
+                _remove_empty_dirs(Path(out_dir))
+            error = None if isinstance(e, MixjaxError) or not isinstance(e, Exception) else disk_full_error(e, out_dir)
+            if error is None:
+                raise
+            raise error from e
+
+
+def _remove_empty_dirs(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        for child in path.iterdir():
+            _remove_empty_dirs(child)
+        try:
+            path.rmdir()
+        except OSError:
+            pass
+
+
+def _run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_dir, callbacks, sampler,
+                  validation_fn, devices, check_result) -> dict:
     import jax
 
     from mixjax.model import load_hf
@@ -218,6 +342,7 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
     if cfg.batch_size * cfg.seq_len > int(budget_tokens) or num_steps < 1:
         raise MixjaxError(f"--budget-tokens {budget_tokens} is smaller than one batch "
                           f"({cfg.batch_size} x {cfg.seq_len} tokens)")
+    initial_weights = [float(w) for w in np.asarray(sampler.weights)]
     mesh = meshlib.make_mesh(cfg.mesh_shape, devices)
     try:
         stepper = get_stepper(StepConfig(
@@ -227,33 +352,65 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
     except ValueError as e:
         raise MixjaxError(f"--batch-size: {e}") from None
 
+    # ---- out_dir: refuse another run's result or checkpoints before any work ------------------
     out = Path(out_dir) if out_dir is not None else None
     ckpt = best_ckpt = None
+    resume_step = None
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        if out.exists() and not out.is_dir():
+            raise MixjaxError(f"--out {out}: a file, not a run directory")
+        if check_result and (out / "result.json").is_file():
+            try:
+                saved = json.loads((out / "result.json").read_text())
+                if not isinstance(saved, dict):
+                    raise ValueError("not a JSON object")
+            except (OSError, ValueError) as e:
+                raise MixjaxError(f"--out {out}: {out / 'result.json'} is unreadable ({e}); use a new --out, "
+                                  f"or delete {out} to start afresh") from None
+            _refuse_other_run(out, out / "result.json",
+                              run_differences(saved, cfg, mcfg, data, initial_weights, budget_tokens))
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as e:
+            raise MixjaxError(f"--out {out}: cannot make the run directory ({e.strerror}: {e.filename})") from None
         if cfg.checkpoint_every:
-            ckpt = Checkpointer(out / "checkpoints", max_to_keep=1)
+            ckpt = Checkpointer(out / "checkpoints", max_to_keep=1)  # deletes a save left half done
+            try:
+                latest = ckpt.latest_step()
+                if latest is not None:
+                    saved = ckpt.read_meta(latest)
+                    _refuse_other_run(out, out / "checkpoints" / str(latest), run_differences(
+                        saved, cfg, mcfg, data, initial_weights, budget_tokens, num_steps))
+                    if cfg.resume:
+                        resume_step = latest
+            except BaseException:
+                _close_all([ckpt.close])
+                raise
         if cfg.keep_best:
             best_ckpt = Checkpointer(out / "best", max_to_keep=1, async_save=False)
 
     # ---- state: resume > init checkpoint > random -------------------------------------------
     start_step, meta = 0, None
-    if ckpt is not None and cfg.resume and ckpt.latest_step() is not None:
-        start_step = ckpt.latest_step()
-        state, meta = ckpt.restore(start_step, stepper.abstract_state, stepper.state_shardings)
-        if type(mcfg).from_dict(meta["model"]).shape_dict() != mcfg.shape_dict():
-            raise MixjaxError(f"{out}/checkpoints: the checkpoint is of another model; use a new --out")
-        sampler.load_state_dict(meta["sampler"])
-        for cb, s in zip(callbacks, meta.get("callbacks", [])):
-            cb.load_state_dict(s)
-    else:
-        if init_src is None:
-            params = stepper.init_params(cfg.seed)
-        elif init_src[0] == "hf":
-            params = stepper.params_from_model(load_hf(init_src[1], expect=mcfg))
+    try:
+        if resume_step is not None:
+            start_step = resume_step
+            state, meta = ckpt.restore(start_step, stepper.abstract_state, stepper.state_shardings)
+            sampler.load_state_dict(meta["sampler"])
+            for cb, s in zip(callbacks, meta.get("callbacks", [])):
+                cb.load_state_dict(s)
         else:
-            params, _ = restore_params(init_src[1], stepper.abstract_params, stepper.param_shardings)
-        state = stepper.init_state(params)
+            if init_src is None:
+                params = stepper.init_params(cfg.seed)
+            elif init_src[0] == "hf":
+                params = stepper.params_from_model(load_hf(init_src[1], expect=mcfg))
+            else:
+                params, _ = restore_params(init_src[1], stepper.abstract_params, stepper.param_shardings)
+            state = stepper.init_state(params)
+        metrics = MetricsWriter(out / "metrics.jsonl" if out is not None and jax.process_index() == 0 else None,
+                                resume_step=start_step if meta else None)
+    except BaseException:
+        _close_all([c.close for c in (ckpt, best_ckpt) if c is not None])
+        raise
 
     loss_tokens = np.asarray(meta["loss_tokens"] if meta else np.zeros(len(domains)), np.int64)
     seen_tokens = np.asarray(meta["seen_tokens"] if meta else np.zeros(len(domains)), np.int64)
@@ -261,9 +418,7 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
     best = meta.get("best") if meta else None
     timings = dict(meta["timings"]) if meta else {"train_s": 0.0, "timed_steps": 0, "eval_s": 0.0,
                                                   "first_step_s": None}
-    initial_weights = meta["initial_weights"] if meta else [float(w) for w in np.asarray(sampler.weights)]
-    metrics = MetricsWriter(out / "metrics.jsonl" if out is not None and jax.process_index() == 0 else None,
-                            resume_step=start_step if meta else None)
+    initial_weights = meta["initial_weights"] if meta else initial_weights
 
     device_validation: dict = {}  # (domain, max_batches) -> batches already on the devices
 
@@ -339,6 +494,7 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
                     "loss_tokens": loss_tokens.tolist(), "seen_tokens": seen_tokens.tolist(),
                     "val_history": val_history, "best": best, "timings": timings,
                     "initial_weights": initial_weights, "model": mcfg.to_dict(), "config": cfg.to_dict(),
+                    "budget_tokens": int(budget_tokens), "data": data_signature(data),
                     "loss_weights": None if ctx.loss_weights is None else np.asarray(ctx.loss_weights).tolist()}
         ckpt.save(step, state, json.loads(json.dumps(meta_out, default=float)))
 
@@ -416,12 +572,7 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
             if ckpt is not None and (last or (step + 1) % cfg.checkpoint_every == 0):
                 save(step + 1)
     finally:
-        progress.close()
-        metrics.close()
-        if ckpt is not None:
-            ckpt.close()
-        if best_ckpt is not None:
-            best_ckpt.close()
+        _close_all([progress.close, metrics.close] + [c.close for c in (ckpt, best_ckpt) if c is not None])
 
     if not val_history:  # a finished run resumed: nothing left to do
         run_eval(num_steps)
@@ -442,6 +593,7 @@ def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_
         "steps": num_steps,
         "budget_tokens": int(budget_tokens),
         "domains": domains,
+        "data": data_signature(data),
         "weights": dict(zip(domains, initial_weights)),
         "final_weights": {d: float(w) for d, w in zip(domains, np.asarray(sampler.weights))},
         "config": cfg.to_dict(),

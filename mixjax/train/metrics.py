@@ -7,7 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from mixjax.errors import MixjaxError
 from mixjax.io import write_text_atomic
+from mixjax.progress import ProgressBar
 
 
 def _clean(x):
@@ -20,9 +22,29 @@ def _clean(x):
     return x
 
 
+def _records(path: Path) -> list[tuple[str, dict]]:
+    """(line, record) for each line of a metrics file. A last line that does not parse is what a
+    kill or a full disk leaves in the middle of a write: it is dropped. Any other is an error."""
+    lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    numbered = [(i, line) for i, line in enumerate(lines, start=1) if line.strip()]
+    out = []
+    for i, line in numbered:
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            if i == numbered[-1][0]:
+                break
+            raise MixjaxError(f"{path}:{i}: not a metrics record ({e}); delete that line (or the run "
+                              f"directory) to resume") from None
+        out.append((line, record))
+    return out
+
+
 class MetricsWriter:
     """Appends one JSON object a line. On resume, records after the restored step are dropped, so a
-    resumed run's file equals an uninterrupted run's."""
+    resumed run's file equals an uninterrupted run's (a torn last line is dropped too)."""
 
     def __init__(self, path: str | Path | None, resume_step: int | None = None, tensorboard: bool = True):
         self.path = Path(path) if path else None
@@ -32,8 +54,7 @@ class MetricsWriter:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
-            keep = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            keep = [line for line, record in _records(self.path) if record.get("step", 0) <= resume_step]
             write_text_atomic(self.path, "".join(line + "\n" for line in keep))
         elif self.path.exists():
             self.path.unlink()
@@ -74,19 +95,14 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 class Progress:
-    """tqdm bar with loss and tokens/s (a no-op when disabled)."""
+    """The training progress (loss and tokens/s): a tqdm bar on a terminal, a plain line every 5%
+    of the steps in a log file (mixjax.progress); a no-op when disabled."""
 
     def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "train"):
-        self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+        self.bar = ProgressBar(total, initial=initial, desc=desc, unit="step", enabled=enabled)
 
     def update(self, loss: float, tokens_per_s: float) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
-            self.bar.update(1)
+        self.bar.update(1, loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}")
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
