@@ -45,11 +45,11 @@ def _log(step: str, text: str) -> None:
 
 def run_demo(out: str | Path, profile: DemoProfile = DemoProfile(), progress: bool = True) -> dict:
     from mixjax import laws
-    from mixjax.commands.optimize import plot, table
     from mixjax.fit import FitOptions, fit
     from mixjax.methods.offline import Li2025
     from mixjax.methods.sweep import run_sweep
     from mixjax.optimize import optimize
+    from mixjax.report import plot, table
     from mixjax.starter import cached_run, prepare_bundled, pretrained_base
     from mixjax.train import TrainConfig
 

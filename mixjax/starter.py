@@ -30,10 +30,10 @@ def prepare_bundled(out: str | Path, size_mb: float = 2.0, domains=None, progres
     """The bundled domains (dialogue, math, code, or a subset) written to OUT/sources and prepared
     into `data_dir` (default OUT/data); returns the PreparedData. Preparation is skipped when
     nothing changed."""
-    from mixjax.commands.prepare import format_manifest
     from mixjax.data.bundled import BUILDERS, write_bundled
     from mixjax.data.prepare import PrepareOptions, parse_domain_flag, prepare
     from mixjax.data.prepared import PreparedData
+    from mixjax.report import format_manifest
 
     out = Path(out)
     names = list(domains or BUILDERS)

@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from mixjax.data.prepare import PrepareOptions, SourceSpec, parse_domain_flag, prepare
     from mixjax.data.sources import source_files
     from mixjax.errors import MixjaxError
+    from mixjax.report import format_manifest
 
     default_format, per_domain = _formats(args.format)
     specs = [parse_domain_flag(v) for v in args.domain]
@@ -78,16 +79,3 @@ def run(args: argparse.Namespace) -> int:
     manifest = prepare(specs, args.out, options, progress=not args.quiet)
     print(format_manifest(manifest))
     return 0
-
-
-def format_manifest(manifest: dict) -> str:
-    """A table of each domain's train/validation examples and tokens."""
-    rows = [f"{'domain':<16} {'train ex':>9} {'train tok':>11} {'loss tok':>11} {'val ex':>7} {'val tok':>9}"]
-    for name, d in manifest["domains"].items():
-        t, v = d["train"], d["validation"]
-        rows.append(f"{name:<16} {t['examples']:>9,} {t['tokens']:>11,} {t['loss_tokens']:>11,} "
-                    f"{v['examples']:>7,} {v['tokens']:>9,}")
-    last = manifest.get("last_prepare", {})
-    rebuilt = last.get("rebuilt") or []
-    rows.append(f"rebuilt: {', '.join(rebuilt) if rebuilt else 'nothing (inputs unchanged)'}")
-    return "\n".join(rows)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from mixjax.errors import MixjaxError
 
 OFFLINE = ("stratified", "grid", "li2025", "dml", "regmix")
@@ -30,7 +32,9 @@ def _factory(name: str, num_domains: int | None):
         return RegMix
     if name == "aioli":
         from mixjax.methods.aioli import Aioli, AioliConfig
-        return lambda **options: Aioli(AioliConfig.released(num_domains or 3, **options))
+        build = lambda **options: Aioli(AioliConfig.released(num_domains or 3, **options))  # noqa: E731
+        build.options_from = AioliConfig  # its options are the config's fields
+        return build
     if name == "doremi":
         from mixjax.methods.doremi import DoReMi
         return DoReMi
@@ -43,19 +47,32 @@ def _factory(name: str, num_domains: int | None):
     raise MixjaxError(f"--method: unknown method '{name}'; known: {', '.join(names())}")
 
 
+def option_names(factory) -> set[str]:
+    """The keyword options a method's constructor takes, following `**kwargs` up to the base
+    classes' constructors (or, for a factory function, those of its `options_from` class)."""
+    cls = getattr(factory, "options_from", factory)
+    accepted = set()
+    for klass in inspect.getmro(cls)[:-1]:  # not object
+        if "__init__" not in vars(klass):
+            continue
+        params = list(inspect.signature(klass.__init__).parameters.values())[1:]  # not self
+        accepted |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return accepted
+
+
 def get(name: str, num_domains: int | None = None, **options):
     """A method object; `options` are its constructor's keyword arguments (an unknown one is a
     one-line error)."""
     factory = _factory(name, num_domains)
-    try:
-        return factory(**options)
-    except TypeError as e:
-        if "unexpected keyword argument" in str(e):
-            unknown = str(e).rsplit("argument", 1)[-1].strip()
-            raise MixjaxError(f"--method {name}: unknown option {unknown}") from None
-        if "takes no arguments" in str(e):
-            raise MixjaxError(f"--method {name}: takes no options (got {', '.join(options)})") from None
-        raise
+    known = option_names(factory)
+    if options and not known:
+        raise MixjaxError(f"--method {name}: takes no options (got {', '.join(options)})")
+    unknown = [option for option in options if option not in known]
+    if unknown:
+        raise MixjaxError(f"--method {name}: unknown option '{unknown[0]}'")
+    return factory(**options)
 
 
 def is_online(name: str) -> bool:

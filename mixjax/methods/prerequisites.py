@@ -39,7 +39,7 @@ def read_result(run_dir: Path) -> dict:
 def train_prerequisites(method, method_name: str, options: dict, data, budget_tokens: int, out, config,
                         log=print) -> dict[str, PrerequisiteResult]:
     """Train the method's prerequisite runs that are not finished; {name: PrerequisiteResult}."""
-    from mixjax.methods.sweep import _describe, check_sweep_dir
+    from mixjax.methods.sweep import check_sweep_dir, describe_runs
     from mixjax.train import run_training
     from mixjax.train.checkpoint import find_checkpoint
 
@@ -49,7 +49,7 @@ def train_prerequisites(method, method_name: str, options: dict, data, budget_to
     if keep and not config.checkpoint_every:
         config = dataclasses.replace(config, checkpoint_every=KEEP_FINAL_ONLY)
     if runs:
-        check_sweep_dir(out, _describe(method_name, options, runs, budget_tokens, data, config),
+        check_sweep_dir(out, describe_runs(method_name, options, runs, budget_tokens, data, config),
                         filename="prereq.json", what="prerequisite runs")
     results = {}
     for number, run in enumerate(runs, start=1):

@@ -35,7 +35,8 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return i, n
 
 
-def _describe(method_name, options, runs, budget_tokens, data, config, selection: dict | None = None) -> dict:
+def describe_runs(method_name, options, runs, budget_tokens, data, config, selection: dict | None = None) -> dict:
+    """The record of a set of runs that a rerun must match (sweep.json, prereq.json)."""
     description = {
         "method": method_name, "options": options, "budget_tokens": int(budget_tokens),
         "domains": list(data.domains), "data_source_groups": data.manifest.get("source_groups"),
@@ -153,7 +154,7 @@ def run_sweep(method, method_name: str, options: dict, data, budget_tokens: int,
     runs = method.propose(list(data.domains), int(budget_tokens))
     check_run_names(runs, f"--method {method_name}")
     selection = method.run_selection() if hasattr(method, "run_selection") else None
-    check_sweep_dir(out, _describe(method_name, options, runs, budget_tokens, data, config, selection))
+    check_sweep_dir(out, describe_runs(method_name, options, runs, budget_tokens, data, config, selection))
     mine = [r for i, r in enumerate(runs) if i % shard[1] == shard[0]]
     for number, run in enumerate(mine, start=1):
         run_dir = out / "runs" / run.name

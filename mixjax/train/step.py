@@ -98,15 +98,9 @@ class Stepper:
         if cfg.loss_chunk is not None and (cfg.loss_chunk < 1 or cfg.seq_len % cfg.loss_chunk):
             raise MixjaxError(f"--loss-chunk {cfg.loss_chunk} must be a positive divisor of --seq-len {cfg.seq_len}")
         abstract = nnx.eval_shape(lambda: Decoder(cfg.model, rngs=nnx.Rngs(0)))
-        self.graphdef, abs_state = nnx.split(abstract, nnx.Param)
-        self._state_def = jax.tree.structure(abs_state)
-        abs_pure = nnx.to_pure_dict(abs_state)
-        paths_a = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(abs_state)[0]]
-        paths_b = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(abs_pure)[0]]
-        assert [a.replace(".value", "") for a in paths_a] == paths_b, (paths_a, paths_b)
-        spec_pure = jax.tree.unflatten(jax.tree.structure(abs_pure),
-                                       jax.tree.leaves(nnx.get_partition_spec(abs_state),
-                                                       is_leaf=lambda x: isinstance(x, P)))
+        self.graphdef, self._abstract_state = nnx.split(abstract, nnx.Param)
+        abs_pure = nnx.to_pure_dict(self._abstract_state)
+        spec_pure = nnx.to_pure_dict(nnx.get_partition_spec(self._abstract_state))
         self.param_shardings = meshlib.shardings_for(abs_pure, spec_pure, mesh)
         self.abstract_params = abs_pure
         self.tx = adamw_direction(cfg.b1, cfg.b2, cfg.eps, cfg.weight_decay, cfg.clip_norm)
@@ -142,7 +136,10 @@ class Stepper:
 
     # -- model <-> params ---------------------------------------------------------------------
     def merge(self, params) -> Decoder:
-        return nnx.merge(self.graphdef, jax.tree.unflatten(self._state_def, jax.tree.leaves(params)))
+        """The Decoder holding `params` (a pure dict, as in the train state), matched by path."""
+        state = jax.tree.map(lambda x: x, self._abstract_state)  # a copy to fill in
+        nnx.replace_by_pure_dict(state, params)
+        return nnx.merge(self.graphdef, state)
 
     def _init(self, key):
         return init_params(self.cfg.model, key)

@@ -1,0 +1,127 @@
+"""What the commands, the demo and the starter print and save: a prepared data manifest as a table;
+an `optimize` result's weights vs budget as a table and as plots (with the law's fitted curves)."""
+
+from __future__ import annotations
+
+
+def format_manifest(manifest: dict) -> str:
+    """A table of each domain's train/validation examples and tokens (a `prepare` manifest)."""
+    rows = [f"{'domain':<16} {'train ex':>9} {'train tok':>11} {'loss tok':>11} {'val ex':>7} {'val tok':>9}"]
+    for name, d in manifest["domains"].items():
+        t, v = d["train"], d["validation"]
+        rows.append(f"{name:<16} {t['examples']:>9,} {t['tokens']:>11,} {t['loss_tokens']:>11,} "
+                    f"{v['examples']:>7,} {v['tokens']:>9,}")
+    last = manifest.get("last_prepare", {})
+    rebuilt = last.get("rebuilt") or []
+    rows.append(f"rebuilt: {', '.join(rebuilt) if rebuilt else 'nothing (inputs unchanged)'}")
+    return "\n".join(rows)
+
+
+def table(result) -> str:
+    """Weights vs budget, with the predicted total loss."""
+    width = max(8, *(len(d) + 1 for d in result.domains))
+    head = f"{'budget':>12}" + "".join(f"{d:>{width}}" for d in result.domains) + f"{'total loss':>12}"
+    rows = [head]
+    for b, budget in enumerate(result.budgets):
+        cells = "".join(f"{w:>{width}.4f}" for w in result.weights[b])
+        rows.append(f"{budget:>12.4g}{cells}{result.predicted_loss[b].sum():>12.5g}")
+    return "\n".join(rows)
+
+
+def plot(fitted, result, obs, out_dir, bounds) -> list[str]:
+    """Save weights_vs_budget.png and fit.png (per-domain curves, observed points if any)."""
+    import os
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from mixjax.errors import MixjaxError
+    from mixjax.optimize import optimize
+
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    lo, hi = result.budgets.min() / 4, result.budgets.max() * 4
+    try:
+        dense = optimize(fitted, np.geomspace(lo, hi, 40), **bounds)
+    except MixjaxError:
+        dense = result
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for j, d in enumerate(fitted.domains):
+        line = ax.plot(dense.budgets, dense.weights[:, j], label=d)[0]
+        ax.scatter(result.budgets, result.weights[:, j], color=line.get_color(), zorder=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("budget (tokens)")
+    ax.set_ylabel("optimal weight")
+    ax.set_title(f"{fitted.law.name}: optimal weights vs budget")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(_save(fig, os.path.join(out_dir, "weights_vs_budget.png")))
+    plt.close(fig)
+    paths.append(_plot_fit(fitted, obs, result, os.path.join(out_dir, "fit.png")))
+    return paths
+
+
+def _plot_fit(fitted, obs, result, path) -> str:
+    """Per domain: the law's loss vs that domain's tokens, others held at their median."""
+    import jax
+    import jax.numpy as jnp
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from mixjax.laws import predict
+
+    K = len(fitted.domains)
+    if obs is not None:
+        base_tokens = np.median(obs.tokens, axis=0)
+    else:
+        base_tokens = np.full(K, result.budgets.min() / K)
+    fig, axes = plt.subplots(1, K, figsize=(4 * K, 3.5), squeeze=False)
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), fitted.params)
+        predict_many = jax.vmap(lambda t: predict(fitted.law, params, t))
+        for j, d in enumerate(fitted.domains):
+            ax = axes[0, j]
+            if obs is not None:
+                own = obs.tokens[:, j]
+                xs = np.geomspace(max(own[own > 0].min() / 2, 1.0), own.max() * 2, 80)
+            else:
+                xs = np.geomspace(base_tokens[j] / 10, base_tokens[j] * 10, 80)
+            grid = np.tile(base_tokens, (xs.size, 1))
+            grid[:, j] = xs
+            curve = np.asarray(predict_many(jnp.asarray(grid / fitted.token_unit)))[:, j]
+            ax.plot(xs, curve, label="law (others at median)")
+            if obs is not None:
+                seen = obs.observed[:, j]
+                predicted = np.asarray(predict_many(jnp.asarray(obs.tokens / fitted.token_unit)))[:, j]
+                ax.scatter(obs.tokens[seen, j], obs.losses[seen, j], color="k", s=14, label="observed")
+                ax.scatter(obs.tokens[seen, j], predicted[seen], marker="x", color="C1", s=18,
+                           label="law at each run")
+            ax.set_xscale("log")
+            ax.set_xlabel(f"tokens of {d}")
+            ax.set_ylabel(f"loss on {d}")
+            ax.set_title(d)
+        axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def _save(fig, path) -> str:
+    """Save a figure atomically (temp file in the same folder, then rename)."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=".plot.", suffix=".png", dir=os.path.dirname(path) or ".")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
