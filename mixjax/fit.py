@@ -158,7 +158,8 @@ _compiled_fit = QuickCompiled(
     _fit_from_starts, ("law", "solver", "n_random", "huber_delta", "max_steps")
 )
 _compiled_first_starts = QuickCompiled(_first_starts, ("law",))
-_compiled_bootstrap = QuickCompiled(_bootstrap_weights_kw, ("law",))
+# the optimal weights of many parameter draws in one compiled call (the bootstrap's; mixjax.adaptive's)
+compiled_bootstrap_weights = QuickCompiled(_bootstrap_weights_kw, ("law",))
 
 
 def check_enough_runs(law: Law, obs: Observations) -> None:
@@ -401,7 +402,7 @@ def _bootstrap_report(law, fitted: FittedLaw, raw_BxKxP, budgets_B, rescale_fact
 
     K = len(fitted.domains)
     weights_BxNxK = np.asarray(
-        _compiled_bootstrap(
+        compiled_bootstrap_weights(
             raw_BxKxP,
             jnp.asarray(rescale_factor),
             jnp.asarray(budgets_B / fitted.token_unit),

@@ -1,0 +1,458 @@
+"""Adaptive perturbation design: which run to train next, and when the optimum is known.
+
+li2025's Algorithm 1 trains a fixed 1 + 4K runs. Here the runs come one (or a few) at a time:
+
+1. `assess` fits the law to the runs so far and measures how uncertain the optimal weights at
+   the target budget are: the 90% interval (5th-95th percentile) of every weight.
+2. `should_stop`: stop when every weight's interval is narrower than a tolerance (default 0.02).
+3. Otherwise `candidate_runs` lists li2025's perturbation family around the *current* estimate
+   of the optimum (the base run's per-domain tokens n scaled to the estimated optimal mixture,
+   each domain x 0.25, 0.5, 2, 3 with the others kept) plus a few mixtures near the optimum, and
+   `propose_next` picks the candidate(s) that most increase log det of the Fisher information
+   of the law's parameters (D-optimal design).
+
+Choices, and why:
+
+- **D-optimal design on the law's Jacobian.** With Gaussian noise of one size on every loss, the
+  Fisher information of domain i's free parameters theta_i (the law's unconstrained vector: log C,
+  log k, logit alpha, log beta, log E for li2025) is F_i = J_i^T J_i / sigma^2, J_i the Jacobian of
+  domain i's predicted loss at the observed runs (jax.jacfwd at the fitted parameters). A new run
+  adds one row g_i to every domain's J_i (every run measures every domain), so its gain is
+  sum_i [log det(F_i + g_i g_i^T) - log det F_i] = sum_i log(1 + g_i^T F_i^-1 g_i): cheap (no
+  refits), deterministic, and independent of sigma. Several runs are chosen greedily (each pick
+  updates F). F gets a tiny ridge (1e-13 of its largest diagonal entry; F from a few runs often has a
+  condition number of 1e9-1e10, so a larger ridge would change the ranking) so that a singular F (a
+  parameter the runs do not see) still ranks candidates: the ones that see it win. The optimal
+  weights are a smooth function of theta, so shrinking the parameter confidence region shrinks
+  theirs; D-optimality does not weigh parameters by how much they move the weights (a c- or
+  A-optimal criterion on dw/dtheta would, at the cost of differentiating the optimiser).
+- **Uncertainty of the weights.** `method="laplace"` (default): the Gaussian approximation of the
+  fit, theta_i ~ N(theta_hat_i, s^2 F_i^-1) with s^2 the residual variance pooled over domains,
+  sampled `n_boot` times and mapped to optimal weights by the fit's bootstrap solver (the same
+  compiled, vmapped optimiser `mixjax fit --budget` uses). It is consistent with the design
+  criterion and deterministic for a seed. `method="bootstrap"`: `fit`'s own bootstrap (resampling
+  runs, refitting each resample); with few runs a resample often holds fewer distinct runs than
+  the law has parameters, so its intervals are then very wide and noisy - which is why it is not
+  the default for a design that starts from a handful of runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import numpy as np
+
+from mixjax.errors import MixjaxError
+from mixjax.methods.base import ProposedRun
+from mixjax.methods.li2025_design import DEFAULT_FACTORS
+
+DEFAULT_TOLERANCE = 0.02
+NEAR_FACTORS = (1.5, 1 / 1.5)  # one domain's weight x these (renormalised), at the base total
+SCALE_FACTORS = (0.5, 2.0)  # the estimated optimum itself at these multiples of the base total
+
+
+@dataclasses.dataclass
+class Assessment:
+    """The current fit, its optimal weights at the budget and their 90% intervals."""
+
+    fitted: object  # FittedLaw
+    domains: list[str]
+    budget_tokens: float
+    weights: np.ndarray  # (K,) optimal weights of the fit
+    p05: np.ndarray  # (K,)
+    p95: np.ndarray  # (K,)
+    method: str
+    n_samples: int  # finite samples behind the interval
+
+    @property
+    def widths(self) -> np.ndarray:
+        return self.p95 - self.p05
+
+    def to_json(self) -> dict:
+        return {"budget_tokens": _number(self.budget_tokens), "uncertainty": self.method,
+                "n_samples": self.n_samples,
+                "weights": dict(zip(self.domains, self.weights.tolist())),
+                "weights_p05": dict(zip(self.domains, self.p05.tolist())),
+                "weights_p95": dict(zip(self.domains, self.p95.tolist())),
+                "widths": dict(zip(self.domains, self.widths.tolist()))}
+
+
+def _number(x):
+    return int(x) if float(x).is_integer() else float(x)
+
+
+# -- identifiability -------------------------------------------------------------------------------
+
+def identification_problems(observations, law) -> list[str]:
+    """Why the runs cannot identify `law` (one phrase per domain, saying which runs would), or [].
+
+    Per domain i, over the runs that measure its loss: at least n_free + 1 distinct token
+    settings (the fit's rule, counting distinct settings, not repeats); for laws of token counts
+    (li2025), at least 3 distinct values of domain i's own tokens (C, beta, E of its power law) and
+    at least 2 of the other domains' total (the transfer terms k, alpha)."""
+    n_free = law.n_free(len(observations.domains))
+    problems = []
+    for j, d in enumerate(observations.domains):
+        rows = observations.observed[:, j]
+        tokens = observations.tokens[rows]
+        own = _distinct(tokens[:, j])
+        others = _distinct(tokens.sum(axis=1) - tokens[:, j])
+        if law.uses_proportions:
+            props = tokens / tokens.sum(axis=1, keepdims=True)
+            settings = len({tuple(np.round(p, 9)) for p in props})
+        else:
+            settings = len({tuple(np.round(t / max(tokens.max(), 1.0), 9)) for t in tokens})
+        hints = []
+        if not law.uses_proportions and own < 3:
+            hints.append(f"add runs that vary domain {d}'s tokens ({own} distinct value(s); e.g. {d} x0.5 and x2)")
+        if not law.uses_proportions and others < 2:
+            hints.append(f"add runs that vary the tokens of the domains other than {d} (e.g. keep {d} and scale the others x2)")
+        if settings < n_free + 1:
+            hints.append(f"add at least {n_free + 1 - settings} run(s) with new token counts")
+        if hints:
+            problems.append(f"{d}: {settings} distinct run(s) for {n_free} free parameters: " + "; ".join(hints))
+    return problems
+
+
+def _distinct(values) -> int:
+    values = np.asarray(values, np.float64)
+    if values.size == 0:
+        return 0
+    scale = max(float(np.max(np.abs(values))), 1.0)
+    return len(np.unique(np.round(values / scale, 9)))
+
+
+def check_identifiable(observations, law) -> None:
+    """A one-line MixjaxError naming the runs that would identify the law, if the runs do not."""
+    problems = identification_problems(observations, law)
+    if problems:
+        raise MixjaxError(f"the runs do not identify law {law.name}: " + " | ".join(problems))
+
+
+# -- fit, uncertainty, stopping -------------------------------------------------------------------
+
+def _fit(observations, law, budget_tokens, fit_options, token_unit, n_boot=0, seed=0):
+    from mixjax.fit import FitOptions, fit
+
+    check_identifiable(observations, law)
+    options = fit_options or FitOptions(n_starts=16, leave_one_out=False)
+    options = dataclasses.replace(options, n_bootstrap=n_boot, seed=seed, leave_one_out=False)
+    fitted = fit(law, observations, token_unit=token_unit, budgets=[budget_tokens] if n_boot else (),
+                 options=options)
+    if fitted.diagnostics.get("under_determined"):
+        hints = identification_problems(observations, law)
+        raise MixjaxError(f"the runs do not identify law {law.name}: "
+                          + (" | ".join(hints) if hints else fitted.diagnostics["message"]))
+    return fitted
+
+
+def raw_params(fitted) -> np.ndarray:
+    """The fitted parameters as the law's unconstrained vectors (K, P), in the fit's token unit."""
+    import jax
+    import jax.numpy as jnp
+
+    from mixjax.laws import domain_params
+
+    K = len(fitted.domains)
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), fitted.params)
+        return np.stack([np.asarray(fitted.law.pack(domain_params(params, i), K, i)) for i in range(K)])
+
+
+def loss_jacobians(fitted, tokens_RxK) -> np.ndarray:
+    """d loss_i / d theta_i (R, K, P) at runs of `tokens_RxK` (tokens), theta_i the unconstrained
+    parameters of domain i at the fit (jax.jacfwd of the law's per-domain loss)."""
+    import jax
+    import jax.numpy as jnp
+
+    K = len(fitted.domains)
+    raw = raw_params(fitted)
+    tokens = np.asarray(tokens_RxK, np.float64).reshape(-1, K) / fitted.token_unit
+    if not len(tokens):
+        return np.zeros((0, K, raw.shape[1]))
+    with jax.enable_x64(True):
+        return np.asarray(_jacobian_fn(fitted.law, K)(jnp.asarray(raw), jnp.asarray(tokens)))
+
+
+@functools.lru_cache(maxsize=None)
+def _jacobian_fn(law, K):
+    import jax
+    import jax.numpy as jnp
+
+    def row(raw_P, t_K, i):
+        return jax.jacfwd(lambda r: law.domain_loss(law.unpack(r, K, i), t_K, i))(raw_P)
+
+    per_domain = jax.vmap(row, in_axes=(0, None, 0))
+    return jax.jit(lambda raw, tokens: jax.vmap(lambda t: per_domain(raw, t, jnp.arange(K)))(tokens))
+
+
+def fisher(jac_RxKxP, observed_RxK=None) -> np.ndarray:
+    """J_i^T J_i per domain (K, P, P), over the runs where domain i's loss was measured."""
+    jac = np.asarray(jac_RxKxP, np.float64)
+    if observed_RxK is not None:
+        jac = jac * np.asarray(observed_RxK, np.float64)[:, :, None]
+    return np.einsum("rkp,rkq->kpq", jac, jac)
+
+
+def _ridge(F_KxPxP, rel: float = 1e-13) -> np.ndarray:
+    P = F_KxPxP.shape[-1]
+    diag = np.max(np.diagonal(F_KxPxP, axis1=1, axis2=2), axis=1)
+    eps = rel * np.maximum(diag, 1e-300)
+    return F_KxPxP + eps[:, None, None] * np.eye(P)[None]
+
+
+def log_det_gain(F_KxPxP, rows_KxP) -> float:
+    """log det(F_i + g_i g_i^T) - log det F_i, summed over domains (matrix determinant lemma)."""
+    F = _ridge(np.asarray(F_KxPxP, np.float64))
+    g = np.asarray(rows_KxP, np.float64)
+    q = np.einsum("kp,kp->k", g, np.linalg.solve(F, g[..., None])[..., 0])
+    return float(np.sum(np.log1p(np.maximum(q, 0.0))))
+
+
+def assess(observations, law, budget_tokens, *, n_boot: int = 200, seed: int = 0, method: str = "laplace",
+           fit_options=None, token_unit: float = 1e6) -> Assessment:
+    """Fit `law`, optimise at `budget_tokens`, and the 90% interval of every optimal weight.
+
+    method "laplace" (default): n_boot draws from the fit's Gaussian approximation (module doc);
+    "bootstrap": fit's bootstrap with n_boot resamples of the runs (each one a refit, slower)."""
+    from mixjax.optimize import check_budgets, optimize
+
+    check_budgets([budget_tokens])
+    if method not in ("laplace", "bootstrap"):
+        raise MixjaxError(f"uncertainty method must be 'laplace' or 'bootstrap', got {method!r}")
+    if n_boot < 10:
+        raise MixjaxError(f"n_boot: need at least 10 samples for a 90% interval, got {n_boot}")
+    K = len(observations.domains)
+    fitted = _fit(observations, law, budget_tokens, fit_options, token_unit,
+                  n_boot=n_boot if method == "bootstrap" else 0, seed=seed)
+    weights = optimize(fitted, [budget_tokens]).weights[0]
+    if method == "bootstrap":
+        res = fitted.diagnostics["bootstrap"]["results"][0]
+        p05 = np.array([res["weights_p05"][d] for d in fitted.domains])
+        p95 = np.array([res["weights_p95"][d] for d in fitted.domains])
+        n_ok = int(fitted.diagnostics["bootstrap"]["n_resamples"])
+        if n_ok < n_boot // 2:
+            p05, p95 = np.zeros(K), np.ones(K)
+        return Assessment(fitted, list(fitted.domains), float(budget_tokens), weights, p05, p95, method, n_ok)
+    samples = _laplace_weights(fitted, observations, budget_tokens, n_boot, seed)
+    ok = np.all(np.isfinite(samples), axis=1)
+    if ok.sum() < n_boot // 2:  # the approximation is too wide to say anything
+        p05, p95 = np.zeros(K), np.ones(K)
+    else:
+        p05, p95 = np.percentile(samples[ok], [5, 95], axis=0)
+    return Assessment(fitted, list(fitted.domains), float(budget_tokens), weights, p05, p95, method, int(ok.sum()))
+
+
+def _laplace_weights(fitted, observations, budget_tokens, n_boot, seed) -> np.ndarray:
+    """Optimal weights (n_boot, K) for parameters drawn from N(theta_hat, s^2 F^-1) per domain."""
+    import jax
+    import jax.numpy as jnp
+
+    from mixjax.fit import compiled_bootstrap_weights
+
+    obs = observations.select(fitted.domains)
+    K = len(fitted.domains)
+    jac = loss_jacobians(fitted, obs.tokens)
+    F = _ridge(fisher(jac, obs.observed))
+    P = F.shape[-1]
+    per = fitted.diagnostics["domains"]
+    ss = sum(q["rmse"] ** 2 * q["n_observations"] for q in per.values())
+    dof = sum(q["n_observations"] - q["n_free_params"] for q in per.values())
+    s2 = ss / max(dof, 1)
+    cov = s2 * np.linalg.inv(F)
+    cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
+    rng = np.random.default_rng(seed)
+    raw = raw_params(fitted)
+    draws = np.empty((n_boot, K, P))
+    for i in range(K):
+        vals, vecs = np.linalg.eigh(cov[i])
+        root = vecs * np.sqrt(np.maximum(vals, 0.0))
+        draws[:, i] = raw[i] + rng.standard_normal((n_boot, P)) @ root.T
+    B = -(-n_boot // 8) * 8  # pad to a multiple of 8: one compiled solve for similar sizes
+    draws = np.concatenate([draws, np.broadcast_to(raw, (B - n_boot, K, P))])
+    with jax.enable_x64(True), np.errstate(over="ignore", invalid="ignore"):
+        w = compiled_bootstrap_weights(jnp.asarray(draws), jnp.asarray(1.0),
+                                jnp.asarray([budget_tokens / fitted.token_unit]),
+                                jnp.zeros(K), jnp.ones((1, K)), law=fitted.law)
+    return np.asarray(w)[:n_boot, 0]
+
+
+def weight_uncertainty(observations, law, budget_tokens, n_boot: int = 200, seed: int = 0,
+                       method: str = "laplace", **kwargs) -> np.ndarray:
+    """The 90% interval width (K,) of each optimal weight at `budget_tokens` (see `assess`)."""
+    return assess(observations, law, budget_tokens, n_boot=n_boot, seed=seed, method=method, **kwargs).widths
+
+
+def should_stop(widths, tolerance: float = DEFAULT_TOLERANCE) -> bool:
+    """True when every weight's 90% interval is narrower than `tolerance`."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.floating)) \
+            or not math.isfinite(tolerance) or tolerance <= 0:
+        raise MixjaxError(f"--tolerance: must be a positive number, got {tolerance!r}")
+    w = np.asarray(list(widths.values()) if isinstance(widths, dict) else widths, np.float64)
+    return bool(w.size and np.all(np.isfinite(w)) and np.all(w < tolerance))
+
+
+# -- candidates and the choice --------------------------------------------------------------------
+
+def _round3(x: float) -> int:
+    """x rounded to 3 significant figures (an integer number of tokens)."""
+    if x <= 0:
+        return 0
+    digits = 3 - int(math.floor(math.log10(x))) - 1
+    return int(round(x, digits))
+
+
+def _format_tokens(n: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
+def run_from_tokens(tokens: dict[str, float]) -> ProposedRun:
+    """A run of these per-domain tokens, each rounded to 3 significant figures, named after them
+    ("if=1.2M+math=800k+code=1M"): the name is a function of the run, so a resumed sweep finds it."""
+    rounded = {d: _round3(float(t)) for d, t in tokens.items()}
+    total = sum(rounded.values())
+    if total <= 0:
+        raise MixjaxError("a candidate run has no tokens")
+    name = "+".join(f"{d}={_format_tokens(n)}" for d, n in rounded.items())
+    return ProposedRun(name, {d: n / total for d, n in rounded.items()}, int(total))
+
+
+def run_tokens(run: ProposedRun) -> dict[str, float]:
+    return {d: w * run.budget_tokens for d, w in run.weights.items()}
+
+
+def candidate_runs(observations, domains, budget_tokens, base_fraction: float = 0.25, *, weights=None,
+                   law=None, factors=DEFAULT_FACTORS, fit_options=None) -> list[ProposedRun]:
+    """li2025's perturbation family around the current estimate of the optimum, plus mixtures near it.
+
+    The base run has base_fraction x budget tokens split as the estimated optimal weights `weights`
+    (a {domain: weight} dict or (K,) array; None: fit `law` (default li2025) to `observations` and
+    optimise at the budget, or uniform when there are no observations). Candidates: that base run;
+    each domain's tokens x `factors` with the others kept; each domain's weight x 1.5 and / 1.5
+    (renormalised) at the base total; the estimated optimum at 0.5x and 2x the base total. Token
+    counts are rounded to 3 significant figures and the names come from them (`run_from_tokens`):
+    stable and unique. Runs already in `observations` (by name) are left out."""
+    from mixjax.optimize import check_budgets
+
+    domains = list(domains)
+    K = len(domains)
+    if K < 2:
+        raise MixjaxError("adaptive design needs at least 2 domains")
+    check_budgets([budget_tokens])
+    if not (base_fraction > 0):
+        raise MixjaxError(f"--base-fraction: must be positive, got {base_fraction}")
+    w = _current_weights(observations, domains, budget_tokens, weights, law, fit_options)
+    total = base_fraction * float(budget_tokens)
+    base = {d: total * w[j] for j, d in enumerate(domains)}
+    # a domain at weight ~0 would never be perturbed: give it at least 1% of the base total
+    floor = 0.01 * total
+    base = {d: max(n, floor) for d, n in base.items()}
+    tokens_list = [base]
+    for d in domains:
+        for f in factors:
+            tokens_list.append({o: n * f if o == d else n for o, n in base.items()})
+    for d in domains:
+        for f in NEAR_FACTORS:
+            mixed = {o: n * f if o == d else n for o, n in base.items()}
+            s = sum(mixed.values())
+            tokens_list.append({o: n * sum(base.values()) / s for o, n in mixed.items()})
+    for f in SCALE_FACTORS:
+        tokens_list.append({o: n * f for o, n in base.items()})
+    seen = set(observations.runs) if observations is not None else set()
+    out = []
+    for tokens in tokens_list:
+        run = run_from_tokens(tokens)
+        if run.name not in seen:
+            seen.add(run.name)
+            out.append(run)
+    return out
+
+
+def _current_weights(observations, domains, budget_tokens, weights, law, fit_options) -> np.ndarray:
+    K = len(domains)
+    if weights is not None:
+        if isinstance(weights, dict):
+            missing = [d for d in domains if d not in weights]
+            if missing:
+                raise MixjaxError(f"weights: no weight for domain {missing[0]!r}")
+            weights = [weights[d] for d in domains]
+        w = np.asarray(weights, np.float64)
+        if w.shape != (K,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+            raise MixjaxError(f"weights: need {K} non-negative weights, got {np.asarray(weights).tolist()}")
+        return w / w.sum()
+    if observations is None or not len(observations.runs):
+        return np.full(K, 1.0 / K)
+    from mixjax import laws
+    from mixjax.optimize import optimize
+
+    law = law or laws.get("li2025")
+    fitted = _fit(observations.select(domains), law, budget_tokens, fit_options, 1e6)
+    return optimize(fitted, [budget_tokens]).weights[0]
+
+
+def initial_runs(domains, budget_tokens, base_fraction: float = 0.25, factors=(0.5, 2.0)) -> list[ProposedRun]:
+    """A small identifiable start for li2025: the uniform base run and each domain x 0.5 and x 2
+    (1 + 2K runs), named like the candidates (a later candidate with the same tokens is the same run)."""
+    K = len(domains)
+    n = base_fraction * float(budget_tokens) / K
+    base = {d: n for d in domains}
+    tokens = [base] + [{o: n * f if o == d else n for o in domains} for d in domains for f in factors]
+    return [run_from_tokens(t) for t in tokens]
+
+
+def _check_candidates(candidates, domains) -> None:
+    if not candidates:
+        raise MixjaxError("no candidate runs to choose from")
+    want = set(domains)
+    for run in candidates:
+        have = set(run.weights)
+        if have != want:
+            missing = sorted(want - have)
+            extra = sorted(have - want)
+            what = (f"lacks the observed domain(s) {', '.join(missing)}" if missing
+                    else f"has domain(s) {', '.join(extra)} that the observations do not")
+            raise MixjaxError(f"candidate run {run.name!r} {what}; candidates must cover exactly the "
+                              f"observations' domains {list(domains)}")
+
+
+def candidate_gains(fitted, observations, candidates) -> np.ndarray:
+    """Each candidate's D-optimal gain (log det increase of the Fisher information) on the runs so far."""
+    obs = observations.select(fitted.domains)
+    F = fisher(loss_jacobians(fitted, obs.tokens), obs.observed)
+    tokens = np.array([[run_tokens(c)[d] for d in fitted.domains] for c in candidates])
+    rows = loss_jacobians(fitted, tokens)
+    return np.array([log_det_gain(F, rows[c]) for c in range(len(candidates))])
+
+
+def propose_next(observations, law, budget_tokens, candidates, n: int = 1, *, fitted=None, fit_options=None,
+                 token_unit: float = 1e6) -> list[ProposedRun]:
+    """The `n` candidates that most increase log det of the Fisher information of the law's
+    parameters at the fit (D-optimal; greedy, each pick added before the next). Candidates named
+    like an observed run are skipped. `fitted`: a fit of `law` to `observations` to reuse."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise MixjaxError(f"--runs: must be a whole number >= 1, got {n!r}")
+    domains = list(observations.domains)
+    _check_candidates(candidates, domains)
+    if fitted is None:
+        fitted = _fit(observations, law, budget_tokens, fit_options, token_unit)
+    obs = observations.select(fitted.domains)
+    pool = [c for c in candidates if c.name not in set(obs.runs)]
+    names = [c.name for c in pool]
+    if len(set(names)) != len(names):
+        dup = next(x for x in names if names.count(x) > 1)
+        raise MixjaxError(f"candidate run name {dup!r} appears twice")
+    F = fisher(loss_jacobians(fitted, obs.tokens), obs.observed)
+    tokens = np.array([[run_tokens(c)[d] for d in fitted.domains] for c in pool]).reshape(len(pool), -1)
+    rows = loss_jacobians(fitted, tokens) if len(pool) else np.zeros((0,) + F.shape[:2])
+    chosen = []
+    for _ in range(min(n, len(pool))):
+        gains = [log_det_gain(F, rows[c]) if c not in chosen else -np.inf for c in range(len(pool))]
+        best = int(np.argmax(gains))
+        chosen.append(best)
+        F = F + np.einsum("kp,kq->kpq", rows[best], rows[best])
+    return [pool[c] for c in chosen]

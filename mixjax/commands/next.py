@@ -1,0 +1,72 @@
+"""`mixjax next`: from the runs so far, the next run(s) to train and whether to stop (adaptive design)."""
+
+from __future__ import annotations
+
+DESCRIPTION = """Fit a mixing law to the runs so far (observations CSV: run, tokens_<d>, loss_<d>),
+print the optimal weights at --budget-tokens with their 90% intervals, and say whether to stop:
+every weight's interval narrower than --tolerance. Unless it is time to stop, propose the next
+--runs run(s): among li2025's perturbations around the current optimum and mixtures near it, the
+ones that most increase log det of the Fisher information of the law's parameters (D-optimal).
+RUNS.json lists them as [{"name", "weights", "budget_tokens"}] (the run entries of sweep.json);
+it is [] when the rule says stop. Names are made from the runs' token counts, so proposing again
+from the same runs gives the same names."""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("next", help="propose the next run(s) of an adaptive design, or stop",
+                                   description=DESCRIPTION)
+    parser.add_argument("observations", metavar="OBSERVATIONS.csv", help="the runs so far (CSV)")
+    parser.add_argument("--budget-tokens", required=True, help="the target budget (e.g. 5e6 or 5M)")
+    parser.add_argument("--law", default="li2025", help="the law to fit (default li2025)")
+    parser.add_argument("--tolerance", type=float, default=0.02,
+                        help="stop when every weight's 90%% interval is narrower than this (default 0.02)")
+    parser.add_argument("--runs", type=int, default=1, help="runs to propose (default 1)")
+    parser.add_argument("--base-fraction", type=float, default=0.25,
+                        help="the candidates' base run has this fraction of the budget (default 0.25, as li2025)")
+    parser.add_argument("--uncertainty", choices=("laplace", "bootstrap"), default="laplace",
+                        help="how the weight intervals are estimated (default laplace: the fit's Gaussian "
+                             "approximation; bootstrap: refits on resampled runs)")
+    parser.add_argument("--samples", type=int, default=200, help="draws or resamples for the intervals (default 200)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, metavar="RUNS.json", help="where to write the proposed runs")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from mixjax import adaptive, laws
+    from mixjax.commands.fit import check_output_path
+    from mixjax.commands.train import parse_tokens
+    from mixjax.io import write_json_atomic
+    from mixjax.observations import read_csv
+
+    check_output_path(args.out, "--out")
+    adaptive.should_stop([0.0], args.tolerance)  # checks --tolerance before any work
+    if args.runs < 1:
+        from mixjax.errors import MixjaxError
+
+        raise MixjaxError(f"--runs: must be at least 1, got {args.runs}")
+    budget = parse_tokens(args.budget_tokens, "--budget-tokens")
+    law = laws.get(args.law)
+    obs = read_csv(args.observations)
+    a = adaptive.assess(obs, law, budget, n_boot=args.samples, seed=args.seed, method=args.uncertainty)
+    stop = adaptive.should_stop(a.widths, args.tolerance)
+    print(f"law {law.name} on {len(obs.runs)} runs; optimal weights at {budget:,} tokens "
+          f"(90% interval, {args.uncertainty}):")
+    for j, d in enumerate(a.domains):
+        print(f"  {d:<16}{a.weights[j]:.4f}  [{a.p05[j]:.4f}, {a.p95[j]:.4f}]  width {a.widths[j]:.4f}")
+    widest = int(a.widths.argmax())
+    if stop:
+        print(f"stop: yes - every interval is narrower than {args.tolerance:g}")
+        proposed = []
+    else:
+        print(f"stop: no - {a.domains[widest]}'s interval is {a.widths[widest]:.4f} wide "
+              f"(tolerance {args.tolerance:g})")
+        candidates = adaptive.candidate_runs(obs, a.domains, budget, args.base_fraction, weights=a.weights)
+        proposed = adaptive.propose_next(obs, law, budget, candidates, n=args.runs, fitted=a.fitted)
+        for r in proposed:
+            mix = ", ".join(f"{d} {w:.3f}" for d, w in r.weights.items())
+            print(f"next: {r.name}  ({r.budget_tokens:,} tokens: {mix})")
+    write_json_atomic(args.out, [{"name": r.name, "weights": r.weights, "budget_tokens": r.budget_tokens}
+                                 for r in proposed])
+    print(f"wrote {args.out} ({len(proposed)} run(s))")
+    return 0

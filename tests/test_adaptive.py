@@ -1,0 +1,207 @@
+"""mixjax.adaptive (issue 18): the D-optimal choice against log det gains computed independently
+(numpy, finite differences), the stopping rule, candidate names, the one-line errors, `mixjax next`
+end to end, and experiments/adaptive_design.py --quick."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mixjax import adaptive, laws
+from mixjax.cli import main
+from mixjax.errors import MixjaxError
+from mixjax.names import check_run_name
+from mixjax.observations import Observations, simulate, write_csv
+from tests.law_fixtures import paper_like_law
+
+BUDGET = 5e6
+LAW = laws.get("li2025")
+
+
+def _simulate(truth, runs, noise=1e-3, seed=0):
+    tokens = np.array([[adaptive.run_tokens(r)[d] for d in truth.domains] for r in runs])
+    return simulate(truth, [r.name for r in runs], tokens, noise=noise, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def truth():
+    return paper_like_law()
+
+
+@pytest.fixture(scope="module")
+def start_obs(truth):
+    return _simulate(truth, adaptive.initial_runs(truth.domains, BUDGET))
+
+
+# -- the D-optimal criterion ------------------------------------------------------------------------
+
+def test_log_det_gain_zero_row_adds_nothing_and_an_unseen_direction_wins():
+    F = np.array([np.diag([4.0, 1.0, 0.0])])  # the third parameter is not seen by any run
+    assert adaptive.log_det_gain(F, np.zeros((1, 3))) == pytest.approx(0.0, abs=1e-12)
+    seen = adaptive.log_det_gain(F, np.array([[10.0, 0.0, 0.0]]))  # big, but along a known direction
+    unseen = adaptive.log_det_gain(F, np.array([[0.0, 0.0, 0.1]]))
+    assert seen == pytest.approx(np.log(1 + 100 / 4), rel=1e-6)
+    assert unseen > seen > 0
+
+
+def _numpy_loss(raw, tokens, i):
+    """li2025 loss of domain i, written out in numpy from the law's formula (unit 1e6 tokens)."""
+    C, k, b, E = np.exp(raw[0]), np.exp(raw[1]), np.exp(raw[3]), np.exp(raw[4])
+    a = 1 / (1 + np.exp(-raw[2]))
+    own = tokens[i]
+    m = tokens.sum() - own
+    return C * (own + min(k * m**a, m)) ** (-b) + E
+
+
+def _numpy_rows(raw_KxP, tokens_K, h=1e-3):
+    """d loss_i / d raw_i by the 5-point central difference (error O(h^4))."""
+    K, P = raw_KxP.shape
+    rows = np.zeros((K, P))
+    for i in range(K):
+        for p in range(P):
+            def f(step):
+                r = raw_KxP[i].copy()
+                r[p] += step
+                return _numpy_loss(r, tokens_K, i)
+            rows[i, p] = (-f(2 * h) + 8 * f(h) - 8 * f(-h) + f(-2 * h)) / (12 * h)
+    return rows
+
+
+def test_propose_next_picks_the_largest_log_det_gain_computed_independently(truth, start_obs):
+    a = adaptive.assess(start_obs, LAW, BUDGET, n_boot=50)
+    candidates = adaptive.candidate_runs(start_obs, truth.domains, BUDGET, weights=a.weights)
+    raw = adaptive.raw_params(a.fitted)
+    units = lambda run: np.array([adaptive.run_tokens(run)[d] for d in truth.domains]) / 1e6  # noqa: E731
+    J = np.stack([_numpy_rows(raw, units(r)) for r in adaptive.initial_runs(truth.domains, BUDGET)])  # (R, K, P)
+    gains = []
+    for c in candidates:
+        g = _numpy_rows(raw, units(c))
+        total = 0.0
+        for i in range(len(truth.domains)):
+            F = J[:, i].T @ J[:, i]
+            total += np.linalg.slogdet(F + np.outer(g[i], g[i]))[1] - np.linalg.slogdet(F)[1]
+        gains.append(total)
+    gains = np.array(gains)
+    np.testing.assert_allclose(adaptive.candidate_gains(a.fitted, start_obs, candidates), gains, rtol=2e-3)
+    chosen = adaptive.propose_next(start_obs, LAW, BUDGET, candidates, fitted=a.fitted)
+    assert chosen[0].name == candidates[int(np.argmax(gains))].name
+    two = adaptive.propose_next(start_obs, LAW, BUDGET, candidates, n=2, fitted=a.fitted)
+    assert two[0] == chosen[0] and two[1] != two[0]
+
+
+# -- stopping rule, uncertainty -------------------------------------------------------------------
+
+def test_should_stop_rule():
+    assert adaptive.should_stop([0.01, 0.019], 0.02)
+    assert not adaptive.should_stop([0.01, 0.02], 0.02)  # narrower than, not equal
+    assert not adaptive.should_stop({"a": 0.001, "b": 0.05})  # default tolerance 0.02
+    assert adaptive.should_stop({"a": 0.001, "b": 0.015})
+    assert not adaptive.should_stop([0.001, float("nan")], 0.02)
+    for bad in (0, -0.1, float("nan")):
+        with pytest.raises(MixjaxError, match="--tolerance") as e:
+            adaptive.should_stop([0.01], bad)
+        assert "\n" not in str(e.value)
+
+
+def test_weight_intervals_contain_the_fit_and_shrink_with_more_runs(truth, start_obs):
+    from mixjax.methods.li2025_design import perturbation_runs
+
+    a = adaptive.assess(start_obs, LAW, BUDGET, n_boot=100)
+    assert np.all(a.p05 <= a.weights + 1e-9) and np.all(a.weights <= a.p95 + 1e-9)
+    fixed = _simulate(truth, perturbation_runs(truth.domains, BUDGET * 0.25 / 3) * 1, seed=1)
+    more = Observations(start_obs.runs + fixed.runs, truth.domains, np.vstack([start_obs.tokens, fixed.tokens]),
+                        np.vstack([start_obs.losses, fixed.losses]))
+    widths = adaptive.weight_uncertainty(more, LAW, BUDGET, n_boot=100)
+    assert widths.shape == (3,) and np.all(widths > 0) and np.all(widths < a.widths)
+
+
+# -- candidates ------------------------------------------------------------------------------------
+
+def test_candidate_names_are_stable_unique_and_valid(truth, start_obs):
+    w = {"if": 0.3, "math": 0.3, "code": 0.4}
+    first = adaptive.candidate_runs(None, truth.domains, BUDGET, 0.25, weights=w)
+    again = adaptive.candidate_runs(None, truth.domains, BUDGET, 0.25, weights=w)
+    assert [r.name for r in first] == [r.name for r in again]
+    names = [r.name for r in first]
+    assert len(set(names)) == len(names) == 1 + 4 * 3 + 2 * 3 + 2
+    for r in first:
+        check_run_name(r.name, "test")
+        assert sum(r.weights.values()) == pytest.approx(1.0) and isinstance(r.budget_tokens, int)
+    base = first[0]
+    assert base.name == "if=375k+math=375k+code=500k" and base.budget_tokens == 1_250_000
+    assert "if=1.12M+math=375k+code=500k" in names  # if x3 (rounded to 3 significant figures)
+    # runs already observed are not proposed again
+    taken = adaptive.candidate_runs(start_obs, truth.domains, BUDGET, 0.25, weights=[1, 1, 1])
+    assert not set(start_obs.runs) & {r.name for r in taken}
+
+
+def test_candidates_must_cover_the_observed_domains(truth, start_obs):
+    bad = adaptive.candidate_runs(None, ["if", "math"], BUDGET, weights=[0.5, 0.5])
+    with pytest.raises(MixjaxError, match="lacks the observed domain") as e:
+        adaptive.propose_next(start_obs, LAW, BUDGET, bad)
+    assert "code" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unidentifiable_runs_say_which_runs_would_identify_the_law(truth):
+    n = 400e3
+    # math and code never change their own tokens: the runs only scale 'if'
+    tokens = np.array([[n * f, n, n] for f in (0.25, 0.5, 1, 2, 3, 4)])
+    obs = simulate(truth, [f"r{i}" for i in range(6)], tokens, noise=1e-3)
+    with pytest.raises(MixjaxError) as e:
+        adaptive.weight_uncertainty(obs, LAW, BUDGET, n_boot=20)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "vary domain math's tokens" in msg and "vary domain code's tokens" in msg
+    assert "vary domain if's tokens" not in msg
+    cands = adaptive.candidate_runs(None, truth.domains, BUDGET, weights=[1, 1, 1])
+    with pytest.raises(MixjaxError, match="vary domain math's tokens"):
+        adaptive.propose_next(obs, LAW, BUDGET, cands)
+
+
+# -- mixjax next ------------------------------------------------------------------------------------
+
+def test_mixjax_next_end_to_end(truth, start_obs, tmp_path, capsys):
+    csv, out = tmp_path / "obs.csv", tmp_path / "runs.json"
+    write_csv(start_obs, csv)
+    rc = main(["next", str(csv), "--budget-tokens", "5M", "--runs", "2", "--tolerance", "0.001",
+               "--samples", "50", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0 and "stop: no" in text
+    runs = json.loads(out.read_text())
+    assert isinstance(runs, list) and len(runs) == 2
+    for r in runs:
+        assert set(r) == {"name", "weights", "budget_tokens"}
+        check_run_name(r["name"], "test")
+        assert set(r["weights"]) == set(truth.domains) and sum(r["weights"].values()) == pytest.approx(1.0)
+        assert r["name"] not in start_obs.runs and r["name"] in text
+    # the same runs give the same proposal (names are stable)
+    again = tmp_path / "again.json"
+    main(["next", str(csv), "--budget-tokens", "5M", "--runs", "2", "--tolerance", "0.001",
+          "--samples", "50", "--out", str(again)])
+    assert json.loads(again.read_text()) == runs
+    capsys.readouterr()
+    # a generous tolerance: stop, and nothing to train
+    rc = main(["next", str(csv), "--budget-tokens", "5M", "--tolerance", "0.9", "--samples", "50",
+               "--out", str(out)])
+    assert rc == 0 and "stop: yes" in capsys.readouterr().out and json.loads(out.read_text()) == []
+    rc = main(["next", str(csv), "--budget-tokens", "5M", "--tolerance", "0", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--tolerance" in err and err.count("\n") == 1
+
+
+# -- the experiment ----------------------------------------------------------------------------------
+
+def test_adaptive_design_quick_runs(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
+    import adaptive_design
+
+    results = tmp_path / "results"
+    assert adaptive_design.main(["--quick", "--quiet", "--results", str(results)]) == 0
+    payload = json.loads((results / "adaptive_design_quick.json").read_text())
+    assert "--quick" in payload["command"] and payload["rows"][0]["K"] == 3
+    trial = payload["trials"][0]
+    assert trial["fixed"]["runs"] == 13 and trial["adaptive"]["runs"] >= 7
+    assert (results / "adaptive_design_quick.md").is_file()
+    assert (results / "adaptive_design_quick_error_vs_runs.png").is_file()
