@@ -18,3 +18,19 @@ def letter_domain(path: Path, letter: str, n: int, length=lambda i: 5 + (i * 7) 
         {"messages": [{"role": "user", "content": letter.upper() * (3 + i % 5)},
                       {"role": "assistant", "content": letter * length(i) + str(i % 10)}]}
         for i in range(n)])
+
+
+def prepared_letters(root: Path, n: int) -> Path:
+    """Domains a, b, c of `n` letter records each (of three length patterns), prepared with
+    `mixjax prepare` into ROOT/data."""
+    from mixjax.cli import main
+
+    root.mkdir(parents=True, exist_ok=True)
+    letter_domain(root / "a.jsonl", "a", n)
+    letter_domain(root / "b.jsonl", "b", n, length=lambda i: 20 + i % 30)
+    letter_domain(root / "c.jsonl", "c", n, length=lambda i: 10 + i % 13)
+    args = ["prepare", "--out", str(root / "data"), "--quiet"]
+    for d in "abc":
+        args += ["--domain", f"{d}={root / (d + '.jsonl')}"]
+    assert main(args) == 0
+    return root / "data"

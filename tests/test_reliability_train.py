@@ -16,22 +16,14 @@ from pathlib import Path
 import pytest
 
 from mixjax.cli import main
-from tests.data_fixtures import letter_domain
+from tests.data_fixtures import prepared_letters
 
 BATCH = 8 * 64
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def prepare(p: Path, n: int = 120) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
-    letter_domain(p / "a.jsonl", "a", n)
-    letter_domain(p / "b.jsonl", "b", n, length=lambda i: 20 + i % 30)
-    letter_domain(p / "c.jsonl", "c", n, length=lambda i: 10 + i % 13)
-    args = ["prepare", "--out", str(p / "data"), "--quiet"]
-    for d in "abc":
-        args += ["--domain", f"{d}={p / (d + '.jsonl')}"]
-    assert main(args) == 0
-    return p / "data"
+    return prepared_letters(p, n)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from mixjax.cli import main
 from mixjax.train import Callback, TrainConfig, run_training
 from mixjax.train.metrics import read_metrics
 from mixjax.train.optim import learning_rate
-from tests.data_fixtures import letter_domain
+from tests.data_fixtures import prepared_letters
 
 # One model/batch shape for every test here, so the compiled step is shared (a process-wide cache).
 SHAPE = dict(model="tiny", batch_size=8, seq_len=64, progress=False,
@@ -20,15 +20,7 @@ BATCH = 8 * 64
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    p = tmp_path_factory.mktemp("train_data")
-    letter_domain(p / "a.jsonl", "a", 200)
-    letter_domain(p / "b.jsonl", "b", 200, length=lambda i: 20 + i % 30)
-    letter_domain(p / "c.jsonl", "c", 200, length=lambda i: 10 + i % 13)
-    args = ["prepare", "--out", str(p / "data"), "--quiet"]
-    for d in "abc":
-        args += ["--domain", f"{d}={p / (d + '.jsonl')}"]
-    assert main(args) == 0
-    return p / "data"
+    return prepared_letters(tmp_path_factory.mktemp("train_data"), 200)
 
 
 @pytest.fixture(scope="module")
