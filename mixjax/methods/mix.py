@@ -24,6 +24,7 @@ import numpy as np
 from mixjax.errors import MixjaxError
 from mixjax.io import write_json_atomic
 from mixjax.methods import get, is_online
+from mixjax.methods.sweep import read_result
 from mixjax.names import check_domain_name
 
 
@@ -99,26 +100,13 @@ def _offline(method, method_name, options, data, budget_tokens, out, config, log
     return weights, final, summary
 
 
-def _checked_result(run_dir: Path) -> dict:
-    """A finished run's result.json with the domain names of its maps checked (a record read back
-    brings in no name the rules refuse), or a one-line error naming the file."""
-    from mixjax.methods.prerequisites import read_result
-
-    result = read_result(run_dir)
-    for key in ("val_loss", "tokens", "weights"):
-        names = result.get(key)
-        for name in names if isinstance(names, dict) else ():
-            check_domain_name(name, str(run_dir / "result.json"))
-    return result
-
-
 def _final_run(config, data, weights: dict, budget_tokens: int, run_dir: Path, log) -> dict:
     """Train the final run at `weights`, or reuse one finished at the same weights (mix.json has
     already checked that the rest of the configuration is the same)."""
     from mixjax.train import run_training
 
     if (run_dir / "result.json").is_file():
-        done = _checked_result(run_dir)
+        done = read_result(run_dir)
         done_weights = done.get("weights")
         if done.get("budget_tokens") == int(budget_tokens) and isinstance(done_weights, dict) \
                 and done_weights.keys() == weights.keys() \
@@ -138,7 +126,7 @@ def _finished_online_run(run_dir: Path, domains: list[str]) -> dict | None:
     if not (run_dir / "result.json").is_file():
         return None
     path = run_dir / "result.json"
-    result = _checked_result(run_dir)
+    result = read_result(run_dir)
     if "online" not in result:
         raise MixjaxError(f"{path}: not an online method's run; delete {run_dir} to retrain it")
     record = result["online"]

@@ -6,11 +6,11 @@ rerun with another one is refused (as a sweep directory does)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from mixjax.errors import MixjaxError
 from mixjax.methods.base import ProposedRun
+from mixjax.methods.sweep import read_result
 
 KEEP_FINAL_ONLY = 10**12  # checkpoint_every that saves only the last step
 
@@ -22,18 +22,6 @@ class PrerequisiteResult:
     run: ProposedRun
     dir: Path
     result: dict
-
-
-def read_result(run_dir: Path) -> dict:
-    """A run's result.json, or a one-line error naming it."""
-    path = Path(run_dir) / "result.json"
-    try:
-        result = json.loads(path.read_text())
-        if not isinstance(result, dict) or not isinstance(result.get("val_loss"), dict):
-            raise ValueError("no val_loss")
-    except (OSError, ValueError) as e:
-        raise MixjaxError(f"{path}: unreadable ({e}); delete {run_dir} to retrain it") from None
-    return result
 
 
 def train_prerequisites(method, method_name: str, options: dict, data, budget_tokens: int, out, config,

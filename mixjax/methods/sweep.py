@@ -103,18 +103,30 @@ def check_sweep_dir(out: Path, description: dict, filename: str = "sweep.json", 
         write_json_atomic(path, description)
 
 
+def read_result(run_dir: Path) -> dict:
+    """A run's result.json with the domain names of its maps checked (a record read back brings in
+    no name the rules refuse), or a one-line error naming it."""
+    path = Path(run_dir) / "result.json"
+    try:
+        result = json.loads(path.read_text())
+        if not isinstance(result, dict) or not isinstance(result.get("val_loss"), dict):
+            raise ValueError("no val_loss")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise MixjaxError(f"{path}: unreadable ({e}); delete {run_dir} to retrain it") from None
+    for key in ("val_loss", "tokens", "weights"):
+        names = result.get(key)
+        for name in names if isinstance(names, dict) else ():
+            check_domain_name(name, str(path))
+    return result
+
+
 def read_run_result(path: Path, domains) -> tuple[list[float], list[float]]:
     """A finished run's tokens and validation losses (NaN = not measured) in `domains` order, from
     its result.json; a one-line error naming the file if it is not a run's result."""
     redo = f"delete {path.parent} to retrain it"
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise MixjaxError(f"{path}: unreadable ({e}); {redo}") from None
-    if not isinstance(result, dict) or not all(isinstance(result.get(k), dict) for k in ("tokens", "val_loss")):
+    result = read_result(path.parent)
+    if not isinstance(result.get("tokens"), dict):
         raise MixjaxError(f"{path}: no 'tokens' and 'val_loss' maps; {redo}")
-    for name in (*result["tokens"], *result["val_loss"]):
-        check_domain_name(name, str(path))
 
     def number(key, d, allow_none):
         value = result[key].get(d)
