@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -27,3 +29,33 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+# ---- a full disk: how every writer (prepare, train's checkpoints) recognises one -----------------
+DISK_FULL_TEXT = re.compile(r"No space left on device|os_error_code='?%d'?\b" % errno.ENOSPC)
+_QUOTA_TEXT = "Disk quota exceeded"
+
+
+def exception_chain(e: BaseException | None):
+    """e, its causes and contexts, and the members of exception groups (each once)."""
+    seen, todo = set(), [e]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+
+
+def disk_full(e: BaseException | None) -> str | None:
+    """"no space left on device" (or "disk quota exceeded") when `e` or an exception it came from
+    says so: an OSError, or a library's error whose text does (array_record's RuntimeError, orbax's
+    ValueError "RESOURCE_EXHAUSTED ... os_error_code=28"); else None."""
+    for x in exception_chain(e):
+        code = x.errno if isinstance(x, OSError) else None
+        if code == errno.ENOSPC or DISK_FULL_TEXT.search(str(x)):
+            return "no space left on device"
+        if code == errno.EDQUOT or _QUOTA_TEXT in str(x):
+            return "disk quota exceeded"
+    return None

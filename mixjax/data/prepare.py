@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import hashlib
 import json
 import os
@@ -32,15 +31,15 @@ import tempfile
 import time
 from pathlib import Path, PurePosixPath
 
-import numpy as np
 
 from mixjax.data.formats import check_format_name, detect_format, to_messages
-from mixjax.data.sources import domain_name_for, file_sha256, read_records, source_files, split_key
+from mixjax.data.sources import (domain_name_for, file_sha256, first_line, read_records, source_files,
+                                 split_key)
 from mixjax.data.template import LOSS_ON, render
 from mixjax.data.tokenizer import load_tokenizer
 from mixjax.errors import MixjaxError
 from mixjax.names import check_domain_name
-from mixjax.io import write_json_atomic
+from mixjax.io import disk_full, write_json_atomic
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -198,8 +197,7 @@ def read_manifest(out: Path) -> dict | None:
     except OSError as e:
         raise MixjaxError(f"{path}: cannot read the manifest ({e.strerror})") from None
     except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, too deep
-        first_line = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
-        raise MixjaxError(f"{path}: corrupt manifest ({first_line})") from None
+        raise MixjaxError(f"{path}: corrupt manifest ({first_line(e)})") from None
     return check_manifest(manifest, path)
 
 
@@ -291,7 +289,7 @@ def prepare(specs: list[SourceSpec], out: str | os.PathLike, options: PrepareOpt
         raise
     except Exception as e:
         _remove_if_empty(out, created)
-        full = _disk_full(e)
+        full = disk_full(e)
         if full:
             kept = "nothing was left there" if created else "the previous output there is unchanged"
             raise MixjaxError(f"{full}: {out} ({kept})") from None
@@ -304,19 +302,6 @@ def _remove_if_empty(out: Path, created: bool) -> None:
             out.rmdir()  # only if still empty
 
 
-def _disk_full(e: BaseException | None) -> str | None:
-    """'no space left on device' (or the quota's phrase) when `e` or an exception it came from
-    says so: an OSError from Python, or a RuntimeError from array_record's C++ writer."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        text = str(e)
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left on device" in text:
-            return "no space left on device"
-        if isinstance(e, OSError) and e.errno == errno.EDQUOT or "Disk quota exceeded" in text:
-            return "disk quota exceeded"
-        e = e.__cause__ or e.__context__
-    return None
 
 
 @contextlib.contextmanager

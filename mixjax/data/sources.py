@@ -60,11 +60,12 @@ def read_records(path: Path, max_record_bytes: int | None = None) -> Iterator[tu
                 record = json.loads(raw)
             except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, too deep
                 raise MixjaxError(f"{path}:{line_no}: malformed JSON ({e.__class__.__name__}: "
-                                  f"{_first_line(e)})") from None
+                                  f"{first_line(e)})") from None
             yield f"{path}:{line_no}", record
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its class name when the message is empty)."""
     lines = str(e).strip().splitlines()
     return lines[0] if lines else e.__class__.__name__
 
@@ -75,7 +76,7 @@ def _parquet_records(path: Path) -> Iterator[tuple[str, dict]]:
     try:
         table = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a bad file
-        raise MixjaxError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
+        raise MixjaxError(f"{path}: not a readable Parquet file ({first_line(e)})") from None
     batches = table.iter_batches(batch_size=4096)
     row = 0
     while True:
@@ -84,7 +85,7 @@ def _parquet_records(path: Path) -> Iterator[tuple[str, dict]]:
             records = None if batch is None else batch.to_pylist()
         except Exception as e:
             raise MixjaxError(f"{path}: corrupt Parquet data after row {row} "
-                              f"({e.__class__.__name__}: {_first_line(e)})") from None
+                              f"({e.__class__.__name__}: {first_line(e)})") from None
         if records is None:
             return
         for record in records:

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mixjax.data.sources import first_line
 from mixjax.errors import MixjaxError
 
 DATASET_NAME = "mixjax_domain"
@@ -74,18 +75,13 @@ def open_domain(dataset_dir: str) -> dict:
         splits = {name: (list(map(str, info.filepaths)), list(info.shard_lengths))
                   for name, info in builder.info.splits.items()}
     except Exception as e:  # missing or damaged dataset_info.json / features.json
-        raise MixjaxError(f"{dataset_dir}: not a readable TFDS dataset ({_first_line(e)}); "
+        raise MixjaxError(f"{dataset_dir}: not a readable TFDS dataset ({first_line(e)}); "
                           f"{REBUILD_HINT}") from None
     for files, lengths in splits.values():
         for path, expected in zip(files, lengths):
             _check_file(path, expected)
     return {name: CheckedSource(builder.as_data_source(split=name), files, lengths)
             for name, (files, lengths) in splits.items()}
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else e.__class__.__name__
 
 
 def _check_file(path: str, expected: int) -> None:
@@ -98,7 +94,7 @@ def _check_file(path: str, expected: int) -> None:
         reader = ArrayRecordReader(path, "readahead_buffer_size:0")
         ok, found = reader.ok(), reader.num_records()
     except Exception as e:
-        raise MixjaxError(f"{path}: unreadable array_record file ({_first_line(e)}); {REBUILD_HINT}") from None
+        raise MixjaxError(f"{path}: unreadable array_record file ({first_line(e)}); {REBUILD_HINT}") from None
     try:
         reader.close()
     except Exception:  # closing a reader that found a damaged file raises the same damage again
@@ -126,5 +122,5 @@ class CheckedSource:
         except Exception as e:  # RuntimeError from array_record, decode errors from TFDS
             shard = min(int(np.searchsorted(self._ends, int(index), side="right")), len(self._files) - 1)
             domain_dir = os.path.dirname(os.path.dirname(os.path.dirname(self._files[shard])))
-            raise MixjaxError(f"{self._files[shard]}: cannot read record {int(index)} ({_first_line(e)}); "
+            raise MixjaxError(f"{self._files[shard]}: cannot read record {int(index)} ({first_line(e)}); "
                               f"delete {domain_dir} and rerun `mixjax prepare`") from None

@@ -28,6 +28,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from mixjax.errors import MixjaxError
+from mixjax.io import DISK_FULL_TEXT, disk_full, exception_chain
 from mixjax.train.mesh import abstract_arrays
 
 # "stacked": every layer parameter has a leading layer axis (the scanned decoder). Checkpoints
@@ -218,35 +219,20 @@ def restore_params(path: str | Path, abstract_params, shardings):
 
 
 # ---- a full disk --------------------------------------------------------------------------------
-_ENOSPC_TEXT = re.compile(r"No space left on device|os_error_code='?%d'?\b" % errno.ENOSPC)
-
-
-def _chain(e: BaseException | None):
-    """e, its causes and contexts, and the members of exception groups (each once)."""
-    seen, todo = set(), [e]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
-
-
 def is_disk_full(e: BaseException | None) -> bool:
-    return any((isinstance(x, OSError) and x.errno == errno.ENOSPC) or bool(_ENOSPC_TEXT.search(str(x)))
-               for x in _chain(e))
+    return disk_full(e) is not None
 
 
 def disk_full_error(e: BaseException, where: str | Path | None = None) -> MixjaxError | None:
     """A one-line MixjaxError for an exception caused by a full disk (else None): the file the
     error names, else `where`; and which checkpoint a rerun of the same command resumes from."""
-    if not is_disk_full(e):
+    phrase = disk_full(e)
+    if phrase is None:
         return None
     _drop_closed_loop_callbacks()
     path = None
-    for x in _chain(e):
-        if isinstance(x, OSError) and x.errno == errno.ENOSPC and x.filename:
+    for x in exception_chain(e):
+        if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT) and x.filename:
             path = x.filename
             break
         m = re.search(r'(?:Failed writing|local file): "([^"]+)"', str(x))
@@ -260,12 +246,12 @@ def disk_full_error(e: BaseException, where: str | Path | None = None) -> Mixjax
                        if p.name.isdigit() and (p / "meta" / "metadata").is_file())
         hint = (f" (free space and rerun the same command: it resumes from the checkpoint of step {steps[-1]})"
                 if steps else " (free space and rerun the same command)")
-    return MixjaxError(f"no space left on device: {path}{hint}")
+    return MixjaxError(f"{phrase}: {path}{hint}")
 
 
 class _DropDiskFull(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        if _ENOSPC_TEXT.search(record.getMessage()):
+        if DISK_FULL_TEXT.search(record.getMessage()):
             return False
         return not (record.exc_info and is_disk_full(record.exc_info[1]))
 
