@@ -121,8 +121,7 @@ def one_trial(K, noise, seed, tolerance, fit_options, quick):
         candidates = adaptive.candidate_runs(obs, domains, BUDGET, BASE_FRACTION, weights=a.weights)
         nxt = adaptive.propose_next(obs, law, BUDGET, candidates, fitted=a.fitted)[0]
         new = simulate_runs(truth, [nxt], noise, rng)
-        obs = Observations(obs.runs + new.runs, domains, np.vstack([obs.tokens, new.tokens]),
-                           np.vstack([obs.losses, new.losses]))
+        obs = obs.concat(new)
     covered = None
     if last is not None:
         covered = float(np.mean((w_true >= last.p05) & (w_true <= last.p95)))

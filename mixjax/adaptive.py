@@ -70,18 +70,6 @@ class Assessment:
     def widths(self) -> np.ndarray:
         return self.p95 - self.p05
 
-    def to_json(self) -> dict:
-        return {"budget_tokens": _number(self.budget_tokens), "uncertainty": self.method,
-                "n_samples": self.n_samples,
-                "weights": dict(zip(self.domains, self.weights.tolist())),
-                "weights_p05": dict(zip(self.domains, self.p05.tolist())),
-                "weights_p95": dict(zip(self.domains, self.p95.tolist())),
-                "widths": dict(zip(self.domains, self.widths.tolist()))}
-
-
-def _number(x):
-    return int(x) if float(x).is_integer() else float(x)
-
 
 # -- identifiability -------------------------------------------------------------------------------
 
@@ -422,11 +410,16 @@ def _check_candidates(candidates, domains) -> None:
 
 def candidate_gains(fitted, observations, candidates) -> np.ndarray:
     """Each candidate's D-optimal gain (log det increase of the Fisher information) on the runs so far."""
+    F, rows = _fisher_and_rows(fitted, observations, candidates)
+    return np.array([log_det_gain(F, rows[c]) for c in range(len(candidates))])
+
+
+def _fisher_and_rows(fitted, observations, candidates):
+    """The Fisher information (K, P, P) of the observed runs, and each candidate's Jacobian rows (C, K, P)."""
     obs = observations.select(fitted.domains)
     F = fisher(loss_jacobians(fitted, obs.tokens), obs.observed)
     tokens = np.array([[run_tokens(c)[d] for d in fitted.domains] for c in candidates])
-    rows = loss_jacobians(fitted, tokens)
-    return np.array([log_det_gain(F, rows[c]) for c in range(len(candidates))])
+    return F, loss_jacobians(fitted, tokens)
 
 
 def propose_next(observations, law, budget_tokens, candidates, n: int = 1, *, fitted=None, fit_options=None,
@@ -440,15 +433,13 @@ def propose_next(observations, law, budget_tokens, candidates, n: int = 1, *, fi
     _check_candidates(candidates, domains)
     if fitted is None:
         fitted = _fit(observations, law, budget_tokens, fit_options, token_unit)
-    obs = observations.select(fitted.domains)
-    pool = [c for c in candidates if c.name not in set(obs.runs)]
+    observed_runs = set(observations.runs)
+    pool = [c for c in candidates if c.name not in observed_runs]
     names = [c.name for c in pool]
     if len(set(names)) != len(names):
         dup = next(x for x in names if names.count(x) > 1)
         raise MixjaxError(f"candidate run name {dup!r} appears twice")
-    F = fisher(loss_jacobians(fitted, obs.tokens), obs.observed)
-    tokens = np.array([[run_tokens(c)[d] for d in fitted.domains] for c in pool]).reshape(len(pool), -1)
-    rows = loss_jacobians(fitted, tokens) if len(pool) else np.zeros((0,) + F.shape[:2])
+    F, rows = _fisher_and_rows(fitted, observations, pool)
     chosen = []
     for _ in range(min(n, len(pool))):
         gains = [log_det_gain(F, rows[c]) if c not in chosen else -np.inf for c in range(len(pool))]

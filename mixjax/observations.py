@@ -60,6 +60,12 @@ class Observations:
             self.runs, list(domains), self.tokens[:, order], self.losses[:, order], self.extra
         )
 
+    def concat(self, other: "Observations") -> "Observations":
+        """These runs followed by `other`'s (its domain columns put in this table's order)."""
+        other = other.select(self.domains)
+        return Observations(self.runs + other.runs, self.domains, np.vstack([self.tokens, other.tokens]),
+                            np.vstack([self.losses, other.losses]))
+
 
 def _parse_number(text: str, where: str, what: str, allow_empty: bool) -> float:
     text = text.strip()

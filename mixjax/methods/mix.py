@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 
 from mixjax.errors import MixjaxError
 from mixjax.io import write_json_atomic
@@ -59,13 +58,6 @@ def planned_spend(method, domains: list[str], budget_tokens: int) -> tuple[int, 
     return runs, tokens
 
 
-def _concat(a, b):
-    from mixjax.observations import Observations
-
-    b = b.select(a.domains)
-    return Observations(a.runs + b.runs, a.domains, np.vstack([a.tokens, b.tokens]), np.vstack([a.losses, b.losses]))
-
-
 def _describe_mix(method_name, options, budget_tokens, data, config) -> dict:
     return {"method": method_name, "options": options, "budget_tokens": int(budget_tokens),
             "domains": list(data.domains),
@@ -85,7 +77,7 @@ def _offline(method, method_name, options, data, budget_tokens, out, config, log
             f"({', '.join(r.name for r in extra)})")
         _, more = run_sweep(_Runs(extra, like=method), f"{method_name} (extra runs)", options, data,
                             budget_tokens, out / "sweep-extra", config, log=log)
-        observations, runs = _concat(observations, more), runs + extra
+        observations, runs = observations.concat(more), runs + extra
     weights = method.recommend(observations, domains, budget_tokens)
     summary = {}
     fitted = getattr(method, "fitted", None)
