@@ -91,3 +91,28 @@ def test_an_unknown_method_stops_before_anything_trains(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("li2025_grid.py: error: --methods: unknown nosuch; known: stratified,") and "\n" not in err
     assert not (tmp_path / "w").exists()
+
+
+def test_paired_compare_pairs_the_committed_reruns_and_refuses_other_bases(tmp_path, capsys):
+    """experiments/paired_compare.py on the two committed online reruns gives the README's paired
+    differences (computed here independently from the per-seed losses); results whose stratified
+    runs differ (another base model) are refused."""
+    import paired_compare
+
+    root = Path(__file__).resolve().parents[1] / "results"
+    a_path, b_path = root / "online_before_released" / "aioli_compare.json", root / "online_as_released" / "aioli_compare.json"
+    assert paired_compare.main([str(a_path), str(b_path), "--labels", "before,released"]) == 0
+    out = capsys.readouterr().out
+    a, b = json.loads(a_path.read_text()), json.loads(b_path.read_text())
+
+    def ppl(doc, s, seed, m):
+        return float(np.mean(np.exp(list(doc["results"][s][seed][m]["val_loss"].values()))))
+
+    diffs = [ppl(b, s, seed, "doremi") - ppl(a, s, seed, "doremi") for s in a["results"] for seed in a["results"][s]]
+    assert f"doremi: mean {np.mean(diffs):+.3f}, worse in {sum(d > 0 for d in diffs)} of {len(diffs)}" in out
+    first = next(iter(b["results"]))
+    b["results"][first]["0"]["stratified"]["val_loss"] = {"x": 1.0}
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(b))
+    assert paired_compare.main([str(a_path), str(other)]) == 2
+    assert f"stratified differs in {first} seed 0" in capsys.readouterr().err
