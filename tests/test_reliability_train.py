@@ -174,16 +174,49 @@ def _fail_meta_save_at(monkeypatch, step, exc):
     return lambda: monkeypatch.setattr(jch.JsonCheckpointHandler, "_save_fn", save_fn)
 
 
+def _slow_state_write_at(monkeypatch, step):
+    """Make step `step`'s state save end with a write 0.5 s late, as tensorstore's do on a loaded
+    machine: it lands in <step>.orbax-checkpoint-tmp after the metadata's write has failed."""
+    import concurrent.futures
+    import threading
+    import time
+    from orbax.checkpoint._src.handlers import standard_checkpoint_handler as sch
+
+    async_save = sch.StandardCheckpointHandler.async_save
+
+    async def slow(self, directory, *args, **kwargs):
+        futures = list(await async_save(self, directory, *args, **kwargs) or [])
+        folder = Path(str(getattr(directory, "path", directory)))
+        if f"{step}.orbax-checkpoint-tmp" in str(folder):
+            late = concurrent.futures.Future()
+
+            def write():
+                time.sleep(0.5)
+                (folder / "late-write").write_text("x")
+                late.set_result(None)
+
+            threading.Thread(target=write).start()
+            futures.append(late)
+        return futures
+
+    monkeypatch.setattr(sch.StandardCheckpointHandler, "async_save", slow)
+    return lambda: monkeypatch.setattr(sch.StandardCheckpointHandler, "async_save", async_save)
+
+
 def test_full_disk_during_checkpoint_save_is_one_line_and_the_rerun_resumes(data_dir, reference, tmp_path,
                                                                           capsys, caplog, monkeypatch):
     run = tmp_path / "run"
     undo = _fail_meta_save_at(monkeypatch, 4, lambda d: OSError(errno.ENOSPC, "No space left on device",
                                                                  str(d / "metadata")))
+    undo_slow = _slow_state_write_at(monkeypatch, 4)
     rc = main(train_args(data_dir, run))
     err = one_line_error(capsys, rc, "no space left on device: ", "4.orbax-checkpoint-tmp",
                          "rerun the same command: it resumes from the checkpoint of step 2")
     assert not [r for r in caplog.records if r.levelname == "ERROR"], "orbax's tracebacks were logged"
-    undo()
+    # the error comes after the save's last write: a rerun in this process must not delete the
+    # unfinished folder while a write still lands in it (CI once failed "Directory not empty")
+    assert list((run / "checkpoints").rglob("late-write")), "the error was reported before the save's writes ended"
+    undo(), undo_slow()
     assert [p.name for p in (run / "checkpoints").iterdir() if "tmp" in p.name] == ["4.orbax-checkpoint-tmp"], err
     assert (run / "checkpoints" / "2").is_dir() and not (run / "result.json").exists()
 

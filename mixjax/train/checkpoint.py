@@ -154,18 +154,39 @@ class Checkpointer:
 
     def close(self) -> None:
         """Wait for the last save and release the manager (also when that save failed: its error
-        is raised after the release)."""
+        is raised after the release, which may be here or from the `save` that followed it)."""
         error = None
         try:
             self.manager.wait_until_finished()
         except Exception as e:
             error = e
+        self._settle_failed_save()
         try:
             self.manager.close()
         except Exception as e:
             error = error or e
         if error is not None:
             raise error
+
+    def _settle_failed_save(self, timeout_s: float = 60.0) -> None:
+        """Wait for the other writes of a save that failed (after one that succeeded they are all
+        done). Orbax stops waiting at the first failed write while tensorstore goes on writing the
+        state into <step>.orbax-checkpoint-tmp, and a rerun in the same process (a notebook, a test)
+        would delete that folder as it still grows ("Directory not empty"). Orbax keeps the save's
+        futures, and chains of them, on private attributes; if a later orbax moves them, this does
+        nothing."""
+        checkpointer = getattr(self.manager, "_checkpointer", None)
+        pending = list(getattr(getattr(checkpointer, "_async_manager", None), "_commit_futures", None) or ())
+        while pending:
+            f = pending.pop()
+            chained = getattr(f, "_futures", None)  # a ChainedFuture stops at its first failure
+            if chained is not None:
+                pending.extend(chained)
+                continue
+            try:
+                f.result(timeout=timeout_s)
+            except Exception:
+                pass  # the failure itself is already being reported
 
 
 def find_checkpoint(path: str | Path) -> tuple[Path, int]:
