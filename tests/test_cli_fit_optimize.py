@@ -123,3 +123,69 @@ def test_bad_input_exits_2_with_one_line(make_argv, message, runs_csv, hand_writ
 
     assert re.search(message, err), err
     assert not (tmp_path / "o.json").exists() and not (tmp_path / "w.json").exists()
+
+
+def test_fit_validate_predicts_held_out_runs(runs_csv, tmp_path, capsys):
+    """--validate on Dirichlet runs the fit never saw: the CSV holds the measured losses and the
+    fitted law's predictions; RMSE and Spearman printed match numpy and scipy on that CSV; and the
+    noise-free law itself (the truth) predicts them within the noise."""
+    import csv
+
+    from scipy.stats import spearmanr
+
+    from mixjax import validation
+
+    truth = FittedLaw.from_json(PAPER_LIKE)
+    rng = np.random.default_rng(0)
+    tokens = rng.dirichlet(np.ones(3), size=12) * rng.uniform(0.3e6, 3e6, size=(12, 1))
+    held_out = tmp_path / "held_out.csv"
+    write_csv(simulate(truth, [f"dir{i}" for i in range(12)], tokens, noise=0.002, seed=5), held_out)
+    law_file = tmp_path / "law.json"
+    assert main(["fit", "--law", "li2025", "--observations", str(runs_csv), "--out", str(law_file), "--no-loo",
+                 "--bootstrap", "0", "--validate", str(held_out)]) == 0
+    out = capsys.readouterr().out
+    rows = list(csv.DictReader((tmp_path / "law.validation.csv").open()))
+    assert [r["run"] for r in rows] == [f"dir{i}" for i in range(12)]
+    measured = np.array([[float(r[f"measured_{d}"]) for d in DOMAINS] for r in rows])
+    predicted = np.array([[float(r[f"predicted_{d}"]) for d in DOMAINS] for r in rows])
+    np.testing.assert_allclose(measured, simulate(truth, [f"dir{i}" for i in range(12)], tokens, noise=0.002,
+                                                  seed=5).losses, rtol=1e-5)
+    rmse = np.sqrt(((predicted - measured) ** 2).mean(axis=0))
+    rho = spearmanr(predicted.sum(axis=1), measured.sum(axis=1)).statistic
+    import re
+
+    printed = re.search(r"RMSE if ([\d.e-]+), math ([\d.e-]+), code ([\d.e-]+);", out)
+    np.testing.assert_allclose([float(x) for x in printed.groups()], rmse, rtol=2e-3)  # the CSV has 6 digits
+    assert f"Spearman of total loss {rho:.3f} over 12 run(s)" in out
+    assert rmse.max() < 0.01 and rho > 0.8  # the fitted law generalises to mixtures it never saw
+    np.testing.assert_allclose(validation.predicted_losses(truth, tokens),
+                               simulate(truth, ["x"] * 12, tokens).losses, rtol=1e-9)
+
+
+def test_spearman_with_ties_matches_scipy():
+    from scipy.stats import spearmanr
+
+    from mixjax.validation import spearman
+
+    a, b = [1.0, 2.0, 2.0, 3.0, 5.0, 4.0], [0.3, 0.1, 0.2, 0.2, 0.9, 0.5]
+    assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--validate-out", "x.csv"], "--validate-out needs --validate CSV"),
+    (["--validate", "MISSING"], "MISSING"),
+    (["--validate", "OTHER"], "--validate OTHER: validation runs lack the law's domain(s) code"),
+    (["--validate", "HELD", "--validate-out", "DIR"], "--validate-out: DIR is a folder"),
+])
+def test_validate_errors_are_one_line(runs_csv, tmp_path, capsys, extra, message):
+    (tmp_path / "other.csv").write_text("run,tokens_if,tokens_math,loss_if,loss_math\nr,1,1,2,2\n")
+    (tmp_path / "dir").mkdir()
+    subs = {"MISSING": str(tmp_path / "missing.csv"), "OTHER": str(tmp_path / "other.csv"),
+            "HELD": str(runs_csv), "DIR": str(tmp_path / "dir")}
+    extra = [subs.get(x, x) for x in extra]
+    rc = main(["fit", "--law", "li2025", "--observations", str(runs_csv), "--out", str(tmp_path / "law.json"),
+               "--no-loo", "--bootstrap", "0", *extra])
+    err = capsys.readouterr().err.strip()
+    for key, value in subs.items():
+        message = message.replace(key, value)
+    assert rc == 2 and len(err.splitlines()) == 1 and message in err, err

@@ -5,7 +5,8 @@ functions (lazy imports) count as much as those at the top of a file. Layers, lo
 
     0  errors, io, names, progress, host_memory (and the package's __init__)
     1  laws, observations              the law functions; the table of runs
-    2  fit, optimize, report           fit a law; weights from a law; tables and plots of weights
+    2  fit, optimize, report,          fit a law; weights from a law; tables and plots of weights;
+       validation                      a law's predictions against held-out runs
     3  data                            sources, preparation, the mixture sampler
     4  model                           the decoder, HF import/export
     5  train                           the train step, checkpoints, the loop
@@ -28,7 +29,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mixjax"
 LAYERS = [
     {"", "errors", "io", "names", "progress", "host_memory"},
     {"laws", "observations"},
-    {"fit", "optimize", "report"},
+    {"fit", "optimize", "report", "validation"},
     {"data"},
     {"model"},
     {"train"},

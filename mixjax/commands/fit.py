@@ -28,6 +28,12 @@ def register(subparsers) -> None:
                         help="resamples of the runs for the weight intervals (default 20; 0 = off)")
     parser.add_argument("--no-loo", action="store_true", help="skip leave-one-run-out refits")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--validate", metavar="CSV",
+                        help="runs the fit does not see (observations CSV): print and write the law's "
+                             "predicted losses against the measured ones, RMSE and rank correlation")
+    parser.add_argument("--validate-out", metavar="CSV",
+                        help="where --validate writes run, measured_<d>, predicted_<d> (default: --out "
+                             "with .validation.csv in place of .json)")
     parser.set_defaults(func=run)
 
 
@@ -64,17 +70,26 @@ def check_output_path(path: str, flag: str, folder: bool = False) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from mixjax import laws
     from mixjax.errors import MixjaxError
     from mixjax.fit import FitOptions, fit
     from mixjax.observations import read_csv
 
     check_output_path(args.out, "--out")
+    validate_out = None
+    if args.validate:
+        validate_out = args.validate_out or str(Path(args.out).with_suffix("")) + ".validation.csv"
+        check_output_path(validate_out, "--validate-out")
+    elif args.validate_out:
+        raise MixjaxError("--validate-out needs --validate CSV")
     law = laws.get(args.law)
     budgets = parse_budgets(args.budget)
     if args.starts < 1:
         raise MixjaxError(f"--starts: must be at least 1, got {args.starts}")
     obs = read_csv(args.observations)
+    held_out = read_csv(args.validate) if args.validate else None  # a bad file fails before the fit
     options = FitOptions(
         n_starts=args.starts,
         huber_delta=args.huber,
@@ -87,6 +102,16 @@ def run(args: argparse.Namespace) -> int:
     laws.save_law_file(fitted, args.out)
     print(summary(fitted))
     print(f"wrote {args.out}")
+    if held_out is not None:
+        from mixjax import validation
+
+        try:
+            report = validation.validate(fitted, held_out)
+        except MixjaxError as e:
+            raise MixjaxError(f"--validate {args.validate}: {e}") from None
+        validation.write_validation_csv(report, fitted.domains, validate_out)
+        print(validation.summary(report, fitted.domains))
+        print(f"wrote {validate_out}")
     return 0
 
 
