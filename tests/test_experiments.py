@@ -116,3 +116,28 @@ def test_paired_compare_pairs_the_committed_reruns_and_refuses_other_bases(tmp_p
     other.write_text(json.dumps(b))
     assert paired_compare.main([str(a_path), str(other)]) == 2
     assert f"stratified differs in {first} seed 0" in capsys.readouterr().err
+
+
+def test_adaptive_real_gap_recovered_is_paired_by_seed():
+    """The share of stratified's regret each arm recovers, per seed against that seed's grid and
+    stratified, then mean and standard error."""
+    import adaptive_real
+
+    def arm(losses, runs=1, tokens=100):
+        return {"val_loss": dict(zip("xy", losses)), "runs": runs, "tokens": tokens}
+
+    per_seed = {}
+    for seed, (best, strat, fixed, adaptive) in enumerate([((1.0, 1.0), (1.2, 1.0), (1.05, 1.0), (1.1, 1.0)),
+                                                           ((2.0, 1.0), (2.0, 1.4), (2.0, 1.1), (2.0, 1.0))]):
+        per_seed[seed] = {"grid": {**arm(best, 7, 700), "grid": [{"val_loss": dict(zip("xy", best))},
+                                                                {"val_loss": {"x": 9.0, "y": 9.0}}]},
+                          "stratified": arm(strat), "li2025 fixed": arm(fixed, 14, 470),
+                          "li2025 adaptive": arm(adaptive, 8, 310)}
+    rows = adaptive_real.gap_table(per_seed, ["x", "y"])
+    fixed_shares, adaptive_shares = [1 - 0.05 / 0.2, 1 - 0.1 / 0.4], [1 - 0.1 / 0.2, 1.0]
+    for arm_name, shares in (("li2025 fixed", fixed_shares), ("li2025 adaptive", adaptive_shares)):
+        mean, se = rows[arm_name]["gap_recovered"]
+        assert mean == pytest.approx(np.mean(shares)) and se == pytest.approx(np.std(shares, ddof=1) / math.sqrt(2))
+    assert rows["stratified"]["gap_recovered"] == pytest.approx((0.0, 0.0))
+    assert rows["grid best"]["gap_recovered"] == pytest.approx((1.0, 0.0))
+    assert rows["li2025 adaptive"]["runs"] == 8 and rows["stratified"]["regret"][0] == pytest.approx(0.3)

@@ -14,6 +14,9 @@ OPTION_TARGETS = {
     "no_extra_runs": (("li2025",), "add_runs"),  # the flag stores False
     "huber": (("li2025",), "huber_delta"),
     "perturbation_evals": (("li2025",), "perturbation_evals"),
+    "adaptive": (("li2025",), "adaptive"),
+    "max_runs": (("li2025",), "max_runs"),
+    "tolerance": (("li2025",), "tolerance"),
     "runs": (("dml", "regmix"), "n_runs"),
     "eta": (("aioli", "doremi", "doge", "skillit"), "eta"),
     "lp_rounds": (("aioli",), "lp_rounds"),
@@ -59,6 +62,14 @@ def add_method_arguments(p: argparse.ArgumentParser, methods: list[str]) -> None
                    help="li2025: evaluate each perturbation run about N times (every steps//N steps) and "
                         "record its best evaluation, as the paper keeps the best checkpoint (default 10); "
                         "0 = the final loss")
+    g.add_argument("--adaptive", action="store_const", const=True, default=None,
+                   help="li2025: train the runs one at a time, each the one that most narrows the optimal "
+                        "weights' intervals (`mixjax next`), until every 90%% interval is narrower than "
+                        "--tolerance or --max-runs runs are done")
+    g.add_argument("--max-runs", type=int, metavar="N",
+                   help="li2025 --adaptive: at most N runs in all (default 1 + 4K, the fixed design's count)")
+    g.add_argument("--tolerance", type=float,
+                   help="li2025 --adaptive: stop when every weight's 90%% interval is narrower (default 0.02)")
     g.add_argument("--runs", type=int, help="dml/regmix: number of Dirichlet runs")
     g.add_argument("--eta", type=float,
                    help="EG step size: aioli (released: 0.2 for 2 domains, 0.1 for 3-4, 1 for more), "

@@ -9,15 +9,21 @@ every weight's interval narrower than --tolerance. Unless it is time to stop, pr
 ones that most increase log det of the Fisher information of the law's parameters (D-optimal).
 RUNS.json lists them as [{"name", "weights", "budget_tokens"}] (the run entries of sweep.json);
 it is [] when the rule says stop. Names are made from the runs' token counts, so proposing again
-from the same runs gives the same names."""
+from the same runs gives the same names. To train them: mixjax sweep --method li2025 --run-list
+RUNS.json --out NEW_DIR ..., then pass NEW_DIR/observations.csv here too (or let
+`mixjax mix --method li2025 --adaptive` do the whole loop)."""
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("next", help="propose the next run(s) of an adaptive design, or stop",
                                    description=DESCRIPTION)
-    parser.add_argument("observations", metavar="OBSERVATIONS.csv", help="the runs so far (CSV)")
+    parser.add_argument("observations", metavar="OBSERVATIONS.csv", nargs="+",
+                        help="the runs so far (one or more CSVs, e.g. a sweep's and the runs added since)")
     parser.add_argument("--budget-tokens", required=True, help="the target budget (e.g. 5e6 or 5M)")
     parser.add_argument("--law", default="li2025", help="the law to fit (default li2025)")
+    parser.add_argument("--huber", type=float, default=1e-3, metavar="DELTA",
+                        help="fit with a Huber loss of this delta (default 1e-3, li2025's and that of "
+                             "mix --method li2025 --adaptive); 0 = least squares")
     parser.add_argument("--tolerance", type=float, default=0.02,
                         help="stop when every weight's 90%% interval is narrower than this (default 0.02)")
     parser.add_argument("--runs", type=int, default=1, help="runs to propose (default 1)")
@@ -33,22 +39,29 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    import math
+
     from mixjax import adaptive, laws
     from mixjax.commands.fit import check_output_path
     from mixjax.commands.train import parse_tokens
+    from mixjax.errors import MixjaxError
+    from mixjax.fit import FitOptions
     from mixjax.io import write_json_atomic
     from mixjax.observations import read_csv
 
     check_output_path(args.out, "--out")
     adaptive.should_stop([0.0], args.tolerance)  # checks --tolerance before any work
     if args.runs < 1:
-        from mixjax.errors import MixjaxError
-
         raise MixjaxError(f"--runs: must be at least 1, got {args.runs}")
     budget = parse_tokens(args.budget_tokens, "--budget-tokens")
     law = laws.get(args.law)
-    obs = read_csv(args.observations)
-    a = adaptive.assess(obs, law, budget, n_boot=args.samples, seed=args.seed, method=args.uncertainty)
+    obs = read_csv(args.observations[0])
+    for path in args.observations[1:]:
+        obs = obs.concat(read_csv(path))
+    if not (math.isfinite(args.huber) and args.huber >= 0):
+        raise MixjaxError(f"--huber: must be a delta > 0, or 0 for least squares; got {args.huber:g}")
+    a = adaptive.assess(obs, law, budget, n_boot=args.samples, seed=args.seed, method=args.uncertainty,
+                        fit_options=FitOptions(huber_delta=args.huber or None))
     stop = adaptive.should_stop(a.widths, args.tolerance)
     print(f"law {law.name} on {len(obs.runs)} runs; optimal weights at {budget:,} tokens "
           f"(90% interval, {args.uncertainty}):")

@@ -18,6 +18,9 @@ def register(subparsers) -> None:
     p.add_argument("--budget-tokens", required=True, help="the target budget the method plans for")
     p.add_argument("--out", required=True, metavar="SWEEP_DIR")
     p.add_argument("--shard", default=None, metavar="i/n", help="train only runs i, i+n, i+2n, ...")
+    p.add_argument("--run-list", metavar="RUNS.json",
+                   help="train these runs (the file `mixjax next` writes) instead of the method's own "
+                        "proposals, with the method's run settings")
     add_train_arguments(p)
     p.set_defaults(func=run)
 
@@ -27,8 +30,9 @@ def run(args) -> int:
     from mixjax.commands.method_options import method_options
     from mixjax.commands.train import enable_compilation_cache, parse_tokens, train_config_from_args
     from mixjax.data.prepared import PreparedData
+    from mixjax.errors import MixjaxError
     from mixjax.methods import get
-    from mixjax.methods.sweep import parse_shard, run_sweep
+    from mixjax.methods.sweep import RunList, parse_shard, read_run_list, run_sweep
 
     options = method_options(args)
     shard = parse_shard(args.shard)
@@ -38,6 +42,18 @@ def run(args) -> int:
     enable_compilation_cache()
     data = PreparedData(args.data)
     method = get(args.method, len(data.domains), **options)
-    runs, observations = run_sweep(method, args.method, options, data, budget, args.out, config, shard=shard)
+    if args.run_list:
+        if getattr(method, "adaptive", False):
+            raise MixjaxError("--run-list: the runs of an --adaptive sweep are chosen as it goes; give one or the other")
+        method = RunList(read_run_list(args.run_list, data.domains), like=method)
+    if getattr(method, "adaptive", False):
+        from mixjax.methods.adaptive_sweep import run_adaptive_sweep
+
+        if shard != (0, 1):
+            raise MixjaxError("--shard: an adaptive sweep trains one run at a time (each chosen from the "
+                              "runs before it); run it without --shard")
+        runs, observations, _ = run_adaptive_sweep(method, args.method, options, data, budget, args.out, config)
+    else:
+        runs, observations = run_sweep(method, args.method, options, data, budget, args.out, config, shard=shard)
     print(f"{len(observations.runs)}/{len(runs)} runs finished; wrote {args.out}/observations.csv")
     return 0

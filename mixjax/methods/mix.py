@@ -1,6 +1,7 @@
 """Running any method end to end: its weights, and a final run trained at them.
 
-Offline: the sweep of its proposed runs (MIX_DIR/sweep, resumable), extra runs when it asks for
+Offline: the sweep of its proposed runs (MIX_DIR/sweep, resumable; li2025 --adaptive: runs
+proposed one at a time until the optimum is known, `adaptive_sweep`), extra runs when it asks for
 them once the first ones are in (li2025, under-determined: MIX_DIR/sweep-extra), its
 recommendation, the law it fitted (MIX_DIR/law.json, for li2025 and dml), and MIX_DIR/final.
 (li2025's sweep and extra runs record their best evaluation, see `Li2025.run_config`; the final
@@ -23,25 +24,8 @@ from pathlib import Path
 from mixjax.errors import MixjaxError
 from mixjax.io import write_json_atomic
 from mixjax.methods import get, is_online
-from mixjax.methods.sweep import read_result
+from mixjax.methods.sweep import RunList, read_result
 from mixjax.names import check_domain_name
-
-
-class _Runs:
-    """A fixed list of runs as an offline method (to train them with `run_sweep`), trained and
-    recorded as `like`'s own runs (its `run_config` and `run_selection`, when it has them)."""
-
-    def __init__(self, runs, like=None):
-        self.runs, self.like = runs, like
-
-    def propose(self, domains, budget_tokens):
-        return self.runs
-
-    def run_selection(self):
-        return self.like.run_selection() if hasattr(self.like, "run_selection") else None
-
-    def run_config(self, config, run):
-        return self.like.run_config(config, run) if hasattr(self.like, "run_config") else config
 
 
 def planned_spend(method, domains: list[str], budget_tokens: int) -> tuple[int, int]:
@@ -68,14 +52,23 @@ def _offline(method, method_name, options, data, budget_tokens, out, config, log
     from mixjax.methods.sweep import run_sweep
 
     domains = list(data.domains)
-    runs, observations = run_sweep(method, method_name, options, data, budget_tokens, out / "sweep", config, log=log)
+    design = None
+    if getattr(method, "adaptive", False):
+        from mixjax.methods.adaptive_sweep import run_adaptive_sweep
+
+        runs, observations, design = run_adaptive_sweep(method, method_name, options, data, budget_tokens,
+                                                        out / "sweep", config, log=log)
+    else:
+        runs, observations = run_sweep(method, method_name, options, data, budget_tokens, out / "sweep", config,
+                                       log=log)
     if len(observations.runs) < len(runs):
         raise MixjaxError(f"{out / 'sweep'}: {len(runs) - len(observations.runs)} run(s) unfinished")
-    extra = method.extra_runs(observations, domains, budget_tokens) if hasattr(method, "extra_runs") else []
+    extra = method.extra_runs(observations, domains, budget_tokens) \
+        if hasattr(method, "extra_runs") and design is None else []
     if extra:
         log(f"{method_name}: the runs leave the law under-determined; {len(extra)} more run(s) "
             f"({', '.join(r.name for r in extra)})")
-        _, more = run_sweep(_Runs(extra, like=method), f"{method_name} (extra runs)", options, data,
+        _, more = run_sweep(RunList(extra, like=method), f"{method_name} (extra runs)", options, data,
                             budget_tokens, out / "sweep-extra", config, log=log)
         observations, runs = observations.concat(more), runs + extra
     weights = method.recommend(observations, domains, budget_tokens)
@@ -86,6 +79,8 @@ def _offline(method, method_name, options, data, budget_tokens, out, config, log
         summary["law"] = fitted.law.name
         summary["under_determined"] = bool(fitted.diagnostics.get("under_determined"))
     summary.update(extra_runs=len(runs), extra_tokens=int(sum(r.budget_tokens for r in runs)))
+    if design is not None:
+        summary["adaptive"] = {"stopped": design["stopped"], "rounds": len(design["rounds"])}
     shown = ", ".join(f"{d}={w:.3f}" for d, w in weights.items())
     log(f"{method_name}: recommends {shown}; final run of {budget_tokens:,} tokens")
     final = _final_run(config, data, weights, budget_tokens, out / "final", log)

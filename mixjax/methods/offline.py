@@ -77,8 +77,19 @@ class Li2025(_LawMethod):
     law_name = "li2025"
 
     def __init__(self, base_fraction: float = 0.25, factors=DEFAULT_FACTORS, add_runs: bool = True,
-                 huber_delta: float | None = 1e-3, perturbation_evals: int = 10, **kwargs):
+                 huber_delta: float | None = 1e-3, perturbation_evals: int = 10, adaptive: bool = False,
+                 max_runs: int | None = None, tolerance: float | None = None, **kwargs):
         super().__init__(**kwargs)
+        if not adaptive and (max_runs is not None or tolerance is not None):
+            raise MixjaxError("--max-runs and --tolerance apply to li2025 with --adaptive")
+        if max_runs is not None and (isinstance(max_runs, bool) or not isinstance(max_runs, (int, np.integer))
+                                     or max_runs < 1):
+            raise MixjaxError(f"--max-runs: must be a whole number >= 1, got {max_runs!r}")
+        if tolerance is not None and not (np.isfinite(tolerance) and tolerance > 0):
+            raise MixjaxError(f"--tolerance: must be a positive number, got {tolerance!r}")
+        # adaptive design (mixjax.methods.adaptive_sweep): runs one at a time until the optimum is
+        # known to `tolerance`, at most `max_runs` (default 1 + 4K, the fixed design's count)
+        self.adaptive, self.max_runs, self.tolerance = bool(adaptive), max_runs, tolerance
         if not 0 < base_fraction:
             raise MixjaxError("--base-fraction must be positive")
         if huber_delta is not None and not (np.isfinite(huber_delta) and huber_delta >= 0):

@@ -63,6 +63,59 @@ def check_run_names(runs, where: str) -> None:
         seen.add(run.name)
 
 
+class RunList:
+    """A fixed list of runs as an offline method (to train them with `run_sweep`), trained and
+    recorded as `like`'s own runs (its `run_config` and `run_selection`, when it has them)."""
+
+    def __init__(self, runs, like=None):
+        self.runs, self.like = list(runs), like
+
+    def propose(self, domains, budget_tokens):
+        return self.runs
+
+    def run_selection(self):
+        return self.like.run_selection() if hasattr(self.like, "run_selection") else None
+
+    def run_config(self, config, run):
+        return self.like.run_config(config, run) if hasattr(self.like, "run_config") else config
+
+
+def read_run_list(path, domains) -> list:
+    """The runs of a run-list file ([{"name", "weights", "budget_tokens"}], as `mixjax next` and
+    sweep.json's "runs" write them) for the prepared `domains`, or a one-line error naming the file
+    and the entry."""
+    from mixjax.methods.base import ProposedRun
+
+    path = Path(path)
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise MixjaxError(f"--run-list {path}: unreadable ({e})") from None
+    if isinstance(entries, dict) and "runs" in entries:  # a sweep.json
+        entries = entries["runs"]
+    if not isinstance(entries, list) or not entries:
+        raise MixjaxError(f"--run-list {path}: expected a non-empty list of runs "
+                          '[{"name", "weights", "budget_tokens"}]')
+    runs = []
+    for i, entry in enumerate(entries):
+        where = f"--run-list {path}: run {i}"
+        if not isinstance(entry, dict) or set(entry) < {"name", "weights", "budget_tokens"}:
+            raise MixjaxError(f"{where}: expected an object with name, weights and budget_tokens")
+        check_run_name(entry["name"], where)
+        weights, budget = entry["weights"], entry["budget_tokens"]
+        if not isinstance(weights, dict) or sorted(weights) != sorted(domains):
+            raise MixjaxError(f"{where} ({entry['name']}): weights must name exactly the data's domains {list(domains)}")
+        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and np.isfinite(w) and w >= 0
+                   for w in weights.values()) or sum(weights.values()) <= 0:
+            raise MixjaxError(f"{where} ({entry['name']}): weights must be finite numbers >= 0, not all 0")
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
+            raise MixjaxError(f"{where} ({entry['name']}): budget_tokens must be a whole number > 0, got {budget!r}")
+        total = float(sum(weights.values()))
+        runs.append(ProposedRun(entry["name"], {d: float(weights[d]) / total for d in domains}, budget))
+    check_run_names(runs, f"--run-list {path}")
+    return runs
+
+
 def read_record(path: Path) -> dict:
     """A directory's record (sweep.json, mix.json, prereq.json) with the domain and run names in it
     checked, or a one-line error naming the file."""
