@@ -102,7 +102,8 @@ def run(args, argv) -> int:
     work = Path(args.work)
     domains_arg = args.domains.split(",") if args.domains else None
     data_name = "data" if not domains_arg else "data_" + "+".join(domains_arg)
-    data, config = common.setup(work, scale, domains=domains_arg, progress=not args.quiet, data_name=data_name)
+    data, config = common.setup(work, scale, domains=domains_arg, progress=not args.quiet, data_name=data_name,
+                                data_dir=args.data, init=args.init)
     domains = list(data.domains)
     prefix = "" if not domains_arg else "+".join(domains_arg) + "/"
     per_seed = {}

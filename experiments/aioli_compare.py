@@ -119,13 +119,17 @@ def run(args, argv) -> int:
     work = Path(args.work)
     results, budgets = {}, {}
     chosen = args.settings.split(",") if args.settings else [setting_name(s) for s in SETTINGS]
-    for domains in SETTINGS:
-        name = setting_name(domains)
-        if name not in chosen:
+    if args.data and args.settings:
+        from mixjax.errors import MixjaxError
+        raise MixjaxError("--settings picks bundled domains; with --data the one setting is the data's domains")
+    for domains in SETTINGS if not args.data else [None]:
+        name = setting_name(domains) if domains else "+".join(common.user_data(args.data, scale.budget).domains)
+        if domains and name not in chosen:
             continue
-        three = len(domains) == 3
+        three = domains is None or len(domains) == 3
         data, config = common.setup(work, scale, domains=domains, progress=not args.quiet,
-                                    data_name="data" if three else f"data_{name}")
+                                    data_name="data" if three else f"data_{name}", data_dir=args.data,
+                                    init=args.init)
         budget = scale.budget if three or not args.pair_budget else args.pair_budget
         budgets[name] = budget
         results[name] = {}

@@ -154,7 +154,8 @@ def main(argv=None) -> int:
 
         scale = common.scale_from(args)
         started = time.perf_counter()
-        data, config = common.setup(Path(args.work), scale, progress=not args.quiet)
+        data, config = common.setup(Path(args.work), scale, progress=not args.quiet, data_dir=args.data,
+                                    init=args.init)
         steps = args.steps if not args.quick else 24
         options = {} if not args.quick else {"lp_rounds": 1, "lp_steps": 2, "update_steps": 8}
         reference = args.reference if not args.quick else 2

@@ -259,7 +259,7 @@ def run(args) -> int:
         sweep = dataclasses.replace(sweep, perturb_tokens_per_domain=args.perturb_tokens)
     started = time.perf_counter()
     work = Path(args.work)
-    data, config = common.setup(work, scale, progress=not args.quiet)
+    data, config = common.setup(work, scale, progress=not args.quiet, data_dir=args.data, init=args.init)
     domains = list(data.domains)
     obs, fitted, result = fit_once(data, config, sweep, work)
     totals = obs.tokens.sum(1)

@@ -58,7 +58,9 @@ def online_options(method: str, num_steps: int, k: int) -> dict:
     return {}
 
 
-def common_arguments(description: str, default_name: str) -> argparse.ArgumentParser:
+def common_arguments(description: str, default_name: str, data_flags: bool = True) -> argparse.ArgumentParser:
+    """The flags every experiment takes; `data_flags`: also --data and --init (not for a simulation,
+    or a script with flags of its own for them)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--work", default=None,
                    help=f"where runs are cached, so a rerun resumes (default experiments/work/{default_name}, "
@@ -67,6 +69,13 @@ def common_arguments(description: str, default_name: str) -> argparse.ArgumentPa
     p.add_argument("--results", default=str(ROOT / "results"), help="where JSON, Markdown and PNG go")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the scale's)")
     p.add_argument("--budget", type=int, default=None, help="tokens per run (default: the scale's)")
+    if data_flags:
+        p.add_argument("--data", default=None, metavar="DIR",
+                       help="a prepared data directory (`mixjax prepare`, 2 to 8 domains) instead of the bundled "
+                            "domains; the default --work then gets a folder of its own")
+        p.add_argument("--init", default=None, metavar="PATH",
+                       help="the model to fine-tune (a mixjax run or checkpoint, or a Hugging Face directory) "
+                            "instead of the cached tiny base; its vocabulary must match --data's")
     p.add_argument("--quick", action="store_true", help="a tiny scale that checks the script end to end")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -98,7 +107,13 @@ def parse_methods(text: str, always: str) -> list[str]:
 def scale_from(args, default: Scale = Scale()) -> Scale:
     """The scale the flags ask for; also fills in the default --work (quick runs get their own)."""
     if args.work is None:
-        args.work = str(ROOT / "experiments" / "work" / (args.default_work_name + ("_quick" if args.quick else "")))
+        name = args.default_work_name + ("_quick" if args.quick else "")
+        own = [str(Path(x).resolve()) for x in (getattr(args, "data", None), getattr(args, "init", None)) if x]
+        if own:  # runs on other data or from another model must not meet the bundled setting's cache
+            import hashlib
+
+            name += "-" + Path(own[0]).name + "-" + hashlib.sha1("|".join(own).encode()).hexdigest()[:8]
+        args.work = str(ROOT / "experiments" / "work" / name)
     scale = QUICK if args.quick else default
     if args.seeds:
         scale = dataclasses.replace(scale, seeds=tuple(range(args.seeds)))
@@ -111,15 +126,64 @@ def log(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
-def setup(work: Path, scale: Scale, domains=None, progress: bool = False, data_name: str = "data"):
-    """(prepared data, base TrainConfig fine-tuning from the cached base model)."""
+MAX_DOMAINS = 8
+
+
+def user_data(path, budget: int, grid_step: float = 0.125, max_epochs: float = 10):
+    """A prepared data directory given with --data, checked before anything trains: 2 to 8
+    domains, and every domain large enough for the grid's largest weight at the budget."""
+    from mixjax.data.prepared import PreparedData
+    from mixjax.errors import MixjaxError
+
+    data = PreparedData(path)
+    k = len(data.domains)
+    if not 2 <= k <= MAX_DOMAINS:
+        raise MixjaxError(f"--data {path}: has {k} domain(s); the experiments need 2 to {MAX_DOMAINS}")
+    largest = 1 - (k - 1) * grid_step  # the grid's largest weight (no zero weights)
+    for domain, available in data.train_tokens().items():
+        need = largest * budget
+        if available * max_epochs < need:
+            raise MixjaxError(f"--data {path}: domain {domain} has {available:,} training tokens; the grid's "
+                              f"largest weight {largest:g} at {budget:,} tokens needs {need:,.0f}, "
+                              f"{need / max(available, 1):.1f} repetitions (at most {max_epochs:g}); "
+                              "give a smaller --budget or more data")
+    return data
+
+
+def check_init(path) -> str:
+    """--init: a mixjax run/checkpoint or a Hugging Face directory, else a one-line error."""
+    from mixjax.errors import MixjaxError
+    from mixjax.train.checkpoint import find_checkpoint
+
+    p = Path(path)
+    if (p / "config.json").is_file():
+        return str(p)
+    if not p.exists():
+        raise MixjaxError(f"--init: {path} does not exist")
+    find_checkpoint(p)  # a one-line error when there is no checkpoint
+    return str(p)
+
+
+def setup(work: Path, scale: Scale, domains=None, progress: bool = False, data_name: str = "data",
+          data_dir=None, init=None):
+    """(prepared data, base TrainConfig fine-tuning from the cached base model): the bundled
+    domains and the tiny base unless `data_dir` (--data) or `init` (--init) replace them."""
     from mixjax.starter import prepare_bundled, pretrained_base
     from mixjax.train import TrainConfig
 
-    data = prepare_bundled(work, scale.size_mb, domains=domains, progress=progress, log=log,
-                           data_dir=work / data_name)
-    base = pretrained_base(work, scale.base_tokens, scale.batch_size, scale.seq_len, scale.base_lr,
-                           text_mb=scale.size_mb, progress=progress, log=log)
+    if init is not None:
+        init = check_init(init)
+    if data_dir is not None:
+        data = user_data(data_dir, scale.budget)
+        if domains:
+            from mixjax.errors import MixjaxError
+            raise MixjaxError("--data: this experiment picks bundled domains by name; give the domains you "
+                              "want as their own prepared directory instead")
+    else:
+        data = prepare_bundled(work, scale.size_mb, domains=domains, progress=progress, log=log,
+                               data_dir=work / data_name)
+    base = init or pretrained_base(work, scale.base_tokens, scale.batch_size, scale.seq_len, scale.base_lr,
+                                   text_mb=scale.size_mb, progress=progress, log=log)
     config = TrainConfig(init=str(base), batch_size=scale.batch_size, seq_len=scale.seq_len, lr=scale.sft_lr,
                          eval_max_batches=scale.eval_max_batches, progress=progress)
     return data, config

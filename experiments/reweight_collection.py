@@ -220,7 +220,7 @@ def figures(domains, rows) -> dict:
 
 
 def main(argv=None) -> int:
-    p = common.common_arguments(__doc__.splitlines()[0], "reweight_collection")
+    p = common.common_arguments(__doc__.splitlines()[0], "reweight_collection", data_flags=False)  # --collection, --init
     p.add_argument("--collection", metavar="FILE", help="a .jsonl/.parquet file (or directory) to split into "
                    "domains (default: a collection built from the bundled sources)")
     p.add_argument("--field", metavar="FIELD", help="the record field naming each example's domain "

@@ -141,3 +141,60 @@ def test_adaptive_real_gap_recovered_is_paired_by_seed():
     assert rows["stratified"]["gap_recovered"] == pytest.approx((0.0, 0.0))
     assert rows["grid best"]["gap_recovered"] == pytest.approx((1.0, 0.0))
     assert rows["li2025 adaptive"]["runs"] == 8 and rows["stratified"]["regret"][0] == pytest.approx(0.3)
+
+
+@pytest.mark.slow
+def test_li2025_grid_runs_on_any_prepared_data(tmp_path):
+    """--data: the grid and stratified train on the user's domains, in a --work of their own."""
+    import li2025_grid
+
+    from mixjax.cli import main as mixjax_main
+    from tests.data_fixtures import letter_domain
+
+    for d in "ab":
+        letter_domain(tmp_path / f"{d}.jsonl", d, 40)
+    data = tmp_path / "ab"
+    assert mixjax_main(["prepare", "--out", str(data), "--quiet", "--domain", f"a={tmp_path / 'a.jsonl'}",
+                        "--domain", f"b={tmp_path / 'b.jsonl'}"]) == 0
+    results = tmp_path / "results"
+    assert li2025_grid.main(["--quick", "--quiet", "--methods", "stratified", "--data", str(data),
+                             "--work", str(tmp_path / "work"), "--results", str(results)]) == 0
+    payload = json.loads((results / "li2025_grid_quick.json").read_text())
+    assert payload["domains"] == ["a", "b"]
+    assert len(list((tmp_path / "work" / "seed0" / "grid" / "sweep" / "runs").iterdir())) == 7  # 1/8 .. 7/8
+    strat = _result(tmp_path / "work" / "seed0" / "stratified" / "final")
+    assert set(strat["val_loss"]) == {"a", "b"} and strat["weights"] == pytest.approx({"a": 0.5, "b": 0.5})
+    assert "--data" in payload["command"]
+
+
+def test_experiments_refuse_unusable_data_and_init_before_training(tmp_path, capsys):
+    import common
+    import li2025_grid
+
+    from mixjax.cli import main as mixjax_main
+    from tests.data_fixtures import letter_domain, prepared_letters
+
+    data = prepared_letters(tmp_path / "letters", 40)
+    letter_domain(tmp_path / "one.jsonl", "a", 20)
+    assert mixjax_main(["prepare", "--out", str(tmp_path / "one"), "--quiet", "--domain",
+                        f"a={tmp_path / 'one.jsonl'}"]) == 0
+    tokens_a = json.loads((data / "manifest.json").read_text())["domains"]["a"]["train"]["tokens"]
+    cases = [
+        (["--data", str(tmp_path / "one")], "has 1 domain(s); the experiments need 2 to 8"),
+        (["--data", str(data), "--budget", "10000000"],
+         f"domain a has {tokens_a:,} training tokens; the grid's largest weight 0.75 at 10,000,000 tokens needs "
+         f"7,500,000, {7_500_000 / tokens_a:.1f} repetitions (at most 10)"),
+        (["--init", str(tmp_path / "letters")], "holds no mixjax checkpoint"),
+        (["--init", str(tmp_path / "nowhere")], "--init: " + str(tmp_path / "nowhere") + " does not exist"),
+    ]
+    for extra, message in cases:
+        work = tmp_path / "work"
+        assert li2025_grid.main(["--quick", "--quiet", "--work", str(work), "--results", str(tmp_path / "r"),
+                                 *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+        assert not (work / "base").exists() and not (work / "seed0").exists()
+    # the default --work of another --data is not the bundled setting's
+    args = common.common_arguments("x", "li2025_grid").parse_args(["--data", str(data)])
+    common.scale_from(args)
+    assert Path(args.work).name.startswith("li2025_grid-data-") and Path(args.work).name != "li2025_grid"
