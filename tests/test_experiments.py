@@ -143,28 +143,21 @@ def test_adaptive_real_gap_recovered_is_paired_by_seed():
     assert rows["li2025 adaptive"]["runs"] == 8 and rows["stratified"]["regret"][0] == pytest.approx(0.3)
 
 
-@pytest.mark.slow
-def test_li2025_grid_runs_on_any_prepared_data(tmp_path):
-    """--data: the grid and stratified train on the user's domains, in a --work of their own."""
-    import li2025_grid
+def test_any_prepared_data_and_init_replace_the_bundled_setting(tmp_path):
+    """--data and --init: the experiment's data is the user's prepared directory (read as is, never
+    re-prepared) and its runs fine-tune the given model; nothing is trained to set them up."""
+    import common
 
-    from mixjax.cli import main as mixjax_main
-    from tests.data_fixtures import letter_domain
+    from tests.data_fixtures import prepared_letters
 
-    for d in "ab":
-        letter_domain(tmp_path / f"{d}.jsonl", d, 40)
-    data = tmp_path / "ab"
-    assert mixjax_main(["prepare", "--out", str(data), "--quiet", "--domain", f"a={tmp_path / 'a.jsonl'}",
-                        "--domain", f"b={tmp_path / 'b.jsonl'}"]) == 0
-    results = tmp_path / "results"
-    assert li2025_grid.main(["--quick", "--quiet", "--methods", "stratified", "--data", str(data),
-                             "--work", str(tmp_path / "work"), "--results", str(results)]) == 0
-    payload = json.loads((results / "li2025_grid_quick.json").read_text())
-    assert payload["domains"] == ["a", "b"]
-    assert len(list((tmp_path / "work" / "seed0" / "grid" / "sweep" / "runs").iterdir())) == 7  # 1/8 .. 7/8
-    strat = _result(tmp_path / "work" / "seed0" / "stratified" / "final")
-    assert set(strat["val_loss"]) == {"a", "b"} and strat["weights"] == pytest.approx({"a": 0.5, "b": 0.5})
-    assert "--data" in payload["command"]
+    data_dir = prepared_letters(tmp_path / "letters", 40)
+    model = tmp_path / "hf"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    work = tmp_path / "work"
+    data, config = common.setup(work, common.QUICK, data_dir=data_dir, init=model)
+    assert data.directory == data_dir and data.domains == ["a", "b", "c"] and config.init == str(model)
+    assert config.batch_size == common.QUICK.batch_size and not work.exists()
 
 
 def test_experiments_refuse_unusable_data_and_init_before_training(tmp_path, capsys):
