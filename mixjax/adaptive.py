@@ -2,44 +2,63 @@
 
 li2025's Algorithm 1 trains a fixed 1 + 4K runs. Here the runs come one (or a few) at a time:
 
+0. `initial_runs`: a small spread-out start that identifies the law: the uniform base run and
+   spread-out mixtures until the fit's rule holds (6 runs for li2025 at any K: n_free + 1).
 1. `assess` fits the law to the runs so far and measures how uncertain the optimal weights at
    the target budget are: the 90% interval (5th-95th percentile) of every weight.
 2. `should_stop`: stop when every weight's interval is narrower than a tolerance (default 0.02).
 3. Otherwise `candidate_runs` lists li2025's perturbation family around the *current* estimate
    of the optimum (the base run's per-domain tokens n scaled to the estimated optimal mixture,
-   each domain x 0.25, 0.5, 2, 3 with the others kept) plus a few mixtures near the optimum, and
-   `propose_next` picks the candidate(s) that most increase log det of the Fisher information
-   of the law's parameters (D-optimal design).
+   each domain x 0.25, 0.5, 2, 3 with the others kept), a few mixtures near the optimum and 4K
+   spread-out mixtures (Dirichlet(1), 0.5x-2x the base total, seeded by the observed run names),
+   and `propose_next` picks the candidate(s) that most reduce the variance of the optimal weights
+   (default, criterion="weights") or most increase log det of the Fisher information of the law's
+   parameters (criterion="d-optimal").
 
 Choices, and why:
 
-- **D-optimal design on the law's Jacobian.** With Gaussian noise of one size on every loss, the
-  Fisher information of domain i's free parameters theta_i (the law's unconstrained vector: log C,
+- **The Fisher information.** With Gaussian noise of one size on every loss, the Fisher
+  information of domain i's free parameters theta_i (the law's unconstrained vector: log C,
   log k, logit alpha, log beta, log E for li2025) is F_i = J_i^T J_i / sigma^2, J_i the Jacobian of
   domain i's predicted loss at the observed runs (jax.jacfwd at the fitted parameters). A new run
-  adds one row g_i to every domain's J_i (every run measures every domain), so its gain is
-  sum_i [log det(F_i + g_i g_i^T) - log det F_i] = sum_i log(1 + g_i^T F_i^-1 g_i): cheap (no
-  refits), deterministic, and independent of sigma. Several runs are chosen greedily (each pick
-  updates F). F gets a tiny ridge (1e-13 of its largest diagonal entry; F from a few runs often has a
-  condition number of 1e9-1e10, so a larger ridge would change the ranking) so that a singular F (a
-  parameter the runs do not see) still ranks candidates: the ones that see it win. The optimal
-  weights are a smooth function of theta, so shrinking the parameter confidence region shrinks
-  theirs; D-optimality does not weigh parameters by how much they move the weights (a c- or
-  A-optimal criterion on dw/dtheta would, at the cost of differentiating the optimiser).
+  adds one row g_i to every domain's J_i (every run measures every domain). F gets a tiny ridge
+  (1e-13 of its largest diagonal entry; F from a few runs often has a condition number of 1e9-1e10,
+  so a larger ridge would change the ranking) so that a singular F (a parameter the runs do not
+  see) still ranks candidates: the ones that see it win. Several runs are chosen greedily (each
+  pick updates F); no criterion needs a refit, and none depends on sigma.
+- **The default criterion targets the optimal weights (A-optimal on w*, by the delta method).**
+  What the design is for is w*, not theta, and parameters matter very unequally to it. With
+  G_i = d w*/d theta_i (K x P, `weight_jacobian`: central differences through the compiled
+  optimiser, all 2 K P perturbed parameter sets in one call), Var(w*) ~ s^2 sum_i G_i F_i^-1 G_i^T
+  (the domains are fitted apart, with independent noise). A run lowers its trace by
+  sum_i ||G_i F_i^-1 g_i||^2 / (1 + g_i^T F_i^-1 g_i) (Sherman-Morrison, `weight_variance_reduction`).
+  The trace is the summed variance of the K weights; that they sum to 1 only makes G's columns sum
+  to 0. Where G is not finite or no candidate lowers the trace (an optimum at a vertex, whose
+  weights do not move) the pick falls back to D-optimal.
+- **D-optimal** (criterion="d-optimal"): gain sum_i log(1 + g_i^T F_i^-1 g_i), the log det
+  increase of F (matrix determinant lemma). It shrinks the parameters' confidence region as a
+  whole, whether or not a parameter moves the optimum.
+- **A small start and spread-out candidates.** The start spends the fewest runs the fit allows, so
+  that the adaptive choice decides the rest; its mixtures, and the spread-out candidates, vary every
+  domain's tokens and the others' total at once (in experiments/adaptive_design.py, random
+  Dirichlet runs estimated w* better than li2025's one-domain perturbations with fewer runs at K = 6).
 - **Uncertainty of the weights.** `method="laplace"` (default): the Gaussian approximation of the
-  fit, theta_i ~ N(theta_hat_i, s^2 F_i^-1) with s^2 the residual variance pooled over domains,
-  sampled `n_boot` times and mapped to optimal weights by the fit's bootstrap solver (the same
-  compiled, vmapped optimiser `mixjax fit --budget` uses). It is consistent with the design
-  criterion and deterministic for a seed. `method="bootstrap"`: `fit`'s own bootstrap (resampling
-  runs, refitting each resample); with few runs a resample often holds fewer distinct runs than
-  the law has parameters, so its intervals are then very wide and noisy - which is why it is not
-  the default for a design that starts from a handful of runs.
+  fit, theta_i ~ theta_hat_i + s^2 F_i^-1-shaped noise with s^2 the residual variance pooled over
+  domains, drawn as multivariate t with the residual degrees of freedom (as few as K at the
+  smallest start, so the uncertainty of s^2 itself counts), `n_boot` times, and mapped to optimal
+  weights by the fit's bootstrap solver (the same compiled, vmapped optimiser `mixjax fit --budget`
+  uses). It is consistent with the design criterion and deterministic for a seed.
+  `method="bootstrap"`: `fit`'s own bootstrap (resampling runs, refitting each resample); with few
+  runs a resample often holds fewer distinct runs than the law has parameters, so its intervals
+  are then very wide and noisy - which is why it is not the default for a design that starts from
+  a handful of runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import math
 
 import numpy as np
@@ -51,6 +70,9 @@ from mixjax.methods.li2025_design import DEFAULT_FACTORS
 DEFAULT_TOLERANCE = 0.02
 NEAR_FACTORS = (1.5, 1 / 1.5)  # one domain's weight x these (renormalised), at the base total
 SCALE_FACTORS = (0.5, 2.0)  # the estimated optimum itself at these multiples of the base total
+SPREAD_TOTALS = (0.5, 2.0)  # spread-out runs: totals log-uniform in this range x the base total
+WEIGHT_EPS = 1e-3  # central-difference step of `weight_jacobian` (unconstrained parameters)
+CRITERIA = ("weights", "d-optimal")
 
 
 @dataclasses.dataclass
@@ -80,18 +102,22 @@ def identification_problems(observations, law) -> list[str]:
     settings (the fit's rule, counting distinct settings, not repeats); for laws of token counts
     (li2025), at least 3 distinct values of domain i's own tokens (C, beta, E of its power law) and
     at least 2 of the other domains' total (the transfer terms k, alpha)."""
-    n_free = law.n_free(len(observations.domains))
+    return _design_problems(observations.domains, observations.tokens, observations.observed, law)
+
+
+def _design_problems(domains, tokens_RxK, observed_RxK, law) -> list[str]:
+    """`identification_problems` of a design: tokens (R, K) and which losses are measured (R, K)."""
+    n_free = law.n_free(len(domains))
     problems = []
-    for j, d in enumerate(observations.domains):
-        rows = observations.observed[:, j]
-        tokens = observations.tokens[rows]
+    for j, d in enumerate(domains):
+        tokens = np.asarray(tokens_RxK, np.float64)[np.asarray(observed_RxK)[:, j]]
         own = _distinct(tokens[:, j])
         others = _distinct(tokens.sum(axis=1) - tokens[:, j])
         if law.uses_proportions:
             props = tokens / tokens.sum(axis=1, keepdims=True)
             settings = len({tuple(np.round(p, 9)) for p in props})
         else:
-            settings = len({tuple(np.round(t / max(tokens.max(), 1.0), 9)) for t in tokens})
+            settings = len({tuple(np.round(t / max(tokens.max(initial=0.0), 1.0), 9)) for t in tokens})
         hints = []
         if not law.uses_proportions and own < 3:
             hints.append(f"add runs that vary domain {d}'s tokens ({own} distinct value(s); e.g. {d} x0.5 and x2)")
@@ -199,6 +225,51 @@ def log_det_gain(F_KxPxP, rows_KxP) -> float:
     return float(np.sum(np.log1p(np.maximum(q, 0.0))))
 
 
+def weight_variance(F_KxPxP, G_KxKxP) -> float:
+    """trace sum_i G_i F_i^-1 G_i^T: the delta-method variance of the optimal weights, summed over
+    weights, in units of the noise variance s^2 (F ridged as in `log_det_gain`)."""
+    F = _ridge(np.asarray(F_KxPxP, np.float64))
+    G = np.asarray(G_KxKxP, np.float64)
+    X = np.linalg.solve(F, np.swapaxes(G, 1, 2))  # (K, P, K): F_i^-1 G_i^T
+    return float(np.einsum("iwp,ipw->", G, X))
+
+
+def weight_variance_reduction(F_KxPxP, G_KxKxP, rows) -> np.ndarray | float:
+    """How much one more run with Jacobian rows g (K, P), or each of C runs (C, K, P), lowers
+    `weight_variance`: sum_i ||G_i F_i^-1 g_i||^2 / (1 + g_i^T F_i^-1 g_i) (Sherman-Morrison)."""
+    F = _ridge(np.asarray(F_KxPxP, np.float64))
+    G = np.asarray(G_KxKxP, np.float64)
+    g = np.asarray(rows, np.float64)
+    single = g.ndim == 2
+    g = g[None] if single else g
+    Finv = np.linalg.inv(F)
+    Finv = 0.5 * (Finv + np.swapaxes(Finv, 1, 2))
+    u = np.einsum("ipq,ciq->cip", Finv, g)  # F_i^-1 g_i
+    q = np.einsum("cip,cip->ci", g, u)
+    v = np.einsum("iwp,cip->ciw", G, u)  # G_i F_i^-1 g_i
+    out = np.sum(np.einsum("ciw,ciw->ci", v, v) / (1.0 + np.maximum(q, 0.0)), axis=1)
+    return float(out[0]) if single else out
+
+
+def weight_jacobian(fitted, budget_tokens, eps: float = WEIGHT_EPS) -> np.ndarray:
+    """G (K, K, P): G[i] = d w* / d theta_i, the optimal weights at `budget_tokens` against domain i's
+    unconstrained parameters at the fit, by central differences (theta +/- eps e_j, all 2 K P
+    coordinates in one call of the compiled optimiser). The parameters are logs and a logit, so one
+    eps suits them all; 1e-3 keeps the O(eps^2) error and the solver's (tol 1e-10) far below the
+    derivative (the tests: within ~1e-6 of the implicit-function-theorem derivative, and of eps
+    2e-4). Each G[i][:, p] sums to ~0 over the weights (they stay on the simplex)."""
+    raw = raw_params(fitted)
+    K, P = raw.shape
+    draws = np.repeat(raw[None], 2 * K * P, axis=0)
+    for i in range(K):
+        for p in range(P):
+            draws[2 * (i * P + p), i, p] += eps
+            draws[2 * (i * P + p) + 1, i, p] -= eps
+    w = optimal_weights_of(fitted.law, draws, budget_tokens / fitted.token_unit)  # (2 K P, K)
+    diff = (w[0::2] - w[1::2]) / (2 * eps)  # (K P, K): row i * P + p
+    return np.transpose(diff.reshape(K, P, K), (0, 2, 1))
+
+
 def assess(observations, law, budget_tokens, *, n_boot: int = 200, seed: int = 0, method: str = "laplace",
            fit_options=None, token_unit: float = 1e6) -> Assessment:
     """Fit `law`, optimise at `budget_tokens`, and the 90% interval of every optimal weight.
@@ -234,12 +305,8 @@ def assess(observations, law, budget_tokens, *, n_boot: int = 200, seed: int = 0
 
 
 def _laplace_weights(fitted, observations, budget_tokens, n_boot, seed) -> np.ndarray:
-    """Optimal weights (n_boot, K) for parameters drawn from N(theta_hat, s^2 F^-1) per domain."""
-    import jax
-    import jax.numpy as jnp
-
-    from mixjax.fit import compiled_bootstrap_weights
-
+    """Optimal weights (n_boot, K) for parameters drawn from theta_hat + s^2 F^-1-shaped multivariate
+    t with the residual degrees of freedom (the Gaussian approximation with s^2's own uncertainty)."""
     obs = observations.select(fitted.domains)
     K = len(fitted.domains)
     jac = loss_jacobians(fitted, obs.tokens)
@@ -257,14 +324,30 @@ def _laplace_weights(fitted, observations, budget_tokens, n_boot, seed) -> np.nd
     for i in range(K):
         vals, vecs = np.linalg.eigh(cov[i])
         root = vecs * np.sqrt(np.maximum(vals, 0.0))
-        draws[:, i] = raw[i] + rng.standard_normal((n_boot, P)) @ root.T
-    B = -(-n_boot // 8) * 8  # pad to a multiple of 8: one compiled solve for similar sizes
-    draws = np.concatenate([draws, np.broadcast_to(raw, (B - n_boot, K, P))])
+        draws[:, i] = rng.standard_normal((n_boot, P)) @ root.T
+    # s^2 comes from only `dof` residuals (K at the smallest start): multivariate t draws, one
+    # chi^2 per draw shared by the domains (they share s^2), not Gaussian ones
+    t_scale = np.sqrt(max(dof, 1) / rng.chisquare(max(dof, 1), n_boot))
+    draws = raw[None] + draws * t_scale[:, None, None]
+    return optimal_weights_of(fitted.law, draws, budget_tokens / fitted.token_unit)
+
+
+def optimal_weights_of(law, raw_BxKxP, budget_units: float) -> np.ndarray:
+    """Optimal weights (B, K) at one budget (the law's token unit) for B unconstrained parameter
+    sets (B, K, P), in one call of the fit's compiled, vmapped bootstrap solver (NaN where it fails)."""
+    import jax
+    import jax.numpy as jnp
+
+    from mixjax.fit import compiled_bootstrap_weights
+
+    raw = np.asarray(raw_BxKxP, np.float64)
+    n, K = raw.shape[:2]
+    B = -(-n // 8) * 8  # pad to a multiple of 8: one compiled solve for similar sizes
+    raw = np.concatenate([raw, np.broadcast_to(raw[:1], (B - n,) + raw.shape[1:])])
     with jax.enable_x64(True), np.errstate(over="ignore", invalid="ignore"):
-        w = compiled_bootstrap_weights(jnp.asarray(draws), jnp.asarray(1.0),
-                                jnp.asarray([budget_tokens / fitted.token_unit]),
-                                jnp.zeros(K), jnp.ones((1, K)), law=fitted.law)
-    return np.asarray(w)[:n_boot, 0]
+        w = compiled_bootstrap_weights(jnp.asarray(raw), jnp.asarray(1.0), jnp.asarray([float(budget_units)]),
+                                       jnp.zeros(K), jnp.ones((1, K)), law=law)
+    return np.asarray(w)[:n, 0]
 
 
 def weight_uncertainty(observations, law, budget_tokens, n_boot: int = 200, seed: int = 0,
@@ -315,16 +398,22 @@ def run_tokens(run: ProposedRun) -> dict[str, float]:
 
 
 def candidate_runs(observations, domains, budget_tokens, base_fraction: float = 0.25, *, weights=None,
-                   law=None, factors=DEFAULT_FACTORS, fit_options=None) -> list[ProposedRun]:
-    """li2025's perturbation family around the current estimate of the optimum, plus mixtures near it.
+                   law=None, factors=DEFAULT_FACTORS, fit_options=None, n_spread: int | None = None
+                   ) -> list[ProposedRun]:
+    """li2025's perturbation family around the current estimate of the optimum, mixtures near it,
+    and spread-out mixtures.
 
     The base run has base_fraction x budget tokens split as the estimated optimal weights `weights`
     (a {domain: weight} dict or (K,) array; None: fit `law` (default li2025) to `observations` and
     optimise at the budget, or uniform when there are no observations). Candidates: that base run;
     each domain's tokens x `factors` with the others kept; each domain's weight x 1.5 and / 1.5
-    (renormalised) at the base total; the estimated optimum at 0.5x and 2x the base total. Token
-    counts are rounded to 3 significant figures and the names come from them (`run_from_tokens`):
-    stable and unique. Runs already in `observations` (by name) are left out."""
+    (renormalised) at the base total; the estimated optimum at 0.5x and 2x the base total; and
+    `n_spread` (default 4K) Dirichlet(1) mixtures at totals log-uniform in 0.5x-2x the base total
+    (`spread_tokens`; they vary every domain at once, which the one-domain perturbations do not), drawn
+    from a seed that is a hash of the domains and the observed run names, so the same observations
+    give the same candidates. Token counts are rounded to 3 significant figures and the names come
+    from them (`run_from_tokens`): stable and unique. Runs already in `observations` (by name) are
+    left out."""
     from mixjax.optimize import check_budgets
 
     domains = list(domains)
@@ -351,7 +440,10 @@ def candidate_runs(observations, domains, budget_tokens, base_fraction: float = 
             tokens_list.append({o: n * sum(base.values()) / s for o, n in mixed.items()})
     for f in SCALE_FACTORS:
         tokens_list.append({o: n * f for o, n in base.items()})
-    seen = set(observations.runs) if observations is not None else set()
+    observed = list(observations.runs) if observations is not None else []
+    n_spread = 4 * K if n_spread is None else int(n_spread)
+    tokens_list += spread_tokens(domains, total, n_spread, stable_seed("candidates", *domains, *sorted(observed)))
+    seen = set(observed)
     out = []
     for tokens in tokens_list:
         run = run_from_tokens(tokens)
@@ -359,6 +451,23 @@ def candidate_runs(observations, domains, budget_tokens, base_fraction: float = 
             seen.add(run.name)
             out.append(run)
     return out
+
+
+def stable_seed(*parts: str) -> int:
+    """A seed that is a function of the strings (sha256; Python's hash() changes between processes)."""
+    return int.from_bytes(hashlib.sha256("\x1f".join(parts).encode()).digest()[:8], "little")
+
+
+def spread_tokens(domains, total: float, n: int, seed: int) -> list[dict[str, float]]:
+    """n runs spread over the mixtures and sizes: Dirichlet(1) mixtures (each weight at least 1%, then
+    renormalised, so no domain is left out of a run) at totals log-uniform in SPREAD_TOTALS x `total`."""
+    K = len(domains)
+    rng = np.random.default_rng(seed)
+    mix = np.maximum(rng.dirichlet(np.ones(K), size=n), 0.01)
+    mix /= mix.sum(axis=1, keepdims=True)
+    lo, hi = SPREAD_TOTALS
+    totals = total * np.exp(rng.uniform(math.log(lo), math.log(hi), n))
+    return [{d: float(t * m[j]) for j, d in enumerate(domains)} for m, t in zip(mix, totals)]
 
 
 def _current_weights(observations, domains, budget_tokens, weights, law, fit_options) -> np.ndarray:
@@ -383,14 +492,56 @@ def _current_weights(observations, domains, budget_tokens, weights, law, fit_opt
     return optimize(fitted, [budget_tokens]).weights[0]
 
 
-def initial_runs(domains, budget_tokens, base_fraction: float = 0.25, factors=(0.5, 2.0)) -> list[ProposedRun]:
-    """A small identifiable start for li2025: the uniform base run and each domain x 0.5 and x 2
-    (1 + 2K runs), named like the candidates (a later candidate with the same tokens is the same run)."""
+def initial_runs(domains, budget_tokens, base_fraction: float = 0.25, factors=None, *, law=None,
+                 n_runs: int | None = None, pool: int = 32) -> list[ProposedRun]:
+    """A small, spread-out start that identifies `law` (default li2025): the uniform base run
+    (base_fraction x budget tokens split evenly) and then, greedily, the run farthest from those
+    chosen (maximin over the mixture and log2 of the total / 2) out of `pool` fixed spread-out runs
+    (`spread_tokens`, seed 0: the design depends only on K, the budget and base_fraction), until there
+    are `n_runs` runs (default n_free + 1, 6 for li2025: the fewest the fit's rule allows) and the
+    runs pass `check_identifiable`. Why: the fewer runs the start spends, the more the adaptive choice
+    decides; mixtures that vary every domain at once spread the runs over the tokens that the law's
+    terms depend on (own tokens, the others' total) with fewer runs than one-domain perturbations.
+    Named like the candidates (`run_from_tokens`).
+
+    factors: instead, the earlier design: the base run and each domain x each factor, the others
+    kept (1 + len(factors) K runs; (0.5, 2) identifies li2025)."""
+    from mixjax import laws
+
+    domains = list(domains)
     K = len(domains)
-    n = base_fraction * float(budget_tokens) / K
+    if K < 2:
+        raise MixjaxError("adaptive design needs at least 2 domains")
+    total = base_fraction * float(budget_tokens)
+    n = total / K
     base = {d: n for d in domains}
-    tokens = [base] + [{o: n * f if o == d else n for o in domains} for d in domains for f in factors]
-    return [run_from_tokens(t) for t in tokens]
+    if factors is not None:
+        tokens = [base] + [{o: n * f if o == d else n for o in domains} for d in domains for f in factors]
+        return [run_from_tokens(t) for t in tokens]
+    law = law or laws.get("li2025")
+    n_runs = law.n_free(K) + 1 if n_runs is None else int(n_runs)
+    runs = [run_from_tokens(base)]
+    pool_runs = [run_from_tokens(t) for t in spread_tokens(domains, total, max(pool, n_runs), 0)]
+
+    def features(run):
+        w = np.array([run.weights[d] for d in domains])
+        return np.append(w, math.log2(run.budget_tokens / total) / 2)
+
+    def problems():
+        table = np.array([[run_tokens(r)[d] for d in domains] for r in runs])
+        return _design_problems(domains, table, np.ones(table.shape, bool), law)
+
+    chosen = [features(runs[0])]
+    left = [r for r in pool_runs if r.name != runs[0].name]
+    while left and (len(runs) < n_runs or problems()):
+        dist = [min(float(np.linalg.norm(features(r) - c)) for c in chosen) for r in left]
+        best = left.pop(int(np.argmax(dist)))
+        runs.append(best)
+        chosen.append(features(best))
+    if problems():
+        raise MixjaxError(f"no identifiable start for law {law.name} in {len(pool_runs)} spread-out runs; "
+                          "give a larger pool")
+    return runs
 
 
 def _check_candidates(candidates, domains) -> None:
@@ -422,13 +573,26 @@ def _fisher_and_rows(fitted, observations, candidates):
     return F, loss_jacobians(fitted, tokens)
 
 
+def candidate_weight_gains(fitted, observations, candidates, budget_tokens, eps: float = WEIGHT_EPS) -> np.ndarray:
+    """Each candidate's reduction of `weight_variance` (the delta-method variance of the optimal
+    weights at `budget_tokens`, in units of s^2) on the runs so far."""
+    F, rows = _fisher_and_rows(fitted, observations, candidates)
+    return weight_variance_reduction(F, weight_jacobian(fitted, budget_tokens, eps), rows)
+
+
 def propose_next(observations, law, budget_tokens, candidates, n: int = 1, *, fitted=None, fit_options=None,
-                 token_unit: float = 1e6) -> list[ProposedRun]:
-    """The `n` candidates that most increase log det of the Fisher information of the law's
-    parameters at the fit (D-optimal; greedy, each pick added before the next). Candidates named
-    like an observed run are skipped. `fitted`: a fit of `law` to `observations` to reuse."""
+                 token_unit: float = 1e6, criterion: str = "weights", eps: float = WEIGHT_EPS) -> list[ProposedRun]:
+    """The `n` candidates that most shrink the uncertainty of the fit, greedily (each pick is added
+    to the Fisher information before the next). criterion "weights" (default): the largest reduction
+    of the delta-method variance of the optimal weights at `budget_tokens` (`weight_variance_reduction`
+    with G = `weight_jacobian`; falls back to D-optimal for a pick where G is not finite or no
+    candidate lowers it, e.g. an optimum whose weights do not move); "d-optimal": the largest increase
+    of log det of the Fisher information of the law's parameters. Candidates named like an observed
+    run are skipped. `fitted`: a fit of `law` to `observations` to reuse."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise MixjaxError(f"--runs: must be a whole number >= 1, got {n!r}")
+    if criterion not in CRITERIA:
+        raise MixjaxError(f"design criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
     domains = list(observations.domains)
     _check_candidates(candidates, domains)
     if fitted is None:
@@ -439,10 +603,24 @@ def propose_next(observations, law, budget_tokens, candidates, n: int = 1, *, fi
     if len(set(names)) != len(names):
         dup = next(x for x in names if names.count(x) > 1)
         raise MixjaxError(f"candidate run name {dup!r} appears twice")
+    if not pool:
+        return []
     F, rows = _fisher_and_rows(fitted, observations, pool)
+    G = weight_jacobian(fitted, budget_tokens, eps) if criterion == "weights" else None
+    if G is not None and not np.all(np.isfinite(G)):
+        G = None
     chosen = []
     for _ in range(min(n, len(pool))):
-        gains = [log_det_gain(F, rows[c]) if c not in chosen else -np.inf for c in range(len(pool))]
+        gains = None
+        if G is not None:
+            gains = weight_variance_reduction(F, G, rows)
+            gains = np.where(np.isfinite(gains), gains, -np.inf)
+            gains[chosen] = -np.inf
+            if not np.max(gains) > 0:
+                gains = None
+        if gains is None:
+            gains = np.array([log_det_gain(F, rows[c]) for c in range(len(pool))])
+            gains[chosen] = -np.inf
         best = int(np.argmax(gains))
         chosen.append(best)
         F = F + np.einsum("kp,kq->kpq", rows[best], rows[best])

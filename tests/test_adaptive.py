@@ -1,6 +1,8 @@
 """mixjax.adaptive (issue 18): the D-optimal choice against log det gains computed independently
-(numpy, finite differences), the stopping rule, candidate names, the one-line errors, `mixjax next`
-end to end, and experiments/adaptive_design.py --quick."""
+(numpy, finite differences), the weight criterion (the weight Jacobian against the implicit function
+theorem, its Sherman-Morrison reductions against recomputed traces), the start design, the stopping
+rule, candidate names, the one-line errors, `mixjax next` end to end, and
+experiments/adaptive_design.py --quick."""
 
 import json
 import sys
@@ -33,6 +35,11 @@ def truth():
 @pytest.fixture(scope="module")
 def start_obs(truth):
     return _simulate(truth, adaptive.initial_runs(truth.domains, BUDGET))
+
+
+@pytest.fixture(scope="module")
+def start_fit(start_obs):
+    return adaptive.assess(start_obs, LAW, BUDGET, n_boot=50)
 
 
 # -- the D-optimal criterion ------------------------------------------------------------------------
@@ -69,8 +76,8 @@ def _numpy_rows(raw_KxP, tokens_K, h=1e-3):
     return rows
 
 
-def test_propose_next_picks_the_largest_log_det_gain_computed_independently(truth, start_obs):
-    a = adaptive.assess(start_obs, LAW, BUDGET, n_boot=50)
+def test_propose_next_picks_the_largest_log_det_gain_computed_independently(truth, start_obs, start_fit):
+    a = start_fit
     candidates = adaptive.candidate_runs(start_obs, truth.domains, BUDGET, weights=a.weights)
     raw = adaptive.raw_params(a.fitted)
     units = lambda run: np.array([adaptive.run_tokens(run)[d] for d in truth.domains]) / 1e6  # noqa: E731
@@ -85,10 +92,114 @@ def test_propose_next_picks_the_largest_log_det_gain_computed_independently(trut
         gains.append(total)
     gains = np.array(gains)
     np.testing.assert_allclose(adaptive.candidate_gains(a.fitted, start_obs, candidates), gains, rtol=2e-3)
-    chosen = adaptive.propose_next(start_obs, LAW, BUDGET, candidates, fitted=a.fitted)
+    chosen = adaptive.propose_next(start_obs, LAW, BUDGET, candidates, fitted=a.fitted, criterion="d-optimal")
     assert chosen[0].name == candidates[int(np.argmax(gains))].name
-    two = adaptive.propose_next(start_obs, LAW, BUDGET, candidates, n=2, fitted=a.fitted)
+    two = adaptive.propose_next(start_obs, LAW, BUDGET, candidates, n=2, fitted=a.fitted, criterion="d-optimal")
     assert two[0] == chosen[0] and two[1] != two[0]
+
+
+# -- the weight criterion ---------------------------------------------------------------------------
+
+def _ift_weight_jacobian(raw_KxP, budget_units, h=1e-4):
+    """d w*/d theta_i (K, K, P) by the implicit function theorem at an interior optimum of
+    f(w, theta) = sum_i L_i(w N): with Z a basis of {sum w = 0}, dw = -Z (Z^T H_ww Z)^-1 Z^T H_w,theta
+    dtheta. Derivatives of f by central differences of `_numpy_loss` (numpy), the optimum by Newton
+    steps on the simplex: independent of the law module and the optimiser."""
+    K, P = raw_KxP.shape
+
+    def f(w, raw):
+        return sum(_numpy_loss(raw[i], w * budget_units, i) for i in range(K))
+
+    def step(x, j, d):
+        x = x.copy()
+        x.flat[j] += d
+        return x
+
+    def grad(w, raw):
+        return np.array([(f(step(w, a, h), raw) - f(step(w, a, -h), raw)) / (2 * h) for a in range(K)])
+
+    def mixed(w, raw, a, j, on_raw):
+        """d^2 f / dw_a dx_j, x = raw (on_raw) or w."""
+        def at(da, dj):
+            w2 = step(w, a, da)
+            return f(w2, step(raw, j, dj)) if on_raw else f(step(w2, j, dj), raw)
+        return (at(h, h) - at(h, -h) - at(-h, h) + at(-h, -h)) / (4 * h * h)
+
+    Z = np.linalg.qr(np.column_stack([np.ones(K), np.eye(K)[:, :K - 1]]))[0][:, 1:]
+    w = np.full(K, 1.0 / K)
+    for _ in range(20):  # f is convex on the simplex: Newton converges
+        H = np.array([[mixed(w, raw_KxP, a, b, False) for b in range(K)] for a in range(K)])
+        w = w - Z @ np.linalg.solve(Z.T @ H @ Z, Z.T @ grad(w, raw_KxP))
+    H = np.array([[mixed(w, raw_KxP, a, b, False) for b in range(K)] for a in range(K)])
+    Hwt = np.array([[mixed(w, raw_KxP, a, j, True) for j in range(K * P)] for a in range(K)])  # (K_w, K P)
+    dw = -Z @ np.linalg.solve(Z.T @ H @ Z, Z.T @ Hwt)  # (K_w, K P)
+    return np.transpose(dw.reshape(K, K, P), (1, 0, 2)), w
+
+
+def test_weight_jacobian_matches_the_implicit_function_theorem(start_fit):
+    raw = adaptive.raw_params(start_fit.fitted)
+    G_ift, w_ift = _ift_weight_jacobian(raw, BUDGET / 1e6)
+    np.testing.assert_allclose(w_ift, start_fit.weights, atol=1e-6)
+    assert np.all(w_ift > 0.05)  # an interior optimum, where the theorem applies
+    G = adaptive.weight_jacobian(start_fit.fitted, BUDGET)
+    assert G.shape == (3, 3, 5) and np.abs(G).max() > 0.01
+    np.testing.assert_allclose(G, G_ift, atol=2e-5 * np.abs(G_ift).max())
+    np.testing.assert_allclose(G.sum(axis=1), 0.0, atol=1e-9)  # the weights stay on the simplex
+    # a second step gives the same derivative
+    np.testing.assert_allclose(adaptive.weight_jacobian(start_fit.fitted, BUDGET, eps=2e-4), G,
+                               atol=2e-5 * np.abs(G).max())
+
+
+def test_weight_variance_reduction_matches_recomputed_traces(truth, start_obs, start_fit):
+    rng = np.random.default_rng(0)
+    K, P = 3, 5
+    A = rng.standard_normal((K, P + 2, P))
+    F, G, rows = np.einsum("kap,kaq->kpq", A, A), rng.standard_normal((K, K, P)), rng.standard_normal((4, K, P))
+    F_after = F[None] + np.einsum("ckp,ckq->ckpq", rows, rows)
+    before = adaptive.weight_variance(F, G)
+    recomputed = [before - adaptive.weight_variance(F_after[c], G) for c in range(4)]
+    np.testing.assert_allclose(adaptive.weight_variance_reduction(F, G, rows), recomputed, rtol=1e-8)
+    assert adaptive.weight_variance_reduction(F, G, rows[0]) == pytest.approx(recomputed[0], rel=1e-8)
+    # on the fit: propose_next's greedy picks are the largest recomputed reductions, one after the other
+    candidates = adaptive.candidate_runs(start_obs, truth.domains, BUDGET, weights=start_fit.weights)
+    F, J = adaptive._fisher_and_rows(start_fit.fitted, start_obs, candidates)
+    G = adaptive.weight_jacobian(start_fit.fitted, BUDGET)
+    before = adaptive.weight_variance(F, G)
+    drops = np.array([before - adaptive.weight_variance(F + np.einsum("kp,kq->kpq", g, g), G) for g in J])
+    gains = adaptive.candidate_weight_gains(start_fit.fitted, start_obs, candidates, BUDGET)
+    np.testing.assert_allclose(gains, drops, rtol=1e-4, atol=1e-6 * before)
+    first = int(np.argmax(drops))
+    F1 = F + np.einsum("kp,kq->kpq", J[first], J[first])
+    after = adaptive.weight_variance(F1, G)
+    second = np.array([after - adaptive.weight_variance(F1 + np.einsum("kp,kq->kpq", g, g), G) for g in J])
+    second[first] = -np.inf
+    two = adaptive.propose_next(start_obs, LAW, BUDGET, candidates, n=2, fitted=start_fit.fitted)
+    assert [r.name for r in two] == [candidates[first].name, candidates[int(np.argmax(second))].name]
+    with pytest.raises(MixjaxError, match="criterion") as e:
+        adaptive.propose_next(start_obs, LAW, BUDGET, candidates, fitted=start_fit.fitted, criterion="a")
+    assert "\n" not in str(e.value)
+
+
+# -- the start -------------------------------------------------------------------------------------
+
+def test_initial_runs_are_few_spread_identifiable_and_stable():
+    for domains in (["if", "math", "code"], [f"d{i}" for i in range(6)]):
+        runs = adaptive.initial_runs(domains, BUDGET)
+        assert len(runs) == LAW.n_free(len(domains)) + 1 == 6
+        assert [r.name for r in runs] == [r.name for r in adaptive.initial_runs(domains, BUDGET)]
+        assert len({r.name for r in runs}) == 6
+        tokens = np.array([[adaptive.run_tokens(r)[d] for d in domains] for r in runs])
+        adaptive.check_identifiable(Observations([r.name for r in runs], domains, tokens, np.ones(tokens.shape)), LAW)
+        assert runs[0].budget_tokens == pytest.approx(1.25e6, rel=5e-3)  # the uniform base run (3 figures)
+        assert len(set(runs[0].weights.values())) == 1
+        assert min(min(r.weights.values()) for r in runs) > 0.005  # every domain in every run
+        totals = [r.budget_tokens / 1.25e6 for r in runs]
+        assert 0.49 <= min(totals) and max(totals) <= 2.01 and max(totals) / min(totals) > 1.5  # sizes spread
+        for r in runs:
+            check_run_name(r.name, "test")
+    # the earlier design on request: base and each domain x 0.5, 2
+    old = adaptive.initial_runs(["a", "b", "c"], BUDGET, factors=(0.5, 2.0))
+    assert len(old) == 7 and old[0].name == "a=417k+b=417k+c=417k"
 
 
 # -- stopping rule, uncertainty -------------------------------------------------------------------
@@ -125,7 +236,7 @@ def test_candidate_names_are_stable_unique_and_valid(truth, start_obs):
     again = adaptive.candidate_runs(None, truth.domains, BUDGET, 0.25, weights=w)
     assert [r.name for r in first] == [r.name for r in again]
     names = [r.name for r in first]
-    assert len(set(names)) == len(names) == 1 + 4 * 3 + 2 * 3 + 2
+    assert len(set(names)) == len(names) == 1 + 4 * 3 + 2 * 3 + 2 + 4 * 3  # + 4K spread-out mixtures
     for r in first:
         check_run_name(r.name, "test")
         assert sum(r.weights.values()) == pytest.approx(1.0) and isinstance(r.budget_tokens, int)
@@ -202,6 +313,6 @@ def test_adaptive_design_quick_runs(tmp_path):
     payload = json.loads((results / "adaptive_design_quick.json").read_text())
     assert "--quick" in payload["command"] and payload["rows"][0]["K"] == 3
     trial = payload["trials"][0]
-    assert trial["fixed"]["runs"] == 13 and trial["adaptive"]["runs"] >= 7
+    assert trial["fixed"]["runs"] == 13 and trial["adaptive"]["runs"] >= 6
     assert (results / "adaptive_design_quick.md").is_file()
     assert (results / "adaptive_design_quick_error_vs_runs.png").is_file()

@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     parser.add_argument("--base-fraction", type=float, default=0.25,
                         help="the candidates' base run has this fraction of the budget (default 0.25, as li2025)")
     parser.add_argument("--uncertainty", choices=("laplace", "bootstrap"), default="laplace",
-                        help="how the weight intervals are estimated (default laplace: the fit's Gaussian "
+                        help="how the weight intervals are estimated (default laplace: draws from the fit's t "
                              "approximation; bootstrap: refits on resampled runs)")
     parser.add_argument("--samples", type=int, default=200, help="draws or resamples for the intervals (default 200)")
     parser.add_argument("--seed", type=int, default=0)

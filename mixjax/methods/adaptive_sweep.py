@@ -79,7 +79,7 @@ def run_adaptive_sweep(method, method_name: str, options: dict, data, budget_tok
     initial = adaptive.initial_runs(domains, budget_tokens, method.base_fraction)
     if max_runs < len(initial):
         raise MixjaxError(f"--max-runs {max_runs}: the adaptive design starts with {len(initial)} runs "
-                          f"(1 + 2K, the fewest that identify the li2025 law); give at least that")
+                          f"(a spread-out start that identifies the li2025 law); give at least that")
     check_run_names(initial, f"--method {method_name}")
     # sweep.json holds the fixed part (settings and the initial runs); adaptive.json the growing list
     check_sweep_dir(out, describe_runs(method_name, options, initial, budget_tokens, data, config,
