@@ -49,9 +49,28 @@ def join_dash_values(argv: list[str], options=DASH_VALUE_OPTIONS) -> list[str]:
     return out
 
 
+def _command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(name)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    from mixjax.commands.config_file import apply_config, config_path
+
     argv = join_dash_values(list(sys.argv[1:] if argv is None else argv))
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    command = _command_parser(parser, argv[0]) if argv else None
+    path = config_path(argv[1:]) if command is not None else None
+    if path is not None and any(a.dest == "config" for a in command._actions):
+        try:
+            apply_config(command, path)
+        except MixjaxError as e:
+            print(f"mixjax {argv[0]}: error: {e}", file=sys.stderr)
+            return 2
+    args = parser.parse_args(argv)
+    args._parser = command
     try:
         return int(args.func(args) or 0)
     except MixjaxError as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
+    from mixjax.commands.config_file import add_config_argument
     from mixjax.commands.method_options import add_method_arguments
     from mixjax.commands.train import add_train_arguments
     from mixjax.methods import names
@@ -18,6 +19,7 @@ def register(subparsers) -> None:
     p.add_argument("--budget-tokens", required=True, help="tokens of the final run")
     p.add_argument("--out", required=True, metavar="MIX_DIR")
     add_train_arguments(p)
+    add_config_argument(p)
     p.set_defaults(func=run)
 
 
@@ -36,6 +38,9 @@ def run(args) -> int:
     data = PreparedData(args.data)
     summary = run_mix(args.method, options, data, budget, args.out, config,
                       eval_max_batches=args.online_eval_batches)
+    from mixjax.commands.config_file import write_resolved
+
+    write_resolved(args, args.out)
     result = summary["results"][0]
     print("weights: " + ", ".join(f"{d}={w:.4f}" for d, w in result["weights"].items()))
     print("final val_loss: " + ", ".join(f"{d}={v:.4f}" for d, v in result["val_loss"].items()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
+    from mixjax.commands.config_file import add_config_argument
     from mixjax.commands.method_options import add_method_arguments
     from mixjax.commands.train import add_train_arguments
     from mixjax.methods import OFFLINE
@@ -22,6 +23,7 @@ def register(subparsers) -> None:
                    help="train these runs (the file `mixjax next` writes) instead of the method's own "
                         "proposals, with the method's run settings")
     add_train_arguments(p)
+    add_config_argument(p)
     p.set_defaults(func=run)
 
 
@@ -55,5 +57,8 @@ def run(args) -> int:
         runs, observations, _ = run_adaptive_sweep(method, args.method, options, data, budget, args.out, config)
     else:
         runs, observations = run_sweep(method, args.method, options, data, budget, args.out, config, shard=shard)
+    from mixjax.commands.config_file import write_resolved
+
+    write_resolved(args, args.out)
     print(f"{len(observations.runs)}/{len(runs)} runs finished; wrote {args.out}/observations.csv")
     return 0

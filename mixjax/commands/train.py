@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+from mixjax.commands.config_file import add_config_argument, write_resolved
 from mixjax.errors import MixjaxError
 from mixjax.observations import weights_in_file
 from mixjax.plan import parse_mesh  # the one --mesh parser (sizes >= 1, at most one -1); no jax import
@@ -168,6 +169,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in RUN_DIR")
     p.add_argument("--export-hf", default=None, metavar="DIR",
                    help="also write the final (or best) model as a Hugging Face directory")
+    add_config_argument(p)
     p.set_defaults(func=run)
 
 
@@ -206,6 +208,7 @@ def run(args) -> int:
     if args.export_hf:
         from mixjax.train import export_hf
         export_hf(args.out, args.export_hf)
+    write_resolved(args, args.out)
     val = ", ".join(f"{d}={v:.4f}" for d, v in result["val_loss"].items())
     print(f"trained {result['steps']} steps, {sum(result['tokens'].values()):,} tokens; val_loss: {val}")
     print(f"wrote {Path(args.out) / 'result.json'}")

@@ -1,0 +1,98 @@
+"""--config FILE (YAML or JSON) for train, sweep and mix: flags override the file, every run writes
+config.json, which --config reruns as is; bad files are one-line errors naming the file and key."""
+
+import json
+
+import pytest
+
+from mixjax.cli import _command_parser, build_parser, main
+from mixjax.commands.config_file import apply_config
+from tests.data_fixtures import prepared_letters
+
+TINY = {"model": "tiny", "batch_size": 8, "seq_len": 16}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return prepared_letters(tmp_path_factory.mktemp("config_data"), 40)
+
+
+def parsed(command, config_text, suffix, tmp_path, *argv):
+    """The namespace `mixjax COMMAND --config FILE ARGV` parses to (nothing runs)."""
+    path = tmp_path / f"config{suffix}"
+    path.write_text(config_text)
+    parser = build_parser()
+    apply_config(_command_parser(parser, command), str(path))
+    return parser.parse_args([command, "--config", str(path), *argv])
+
+
+def test_yaml_sections_set_the_flags_and_the_command_line_overrides_them(tmp_path):
+    text = """
+data: {data: D, weights: {a: 0.5, b: 0.25, c: 0.25}, budget-tokens: 5M}
+model: {model: tiny, bf16: true, scan_layers: false}
+optimizer: {lr: 2.0e-4, batch_size: 8}
+checkpoint: {out: R, checkpoint_every: 4}
+"""
+    args = parsed("train", text, ".yaml", tmp_path, "--lr", "1e-3")
+    assert (args.data, args.budget_tokens, args.out) == ("D", "5M", "R")
+    assert args.weights == "a=0.5,b=0.25,c=0.25" and args.bf16 is True and args.scan_layers is False
+    assert args.lr == 1e-3 and args.batch_size == 8 and args.checkpoint_every == 4  # the flag wins
+    assert args.seq_len == 256  # not in the file: the flag's default
+
+
+def test_method_options_in_a_json_file_for_mix(tmp_path):
+    text = json.dumps({"method": {"method": "li2025", "adaptive": True, "max_runs": 9, "factors": [0.5, 2]},
+                       "data": {"data": "D", "budget_tokens": 1000}, "out": "M"})
+    args = parsed("mix", text, ".json", tmp_path)
+    assert (args.method, args.adaptive, args.max_runs, args.factors) == ("li2025", True, 9, [0.5, 2.0])
+    args = parsed("mix", json.dumps({"method": "li2025", "no_extra_runs": True, "data": "D",
+                                     "budget_tokens": 1, "out": "M"}), ".json", tmp_path)
+    assert args.no_extra_runs is False  # the flag stores False: "do not add runs"
+
+
+def test_train_writes_config_json_and_reruns_it_as_is(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    (tmp_path / "c.yaml").write_text(f"data: {{data: {data}, budget_tokens: 768}}\n"
+                                     f"model: {{model: tiny}}\noptimizer: {{batch_size: 8, seq_len: 16}}\n"
+                                     f"checkpoint: {{out: {run}}}\nexecution: {{quiet: true}}\n")
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--weights", "a=0.5,b=0.25,c=0.25"]) == 0
+    written = json.loads((run / "config.json").read_text())
+    assert written["data"] == {"data": str(data), "weights": "a=0.5,b=0.25,c=0.25", "budget_tokens": "768"}
+    assert written["optimizer"]["batch_size"] == 8 and written["optimizer"]["lr"] == 1e-3
+    first = json.loads((run / "result.json").read_text())
+    capsys.readouterr()
+    assert main(["train", "--config", str(run / "config.json")]) == 0  # the same run again, accepted
+    again = json.loads((run / "result.json").read_text())
+    assert again["val_loss"] == first["val_loss"] and again["weights"] == first["weights"] == {"a": 0.5, "b": 0.25,
+                                                                                               "c": 0.25}
+    assert "trained 6 steps" in capsys.readouterr().out
+    # the same file with another setting is another run, which train refuses in that folder
+    assert main(["train", "--config", str(run / "config.json"), "--lr", "3e-3"]) == 2
+    assert "lr" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text,suffix,message", [
+    ("lr: [1, 2", ".yaml", "not valid YAML"),
+    ("{", ".json", "not valid JSON"),
+    ("[1, 2]", ".json", "expected an object of settings, got list"),
+    ('{"nonsense": 1}', ".json", "nonsense: not a setting of this command"),
+    ('{"model": {"lr": 1e-3}}', ".json", "model.lr: belongs in section 'optimizer', not 'model'"),
+    ('{"batch_size": "eight"}', ".json", "batch_size: expected int, got 'eight'"),
+    ('{"bf16": "yes"}', ".json", "bf16: expected true or false, got 'yes'"),
+    ('{"schedule": "cosin"}', ".json", "schedule: 'cosin' is not one of cosine, linear, constant"),
+    ('{"lr": 1, "optimizer": {"lr": 2}}', ".json", "'lr' is set twice"),
+    ('{"method": "aioli"}', ".json", "method: not a setting of this command"),
+])
+def test_bad_config_files_are_one_line_errors(tmp_path, capsys, text, suffix, message):
+    path = tmp_path / f"c{suffix}"
+    path.write_text(text)
+    rc = main(["train", "--config", str(path), "--data", "D", "--budget-tokens", "1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and f"--config {path}" in err and message in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_config_file_is_one_line(tmp_path, capsys):
+    assert main(["sweep", "--config", str(tmp_path / "none.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mixjax sweep: error: --config ") and "unreadable" in err and len(err.splitlines()) == 1
