@@ -191,3 +191,28 @@ def test_experiments_refuse_unusable_data_and_init_before_training(tmp_path, cap
     args = common.common_arguments("x", "li2025_grid").parse_args(["--data", str(data)])
     common.scale_from(args)
     assert Path(args.work).name.startswith("li2025_grid-data-") and Path(args.work).name != "li2025_grid"
+
+
+def test_law_fidelity_of_the_true_law_is_perfect_and_of_a_wrong_one_is_measured():
+    """law_fidelity.fidelity on a simulated grid: the law that made the losses predicts them exactly
+    (RMSE 0, Spearman 1, regret 0); a law with another E misses by exactly that shift."""
+    import copy
+
+    import law_fidelity
+
+    from mixjax.laws import FittedLaw
+    from mixjax.methods.static import simplex_grid
+    from mixjax.observations import simulate
+    from tests.law_fixtures import PAPER_LIKE, paper_like_law
+
+    truth = paper_like_law()
+    mixtures = np.array(simplex_grid(3, 0.125, False))
+    grid = simulate(truth, [f"g{i}" for i in range(len(mixtures))], mixtures * 5e6)
+    exact = law_fidelity.fidelity(truth, grid)
+    assert exact["rmse"]["total"] == pytest.approx(0.0, abs=1e-9) and exact["spearman"] == pytest.approx(1.0)
+    assert exact["regret"] == 0.0
+    shifted = copy.deepcopy(PAPER_LIKE)
+    shifted["params"]["E"] = [e + 0.1 for e in shifted["params"]["E"]]
+    off = law_fidelity.fidelity(FittedLaw.from_json(shifted), grid)
+    assert off["rmse"]["total"] == pytest.approx(0.3, abs=1e-6)  # 0.1 on each of 3 domains
+    assert all(off["rmse"][d] == pytest.approx(0.1, abs=1e-6) for d in truth.domains) and off["regret"] == 0.0
