@@ -22,13 +22,23 @@ def test_quick_demo_runs_the_pipeline_and_resumes(tmp_path, capsys):
     assert not law["diagnostics"]["under_determined"]
     saved = json.loads((out / "weights.json").read_text())
     assert [r["budget"] for r in saved["results"]] == [8192, 81920]
-    for name in ("optimised", "stratified"):
+    manifest = json.loads((out / "data" / "manifest.json").read_text())
+    train_tokens = {d: m["train"]["tokens"] for d, m in manifest["domains"].items()}
+    natural = {d: t / sum(train_tokens.values()) for d, t in train_tokens.items()}
+    assert summary["baseline_weights"]["natural"] == pytest.approx(natural)
+    totals = {}
+    for name in ("optimised", "stratified", "natural"):
         result = json.loads((out / "verify" / name / "result.json").read_text())
         assert sum(result["tokens"].values()) == 8192
         assert result["val_loss"] == summary["val_loss"][name]
+        totals[name] = sum(result["val_loss"].values())
+    assert result["weights"] == pytest.approx(natural)
+    for name in ("stratified", "natural"):
+        assert summary["optimised_saves"][name] == pytest.approx(totals[name] - totals["optimised"])
     assert all((out / "plots" / p).is_file() for p in ("fit.png", "weights_vs_budget.png"))
     first = capsys.readouterr().out
-    assert "[3/6] [13/13] code-x3" in first and "| optimised |" in first
+    assert "[3/6] [13/13] code-x3" in first and "| optimised |" in first and "| natural |" in first
+    assert f"{summary['optimised_saves']['natural']:+.4f} nats against natural" in first
 
     assert main(["demo", "--out", str(out), "--quick", "--quiet"]) == 0   # everything cached
     again = capsys.readouterr().out
