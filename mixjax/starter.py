@@ -56,7 +56,7 @@ def pretrained_base(out: str | Path, tokens: int, batch_size: int = 16, seq_len:
     `TrainConfig(init=...)`."""
     from mixjax.data.prepare import PrepareOptions, parse_domain_flag, prepare
     from mixjax.data.prepared import PreparedData
-    from mixjax.train import TrainConfig, run_training
+    from mixjax.train import FINAL_CHECKPOINT_ONLY, TrainConfig, run_training
 
     out = Path(out)
     base = out / "base"
@@ -66,7 +66,8 @@ def pretrained_base(out: str | Path, tokens: int, batch_size: int = 16, seq_len:
     log(f"pre-training the {model} base model on generic text ({tokens:,} tokens)")
     text = generic_text(out / "sources" / "generic_text.jsonl", int(max(text_mb, 0.2) * 1e6))
     prepare([parse_domain_flag(f"text={text}")], out / "base_data", PrepareOptions(loss_on="all"), progress=False)
-    config = TrainConfig(model=model, batch_size=batch_size, seq_len=seq_len, lr=lr, checkpoint_every=10**12,
+    config = TrainConfig(model=model, batch_size=batch_size, seq_len=seq_len, lr=lr,
+                         checkpoint_every=FINAL_CHECKPOINT_ONLY,
                          progress=progress)
     run_training(config, PreparedData(out / "base_data"), {"text": 1.0}, tokens, out_dir=base)
     return base

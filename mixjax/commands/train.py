@@ -188,7 +188,7 @@ def enable_compilation_cache() -> None:
 
 def run(args) -> int:
     from mixjax.data.prepared import PreparedData
-    from mixjax.train import run_training
+    from mixjax.train import FINAL_CHECKPOINT_ONLY, run_training
 
     check_output_dir(args.out, "--out")
     if args.export_hf:
@@ -197,7 +197,7 @@ def run(args) -> int:
     weights = parse_weights(args.weights)
     cfg = train_config_from_args(args)
     if args.export_hf and not (cfg.keep_best or cfg.checkpoint_every):
-        cfg.checkpoint_every = 10**12  # a final checkpoint to export from
+        cfg.checkpoint_every = FINAL_CHECKPOINT_ONLY  # a final checkpoint to export from
     data = PreparedData(args.data)
     enable_compilation_cache()
     if weights is None:

@@ -12,7 +12,6 @@ from mixjax.errors import MixjaxError
 from mixjax.methods.base import ProposedRun
 from mixjax.methods.sweep import read_result
 
-KEEP_FINAL_ONLY = 10**12  # checkpoint_every that saves only the last step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,14 +27,14 @@ def train_prerequisites(method, method_name: str, options: dict, data, budget_to
                         log=print) -> dict[str, PrerequisiteResult]:
     """Train the method's prerequisite runs that are not finished; {name: PrerequisiteResult}."""
     from mixjax.methods.sweep import check_sweep_dir, describe_runs
-    from mixjax.train import run_training
+    from mixjax.train import FINAL_CHECKPOINT_ONLY, run_training
     from mixjax.train.checkpoint import find_checkpoint
 
     out = Path(out)
     runs = method.prerequisite_runs(list(data.domains), int(budget_tokens))
     keep = getattr(method, "keep_prerequisite_params", False)
     if keep and not config.checkpoint_every:
-        config = dataclasses.replace(config, checkpoint_every=KEEP_FINAL_ONLY)
+        config = dataclasses.replace(config, checkpoint_every=FINAL_CHECKPOINT_ONLY)
     if runs:
         check_sweep_dir(out, describe_runs(method_name, options, runs, budget_tokens, data, config),
                         filename="prereq.json", what="prerequisite runs")

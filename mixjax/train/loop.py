@@ -24,6 +24,9 @@ from mixjax.errors import MixjaxError
 from mixjax.io import write_json_atomic
 
 
+FINAL_CHECKPOINT_ONLY = 10**12  # a checkpoint_every no run reaches: the last step is saved, nothing before
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """A training run. `model` is a preset name or a Hugging Face directory (None: the --init
@@ -52,7 +55,8 @@ class TrainConfig:
     keep_best: bool = False           # keep the lowest-validation-loss checkpoint (RUN_DIR/best)
     select_best: bool = False         # result val_loss = the lowest-mean evaluation (no checkpoint;
                                       # keep_best implies it)
-    checkpoint_every: int = 0         # steps between checkpoints (RUN_DIR/checkpoints); 0 = none
+    checkpoint_every: int = 0         # steps between checkpoints (RUN_DIR/checkpoints); 0 = none;
+                                      # FINAL_CHECKPOINT_ONLY = the last step only
     resume: bool = True               # continue from RUN_DIR/checkpoints when present
     mesh_shape: tuple[int, int, int] | None = None  # (data, fsdp, tensor); None = all data
     progress: bool = True
