@@ -101,12 +101,13 @@ class Timed:
 
         jax.block_until_ready(ctx.params)  # the step's own tail (its outputs finish at different times)
         t = time.perf_counter()
-        getattr(self.inner, hook)(ctx, *args)
+        out = getattr(self.inner, hook)(ctx, *args)
         dt = time.perf_counter() - t
         if start:
             self.start_s += dt
         else:
             self.hooks_s += dt
+        return out
 
     def on_train_start(self, ctx):
         self._timed("on_train_start", ctx, start=True)
@@ -118,7 +119,7 @@ class Timed:
         self._timed("on_eval", ctx, step, val)
 
     def on_train_end(self, ctx, result):
-        self._timed("on_train_end", ctx, result)
+        return self._timed("on_train_end", ctx, result)
 
     def state_dict(self):
         return self.inner.state_dict()

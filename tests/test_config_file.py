@@ -1,5 +1,5 @@
 """--config FILE (YAML or JSON) for train, sweep and mix: flags override the file, every run writes
-config.json, which --config reruns as is; bad files are one-line errors naming the file and key."""
+settings.json, which --config reruns as is; bad files are one-line errors naming the file and key."""
 
 import json
 
@@ -50,24 +50,24 @@ def test_method_options_in_a_json_file_for_mix(tmp_path):
     assert args.no_extra_runs is False  # the flag stores False: "do not add runs"
 
 
-def test_train_writes_config_json_and_reruns_it_as_is(data, tmp_path, capsys):
+def test_train_writes_settings_json_and_reruns_it_as_is(data, tmp_path, capsys):
     run = tmp_path / "run"
     (tmp_path / "c.yaml").write_text(f"data: {{data: {data}, budget_tokens: 768}}\n"
                                      f"model: {{model: tiny}}\noptimizer: {{batch_size: 8, seq_len: 16}}\n"
                                      f"checkpoint: {{out: {run}}}\nexecution: {{quiet: true}}\n")
     assert main(["train", "--config", str(tmp_path / "c.yaml"), "--weights", "a=0.5,b=0.25,c=0.25"]) == 0
-    written = json.loads((run / "config.json").read_text())
+    written = json.loads((run / "settings.json").read_text())
     assert written["data"] == {"data": str(data), "weights": "a=0.5,b=0.25,c=0.25", "budget_tokens": "768"}
     assert written["optimizer"]["batch_size"] == 8 and written["optimizer"]["lr"] == 1e-3
     first = json.loads((run / "result.json").read_text())
     capsys.readouterr()
-    assert main(["train", "--config", str(run / "config.json")]) == 0  # the same run again, accepted
+    assert main(["train", "--config", str(run / "settings.json")]) == 0  # the same run again, accepted
     again = json.loads((run / "result.json").read_text())
     assert again["val_loss"] == first["val_loss"] and again["weights"] == first["weights"] == {"a": 0.5, "b": 0.25,
                                                                                                "c": 0.25}
     assert "trained 6 steps" in capsys.readouterr().out
     # the same file with another setting is another run, which train refuses in that folder
-    assert main(["train", "--config", str(run / "config.json"), "--lr", "3e-3"]) == 2
+    assert main(["train", "--config", str(run / "settings.json"), "--lr", "3e-3"]) == 2
     assert "lr" in capsys.readouterr().err
 
 
@@ -96,3 +96,13 @@ def test_missing_config_file_is_one_line(tmp_path, capsys):
     assert main(["sweep", "--config", str(tmp_path / "none.yaml")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mixjax sweep: error: --config ") and "unreadable" in err and len(err.splitlines()) == 1
+
+
+def test_a_run_folder_with_its_settings_is_not_taken_for_a_hugging_face_model(data, tmp_path):
+    """settings.json, not config.json: --init RUN_DIR must still read the run's checkpoint."""
+    from mixjax.model import is_hf_dir
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--budget-tokens", "768", "--out", str(run), "--model", "tiny",
+                 "--batch-size", "8", "--seq-len", "16", "--checkpoint-every", "6", "--quiet"]) == 0
+    assert (run / "settings.json").is_file() and not is_hf_dir(run)

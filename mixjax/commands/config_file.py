@@ -1,5 +1,5 @@
 """`--config FILE` for `train`, `sweep` and `mix`: the command's settings from a YAML or JSON file,
-flags on the command line overriding it; and the resolved settings every run writes (config.json
+flags on the command line overriding it; and the resolved settings every run writes (settings.json
 in its output folder), which `--config` takes back to rerun it as is.
 
 The file is one object, flat or in sections (a key is a flag's name, with - or _):
@@ -33,7 +33,7 @@ SECTIONS = {
     "method": ("method", "run_list"),  # and every method option (mixjax/commands/method_options.py)
 }
 NOT_SETTINGS = {"func", "command", "config", "help"}
-FILE_NAME = "config.json"
+FILE_NAME = "settings.json"  # not config.json: a folder with one reads as a Hugging Face model
 
 
 def add_config_argument(p: argparse.ArgumentParser) -> None:
@@ -178,7 +178,7 @@ def resolved(args, parser: argparse.ArgumentParser) -> dict:
 
 
 def write_resolved(args, folder) -> None:
-    """FOLDER/config.json: the settings this command ran with (written atomically)."""
+    """FOLDER/settings.json: the settings this command ran with (written atomically)."""
     from mixjax.io import write_json_atomic
 
     parser = getattr(args, "_parser", None)

@@ -67,12 +67,12 @@ class OnlineMethodCallback(Callback):
         final = getattr(self.method, "final_weights", None)
         return np.asarray(final() if final is not None else self.method.state_dict()["weights"], np.float64)
 
-    def on_train_end(self, ctx, result: dict) -> None:
-        result["online"] = {"method": self.method.name, "evaluations": self.evaluations,
-                            "weights": dict(zip(self.domains, self.recommended_weights().tolist())),
-                            "state": self.method.state_dict(),
-                            "trajectory": [{"step": s, "weights": dict(zip(self.domains, w))}
-                                           for s, w in self.trajectory]}
+    def on_train_end(self, ctx, result: dict) -> dict:
+        return {"online": {"method": self.method.name, "evaluations": self.evaluations,
+                           "weights": dict(zip(self.domains, self.recommended_weights().tolist())),
+                           "state": self.method.state_dict(),
+                           "trajectory": [{"step": s, "weights": dict(zip(self.domains, w))}
+                                          for s, w in self.trajectory]}}
 
     def state_dict(self) -> dict:
         return {"domains": self.domains, "num_steps": self.num_steps, "method": self.method.state_dict(),

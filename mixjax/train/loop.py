@@ -14,7 +14,6 @@ import math
 import os
 import sys
 import time
-import weakref
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -22,6 +21,9 @@ import numpy as np
 
 from mixjax.errors import MixjaxError
 from mixjax.io import write_json_atomic
+from mixjax.train.draw_ahead import DrawAhead
+from mixjax.train.evaluate import Evaluator, per_domain
+from mixjax.train.run_dir import data_signature, open_run_dir
 
 
 FINAL_CHECKPOINT_ONLY = 10**12  # a checkpoint_every no run reaches: the last step is saved, nothing before
@@ -119,34 +121,15 @@ class Callback:
     def on_eval(self, ctx: RunContext, step: int, val_loss: dict[str, float]) -> None:
         pass
 
-    def on_train_end(self, ctx: RunContext, result: dict) -> None:
-        pass
+    def on_train_end(self, ctx: RunContext, result: dict) -> dict | None:
+        """What this callback adds to the result (a dict of new keys), or None; `result` is to read."""
+        return None
 
     def state_dict(self) -> dict:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
         pass
-
-
-# --------------------------------------------------------------------------------------------
-_VAL_CACHE: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
-
-
-def _validation_arrays(data, domain, batch_size, seq_len, max_batches, validation_fn):
-    try:
-        cache = _VAL_CACHE.setdefault(data, {})
-    except TypeError:
-        cache = {}
-    key = (domain, batch_size, seq_len, max_batches, validation_fn)
-    if key not in cache:
-        out = []
-        for i, b in enumerate(validation_fn(data, domain, batch_size, seq_len)):
-            if max_batches is not None and i >= max_batches:
-                break
-            out.append(b.arrays())
-        cache[key] = out
-    return cache[key]
 
 
 def resolve_model_config(cfg: TrainConfig, vocab_size: int | None):
@@ -186,84 +169,6 @@ def resolve_model_config(cfg: TrainConfig, vocab_size: int | None):
         raise MixjaxError(f"model vocab_size {mcfg.vocab_size} is smaller than the data's {vocab_size} "
                           f"(prepare the data with the model's tokenizer)")
     return mcfg, init_src
-
-
-def _per_domain(sums, counts, domains) -> dict[str, float]:
-    return {d: (float(s) / float(c) if c > 0 else float("nan")) for d, s, c in zip(domains, sums, counts)}
-
-
-# TrainConfig fields a run may be resumed (or its result reported) with other values of: they change
-# how a step is computed or when it is saved, not what the run learns. `model` and `model_overrides`
-# are compared as the model's shape (ModelConfig.shape_dict, which leaves out attention, remat and
-# scanning); the weights, the budget and the data are compared besides the rest of the config.
-RESUMABLE_FIELDS = ("model", "model_overrides", "mesh_shape", "grad_accum", "loss_chunk", "progress",
-                    "resume", "checkpoint_every")
-
-
-def data_signature(data) -> dict:
-    """The prepared data a run trains on: its domains and the fingerprints of their sources (so
-    the same data moved to another directory is the same, and re-prepared other data is not)."""
-    groups = (getattr(data, "manifest", None) or {}).get("source_groups") or []
-    return {"domains": list(data.domains),
-            "sources": [[g.get("fingerprint"), g.get("domains")] for g in groups if isinstance(g, dict)] or None}
-
-
-def _same_path(a, b) -> bool:
-    if a == b:
-        return True
-    return isinstance(a, str) and isinstance(b, str) and Path(a).resolve() == Path(b).resolve()
-
-
-def _shown(x) -> str:
-    text = x if isinstance(x, str) else json.dumps(x)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def run_differences(saved: dict, cfg: TrainConfig, mcfg, data, weights, budget_tokens: int,
-                    num_steps: int | None = None) -> list[str]:
-    """What differs between a run recorded in `saved` (a result.json, or a checkpoint's meta) and
-    this one, as "name old -> new" texts; empty when a resume (or the report) is the same run."""
-    from mixjax.model.config import ModelConfig
-
-    diffs = []
-    domains = list(data.domains)
-    old_domains = saved.get("domains") or (saved.get("sampler") or {}).get("domains")
-    old_data = saved.get("data")
-    if old_domains is not None and list(old_domains) != domains:
-        diffs.append(f"domains {','.join(old_domains)} -> {','.join(domains)}")
-    elif isinstance(old_data, dict) and old_data.get("sources") != data_signature(data)["sources"]:
-        diffs.append("data (the prepared sources differ)")
-    old_w = saved.get("weights", saved.get("initial_weights"))
-    if isinstance(old_w, dict):
-        old_w = [old_w.get(d, 0.0) for d in domains]
-    new_w = [float(w) for w in weights]
-    if old_w is not None and not (old_domains is not None and list(old_domains) != domains) and (
-            len(old_w) != len(new_w) or any(abs(float(a) - b) > 1e-9 for a, b in zip(old_w, new_w))):
-        show = lambda w: ",".join(f"{d}={float(x):g}" for d, x in zip(domains, w))
-        diffs.append(f"weights {show(old_w)} -> {show(new_w)}")
-    old_budget = saved.get("budget_tokens")
-    if old_budget is not None and int(old_budget) != int(budget_tokens):
-        diffs.append(f"budget_tokens {int(old_budget)} -> {int(budget_tokens)}")
-    elif old_budget is None and num_steps is not None and int(saved.get("step", 0)) > num_steps:
-        diffs.append(f"budget_tokens (the checkpoint is at step {saved['step']}, past this budget's {num_steps} steps)")
-    if isinstance(saved.get("model"), dict):
-        old_m, new_m = ModelConfig.from_dict(saved["model"]).shape_dict(), mcfg.shape_dict()
-        diffs += [f"model {k} {_shown(old_m.get(k))} -> {_shown(new_m.get(k))}"
-                  for k in new_m if old_m.get(k) != new_m.get(k)]
-    if isinstance(saved.get("config"), dict):
-        now = json.loads(json.dumps(cfg.to_dict(), default=float))
-        old = {**json.loads(json.dumps(TrainConfig().to_dict(), default=float)), **saved["config"]}
-        for k in now:
-            if k in RESUMABLE_FIELDS or old.get(k) == now[k] or (k == "init" and _same_path(old.get(k), now[k])):
-                continue
-            diffs.append(f"{k} {_shown(old.get(k))} -> {_shown(now[k])}")
-    return diffs
-
-
-def _refuse_other_run(out: Path, source: Path, diffs: list[str]) -> None:
-    if diffs:
-        raise MixjaxError(f"--out {out}: {source} is of another configuration ({'; '.join(diffs)}); "
-                          f"use a new --out, or delete {out} to start afresh")
 
 
 def _close_all(closers) -> None:
@@ -320,21 +225,211 @@ def _remove_empty_dirs(path: Path) -> None:
             pass
 
 
+@dataclasses.dataclass
+class _Record:
+    """What a run accumulates, checkpointed with it: tokens seen and trained on per domain, the
+    evaluations, the best one, timings and the weights it started at."""
+
+    initial_weights: list[float]
+    loss_tokens: np.ndarray
+    seen_tokens: np.ndarray
+    val_history: list[dict] = dataclasses.field(default_factory=list)
+    best: dict | None = None
+    timings: dict = dataclasses.field(default_factory=lambda: {"train_s": 0.0, "timed_steps": 0, "eval_s": 0.0,
+                                                               "first_step_s": None})
+
+    @classmethod
+    def start(cls, meta: dict | None, num_domains: int, initial_weights: list[float]) -> "_Record":
+        if not meta:
+            return cls(initial_weights, np.zeros(num_domains, np.int64), np.zeros(num_domains, np.int64))
+        return cls(meta["initial_weights"], np.asarray(meta["loss_tokens"], np.int64),
+                   np.asarray(meta["seen_tokens"], np.int64), list(meta["val_history"]), meta.get("best"),
+                   dict(meta["timings"]))
+
+    def time_step(self, first: bool, seconds: float) -> None:
+        if first:  # includes compilation (unless cached in this process)
+            self.timings["first_step_s"] = (self.timings["first_step_s"] or 0.0) + seconds
+        else:
+            self.timings["train_s"] += seconds
+            self.timings["timed_steps"] += 1
+
+    def meta(self) -> dict:
+        return {"loss_tokens": self.loss_tokens.tolist(), "seen_tokens": self.seen_tokens.tolist(),
+                "val_history": self.val_history, "best": self.best, "timings": self.timings,
+                "initial_weights": self.initial_weights}
+
+
+def _start_state(stepper, run_dir, cfg, mcfg, init_src, sampler, callbacks):
+    """(train state, checkpoint meta or None): resumed from RUN_DIR's checkpoint, else from --init
+    (a Hugging Face directory or another run's parameters), else freshly initialised."""
+    from mixjax.model import load_hf
+    from mixjax.train.checkpoint import restore_params
+
+    if run_dir.resume_step is not None:
+        state, meta = run_dir.ckpt.restore(run_dir.resume_step, stepper.abstract_state, stepper.state_shardings)
+        sampler.load_state_dict(meta["sampler"])
+        for cb, s in zip(callbacks, meta.get("callbacks", [])):
+            cb.load_state_dict(s)
+        return state, meta
+    if init_src is None:
+        params = stepper.init_params(cfg.seed)
+    elif init_src[0] == "hf":
+        params = stepper.params_from_model(load_hf(init_src[1], expect=mcfg))
+    else:
+        params, _ = restore_params(init_src[1], stepper.abstract_params, stepper.param_shardings)
+    return stepper.init_state(params), None
+
+
+def _checked_loss_weights(ctx: RunContext, stepper) -> np.ndarray:
+    """The loss weights a callback set (zeros = the token mean), checked."""
+    if ctx.loss_weights is None:
+        return stepper.no_loss_weights()
+    w = np.asarray(ctx.loss_weights, np.float32)
+    if w.shape != (len(ctx.domains),) or not np.all(np.isfinite(w)) or w.min() < 0 or not w.sum() > 0:
+        raise MixjaxError(f"loss weights must be {len(ctx.domains)} non-negative numbers with a positive sum, "
+                          f"got {w.tolist()}")
+    return w
+
+
+def _step_info(step, m, batch, device_batch, lr, domains) -> StepInfo:
+    tpd = np.asarray(batch.tokens_per_domain, np.int64)
+    return StepInfo(step=step + 1, loss=float(m["loss"]),
+                    train_loss=per_domain(m["domain_loss_sum"], m["domain_count"], domains),
+                    loss_counts={d: int(c) for d, c in zip(domains, m["domain_count"])},
+                    tokens_per_domain={d: int(t) for d, t in zip(domains, tpd)},
+                    lr=lr, grad_norm=float(m["grad_norm"]), batch=device_batch)
+
+
+class _Run:
+    """One run's moving parts after set-up: the state, the record, evaluation, checkpoints."""
+
+    def __init__(self, cfg, mcfg, data, budget_tokens, stepper, sampler, callbacks, run_dir, state, meta,
+                 record, evaluator, ctx, metrics, start_step: int):
+        self.cfg, self.mcfg, self.data, self.budget_tokens = cfg, mcfg, data, budget_tokens
+        self.start_step = start_step
+        self.stepper, self.sampler, self.callbacks, self.run_dir = stepper, sampler, callbacks, run_dir
+        self.state, self.meta, self.record, self.evaluator, self.ctx = state, meta, record, evaluator, ctx
+        self.metrics, self.draws = metrics, DrawAhead(sampler)
+
+    def evaluate_and_report(self, step: int) -> dict:
+        """Evaluate, log, tell the callbacks, and keep the best evaluation (and its checkpoint)."""
+        t0 = time.perf_counter()
+        val = self.evaluator.evaluate()
+        self.record.timings["eval_s"] += time.perf_counter() - t0
+        rec = {"step": step, "val_loss": val, "val_loss_mean": float(np.mean(list(val.values())))}
+        self.record.val_history.append(rec)
+        self.metrics.write(rec)
+        for cb in self.callbacks:
+            cb.on_eval(self.ctx, step, val)
+        best_ckpt = self.run_dir.best_ckpt
+        if (best_ckpt is not None or self.cfg.select_best) and (
+                self.record.best is None or rec["val_loss_mean"] < self.record.best["val_loss_mean"]):
+            self.record.best = rec
+            if best_ckpt is not None:
+                best_ckpt.save(step, {"params": self.state["params"]},
+                               {"step": step, "model": self.mcfg.to_dict(), "val_loss": val,
+                                "config": self.cfg.to_dict()})
+        return val
+
+    def save(self, step: int) -> None:
+        meta = {"step": step, "sampler": self.draws.sampler_state(),
+                "callbacks": [cb.state_dict() for cb in self.callbacks], **self.record.meta(),
+                "model": self.mcfg.to_dict(), "config": self.cfg.to_dict(), "budget_tokens": int(self.budget_tokens),
+                "data": data_signature(self.data),
+                "loss_weights": None if self.ctx.loss_weights is None else np.asarray(self.ctx.loss_weights).tolist()}
+        self.run_dir.ckpt.save(step, self.state, json.loads(json.dumps(meta, default=float)))
+
+    def step(self, step: int, num_steps: int, lr: float, progress) -> None:
+        """Train one step, then report it: metrics, callbacks, evaluation, checkpoint."""
+        import jax
+
+        t0 = time.perf_counter()
+        batch = self.draws.take()
+        device_batch = self.stepper.put_batch(batch)
+        self.state, m = self.stepper.train_step(self.state, device_batch, np.float32(lr),
+                                                _checked_loss_weights(self.ctx, self.stepper))
+        self.draws.draw_next(more_steps=step + 1 < num_steps)
+        m = jax.device_get(m)
+        dt = time.perf_counter() - t0
+        self.record.time_step(step == self.start_step, dt)
+        if not math.isfinite(float(m["loss"])):
+            raise MixjaxError(f"training diverged at step {step + 1} (loss {float(m['loss'])}); lower --lr")
+        self.record.seen_tokens += np.asarray(batch.tokens_per_domain, np.int64)
+        self.record.loss_tokens += np.asarray(batch.loss_tokens_per_domain, np.int64)
+        info = _step_info(step, m, batch, device_batch, lr, self.ctx.domains)
+        self.ctx.step, self.ctx.params = step + 1, self.state["params"]
+        self.metrics.write({"step": step + 1, "loss": info.loss, "train_loss": info.train_loss, "lr": lr,
+                            "grad_norm": info.grad_norm, "tokens": int(self.record.seen_tokens.sum()),
+                            "weights": [float(w) for w in np.asarray(self.sampler.weights)],
+                            **({} if self.ctx.loss_weights is None else
+                               {"loss_weights": [float(w) for w in np.asarray(self.ctx.loss_weights)]})})
+        progress.update(info.loss, self.cfg.batch_size * self.cfg.seq_len / dt)
+        for cb in self.callbacks:
+            cb.on_step(self.ctx, info)
+        last = step + 1 == num_steps
+        if last or (self.cfg.eval_every and (step + 1) % self.cfg.eval_every == 0):
+            self.evaluate_and_report(step + 1)
+        self.draws.after_callbacks()
+        if self.run_dir.ckpt is not None and (last or (step + 1) % self.cfg.checkpoint_every == 0):
+            self.save(step + 1)
+
+
+def _result(run: _Run, num_steps: int, domains, mesh, t_start: float) -> dict:
+    """The run's result.json: the chosen evaluation (the best with keep_best/select_best, else
+    the final), tokens, settings, devices and timings; callbacks add their own keys."""
+    cfg, record, sampler = run.cfg, run.record, run.sampler
+    final = record.val_history[-1]
+    chosen = record.best if ((cfg.keep_best or cfg.select_best) and record.best) else final
+    consumed = getattr(sampler, "tokens_consumed", None)
+    timings = record.timings
+    timings["total_s"] = time.perf_counter() - t_start
+    batch_tokens = cfg.batch_size * cfg.seq_len
+    timings["tokens_per_s"] = (timings["timed_steps"] * batch_tokens / timings["train_s"]
+                               if timings["train_s"] else None)
+    return {
+        "tokens": dict(consumed) if consumed else {d: int(t) for d, t in zip(domains, record.seen_tokens)},
+        "loss_tokens": {d: int(t) for d, t in zip(domains, record.loss_tokens)},
+        "val_loss": chosen["val_loss"],
+        "val_loss_step": chosen["step"],
+        "final_val_loss": final["val_loss"],
+        "val_history": record.val_history,
+        "steps": num_steps,
+        "budget_tokens": int(run.budget_tokens),
+        "domains": domains,
+        "data": data_signature(run.data),
+        "weights": dict(zip(domains, record.initial_weights)),
+        "final_weights": {d: float(w) for d, w in zip(domains, np.asarray(sampler.weights))},
+        "config": cfg.to_dict(),
+        "model": run.mcfg.to_dict(),
+        "num_params": run.mcfg.num_params(),
+        "devices": {"count": len(mesh.devices.flat), "platform": mesh.devices.flat[0].platform,
+                    "mesh": dict(mesh.shape)},
+        "timings": timings,
+    }
+
+
+def _stepper_for(cfg, mcfg, num_domains, mesh):
+    from mixjax.train.step import StepConfig, get_stepper
+
+    try:
+        return get_stepper(StepConfig(
+            model=mcfg, batch_size=cfg.batch_size, seq_len=cfg.seq_len, num_domains=num_domains,
+            grad_accum=cfg.grad_accum, compute_dtype=cfg.compute_dtype, b1=cfg.b1, b2=cfg.b2,
+            eps=cfg.eps, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm, loss_chunk=cfg.loss_chunk), mesh)
+    except ValueError as e:
+        raise MixjaxError(f"--batch-size: {e}") from None
+
+
 def _run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_dir, callbacks, sampler,
                   validation_fn, devices, check_result) -> dict:
     import jax
 
-    from mixjax.model import load_hf
     from mixjax.train import mesh as meshlib
-    from mixjax.train.checkpoint import Checkpointer, restore_params
     from mixjax.train.metrics import MetricsWriter, Progress
     from mixjax.train.optim import learning_rate
-    from mixjax.train.step import StepConfig, get_stepper
 
-    t_start = time.perf_counter()
-    cfg = config
+    t_start, cfg, domains = time.perf_counter(), config, list(data.domains)
     meshlib.maybe_initialize_distributed()
-    domains = list(data.domains)
     mcfg, init_src = resolve_model_config(cfg, getattr(data, "vocab_size", None))
     if sampler is None:
         from mixjax.data.sampler import MixtureSampler
@@ -348,270 +443,46 @@ def _run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out
                           f"({cfg.batch_size} x {cfg.seq_len} tokens)")
     initial_weights = [float(w) for w in np.asarray(sampler.weights)]
     mesh = meshlib.make_mesh(cfg.mesh_shape, devices)
+    stepper = _stepper_for(cfg, mcfg, len(domains), mesh)
+    run_dir = open_run_dir(out_dir, cfg, mcfg, data, initial_weights, budget_tokens, num_steps, check_result, _close_all)
     try:
-        stepper = get_stepper(StepConfig(
-            model=mcfg, batch_size=cfg.batch_size, seq_len=cfg.seq_len, num_domains=len(domains),
-            grad_accum=cfg.grad_accum, compute_dtype=cfg.compute_dtype, b1=cfg.b1, b2=cfg.b2,
-            eps=cfg.eps, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm, loss_chunk=cfg.loss_chunk), mesh)
-    except ValueError as e:
-        raise MixjaxError(f"--batch-size: {e}") from None
-
-    # ---- out_dir: refuse another run's result or checkpoints before any work ------------------
-    out = Path(out_dir) if out_dir is not None else None
-    ckpt = best_ckpt = None
-    resume_step = None
-    if out is not None:
-        if out.exists() and not out.is_dir():
-            raise MixjaxError(f"--out {out}: a file, not a run directory")
-        if check_result and (out / "result.json").is_file():
-            try:
-                saved = json.loads((out / "result.json").read_text())
-                if not isinstance(saved, dict):
-                    raise ValueError("not a JSON object")
-            except (OSError, ValueError) as e:
-                raise MixjaxError(f"--out {out}: {out / 'result.json'} is unreadable ({e}); use a new --out, "
-                                  f"or delete {out} to start afresh") from None
-            _refuse_other_run(out, out / "result.json",
-                              run_differences(saved, cfg, mcfg, data, initial_weights, budget_tokens))
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError) as e:
-            raise MixjaxError(f"--out {out}: cannot make the run directory ({e.strerror}: {e.filename})") from None
-        if cfg.checkpoint_every:
-            ckpt = Checkpointer(out / "checkpoints", max_to_keep=1)  # deletes a save left half done
-            try:
-                latest = ckpt.latest_step()
-                if latest is not None:
-                    saved = ckpt.read_meta(latest)
-                    _refuse_other_run(out, out / "checkpoints" / str(latest), run_differences(
-                        saved, cfg, mcfg, data, initial_weights, budget_tokens, num_steps))
-                    if cfg.resume:
-                        resume_step = latest
-            except BaseException:
-                _close_all([ckpt.close])
-                raise
-        if cfg.keep_best:
-            best_ckpt = Checkpointer(out / "best", max_to_keep=1, async_save=False)
-
-    # ---- state: resume > init checkpoint > random -------------------------------------------
-    start_step, meta = 0, None
-    try:
-        if resume_step is not None:
-            start_step = resume_step
-            state, meta = ckpt.restore(start_step, stepper.abstract_state, stepper.state_shardings)
-            sampler.load_state_dict(meta["sampler"])
-            for cb, s in zip(callbacks, meta.get("callbacks", [])):
-                cb.load_state_dict(s)
-        else:
-            if init_src is None:
-                params = stepper.init_params(cfg.seed)
-            elif init_src[0] == "hf":
-                params = stepper.params_from_model(load_hf(init_src[1], expect=mcfg))
-            else:
-                params, _ = restore_params(init_src[1], stepper.abstract_params, stepper.param_shardings)
-            state = stepper.init_state(params)
-        metrics = MetricsWriter(out / "metrics.jsonl" if out is not None and jax.process_index() == 0 else None,
-                                resume_step=start_step if meta else None)
+        state, meta = _start_state(stepper, run_dir, cfg, mcfg, init_src, sampler, callbacks)
+        start_step = run_dir.resume_step if meta else 0
+        metrics = MetricsWriter(run_dir.out / "metrics.jsonl" if run_dir.out is not None and jax.process_index() == 0
+                                else None, resume_step=start_step if meta else None)
     except BaseException:
-        _close_all([c.close for c in (ckpt, best_ckpt) if c is not None])
+        _close_all(run_dir.closers())
         raise
-
-    loss_tokens = np.asarray(meta["loss_tokens"] if meta else np.zeros(len(domains)), np.int64)
-    seen_tokens = np.asarray(meta["seen_tokens"] if meta else np.zeros(len(domains)), np.int64)
-    val_history: list[dict] = list(meta["val_history"]) if meta else []
-    best = meta.get("best") if meta else None
-    timings = dict(meta["timings"]) if meta else {"train_s": 0.0, "timed_steps": 0, "eval_s": 0.0,
-                                                  "first_step_s": None}
-    initial_weights = meta["initial_weights"] if meta else initial_weights
-
-    device_validation: dict = {}  # (domain, max_batches) -> batches already on the devices
-
-    def evaluate(eval_domains=None, max_batches=cfg.eval_max_batches, params=None) -> dict[str, float]:
-        """Per-domain validation loss. Batches are put on the devices once per run and every eval
-        step is dispatched before one transfer back, since online methods evaluate often."""
-        params = state["params"] if params is None else params
-        names = list(eval_domains or domains)
-        outputs = {}
-        for d in names:
-            key = (d, max_batches)
-            if key not in device_validation:
-                device_validation[key] = [stepper.put_batch(a) for a in _validation_arrays(
-                    data, d, cfg.batch_size, cfg.seq_len, max_batches, validation_fn)]
-            outputs[d] = [stepper.eval_step(params, b) for b in device_validation[key]]
-        res = {}
-        for d, ms in jax.device_get(outputs).items():
-            s = sum(float(np.sum(m["domain_loss_sum"])) for m in ms)
-            c = sum(float(np.sum(m["domain_count"])) for m in ms)
-            res[d] = s / c if c > 0 else float("nan")
-        return res
-
-    def domain_losses(batch, params=None) -> np.ndarray:
-        """Per-domain mean token loss [K] on one batch (NaN where a domain has no target)."""
-        if not isinstance(batch, dict) or not isinstance(batch.get("tokens"), jax.Array):
-            batch = stepper.put_batch(batch)
-        m = jax.device_get(stepper.eval_step(state["params"] if params is None else params, batch))
-        return np.array(list(_per_domain(m["domain_loss_sum"], m["domain_count"], domains).values()))
-
-    def validation_arrays(domain, max_batches=cfg.eval_max_batches) -> list:
-        return _validation_arrays(data, domain, cfg.batch_size, cfg.seq_len, max_batches, validation_fn)
-
-    ctx = RunContext(sampler=sampler, domains=domains, num_steps=num_steps, config=cfg,
-                     evaluate=evaluate, step=start_step, stepper=stepper, params=state["params"],
-                     domain_losses=domain_losses, validation_arrays=validation_arrays,
+    ctx = RunContext(sampler=sampler, domains=domains, num_steps=num_steps, config=cfg, evaluate=None,
+                     step=start_step, stepper=stepper, params=state["params"],
                      loss_weights=None if not meta or meta.get("loss_weights") is None
                      else np.asarray(meta["loss_weights"], np.float64))
-
-    def loss_weights() -> np.ndarray:
-        if ctx.loss_weights is None:
-            return stepper.no_loss_weights()
-        w = np.asarray(ctx.loss_weights, np.float32)
-        if w.shape != (len(domains),) or not np.all(np.isfinite(w)) or w.min() < 0 or not w.sum() > 0:
-            raise MixjaxError(f"loss weights must be {len(domains)} non-negative numbers with a positive sum, "
-                              f"got {w.tolist()}")
-        return w
-
+    evaluator = Evaluator(stepper, data, domains, cfg.batch_size, cfg.seq_len, cfg.eval_max_batches, validation_fn,
+                          current_params=lambda: ctx.params)
+    ctx.evaluate, ctx.domain_losses, ctx.validation_arrays = evaluator.evaluate, evaluator.domain_losses, evaluator.arrays
+    run = _Run(cfg, mcfg, data, budget_tokens, stepper, sampler, callbacks, run_dir, state, meta,
+               _Record.start(meta, len(domains), initial_weights), evaluator, ctx, metrics, start_step)
     if not meta:
         for cb in callbacks:
             cb.on_train_start(ctx)
-
-    def run_eval(step: int):
-        nonlocal best
-        t0 = time.perf_counter()
-        val = evaluate()
-        timings["eval_s"] += time.perf_counter() - t0
-        rec = {"step": step, "val_loss": val, "val_loss_mean": float(np.mean(list(val.values())))}
-        val_history.append(rec)
-        metrics.write(rec)
-        for cb in callbacks:
-            cb.on_eval(ctx, step, val)
-        tracking = best_ckpt is not None or cfg.select_best
-        if tracking and (best is None or rec["val_loss_mean"] < best["val_loss_mean"]):
-            best = rec
-            if best_ckpt is not None:
-                best_ckpt.save(step, {"params": state["params"]}, {"step": step, "model": mcfg.to_dict(),
-                                                                 "val_loss": val, "config": cfg.to_dict()})
-        return val
-
-    def save(step: int):
-        meta_out = {"step": step, "sampler": sampler_state(),
-                    "callbacks": [cb.state_dict() for cb in callbacks],
-                    "loss_tokens": loss_tokens.tolist(), "seen_tokens": seen_tokens.tolist(),
-                    "val_history": val_history, "best": best, "timings": timings,
-                    "initial_weights": initial_weights, "model": mcfg.to_dict(), "config": cfg.to_dict(),
-                    "budget_tokens": int(budget_tokens), "data": data_signature(data),
-                    "loss_weights": None if ctx.loss_weights is None else np.asarray(ctx.loss_weights).tolist()}
-        ckpt.save(step, state, json.loads(json.dumps(meta_out, default=float)))
-
     warmup = int(cfg.warmup * num_steps) if cfg.warmup < 1 else int(cfg.warmup)
     progress = Progress(num_steps, start_step, enabled=cfg.progress and jax.process_index() == 0)
-    batch_tokens = cfg.batch_size * cfg.seq_len
-    # The next batch is packed on the host while the device runs this step. A callback that then
-    # changes the weights voids it: the sampler is rewound and the batch drawn again at the new
-    # weights, so the batches are exactly those of drawing after the callbacks. After a step that
-    # changed the weights the next is not drawn ahead (methods that change them every step).
-    prefetch = hasattr(sampler, "state_dict") and hasattr(sampler, "load_state_dict")
-    reweighted = False
-    next_batch = before_prefetch = None
-
-    def sampler_state() -> dict:
-        return sampler.state_dict() if next_batch is None else before_prefetch
-
-    def draw_ahead():
-        nonlocal before_prefetch
-        before_prefetch = sampler.state_dict()
-        try:
-            return sampler.next_batch()
-        except Exception:  # e.g. a domain exhausted at the old weights: drawn (or raised) after the callbacks
-            sampler.load_state_dict(before_prefetch)
-            return None
-
-    def void_if_reweighted(drawn_with: np.ndarray):
-        nonlocal next_batch, reweighted
-        weights = np.asarray(sampler.weights)
-        reweighted = not np.array_equal(weights, drawn_with)
-        if next_batch is not None and reweighted:
-            sampler.load_state_dict(before_prefetch)
-            sampler.set_weights(weights)
-            next_batch = None
-
     try:
         for step in range(start_step, num_steps):
-            t0 = time.perf_counter()
-            batch = next_batch if next_batch is not None else sampler.next_batch()
-            lr = learning_rate(step, num_steps, cfg.lr, cfg.schedule, warmup, cfg.final_lr_ratio)
-            device_batch = stepper.put_batch(batch)
-            state, m = stepper.train_step(state, device_batch, np.float32(lr), loss_weights())
-            drawn_with = np.array(sampler.weights)
-            next_batch = draw_ahead() if prefetch and not reweighted and step + 1 < num_steps else None
-            m = jax.device_get(m)
-            dt = time.perf_counter() - t0
-            if step == start_step:  # includes compilation (unless cached in this process)
-                timings["first_step_s"] = (timings["first_step_s"] or 0.0) + dt
-            else:
-                timings["train_s"] += dt
-                timings["timed_steps"] += 1
-            if not math.isfinite(float(m["loss"])):
-                raise MixjaxError(f"training diverged at step {step + 1} (loss {float(m['loss'])}); lower --lr")
-            tpd = np.asarray(batch.tokens_per_domain, np.int64)
-            seen_tokens += tpd
-            loss_tokens += np.asarray(batch.loss_tokens_per_domain, np.int64)
-            info = StepInfo(step=step + 1, loss=float(m["loss"]),
-                            train_loss=_per_domain(m["domain_loss_sum"], m["domain_count"], domains),
-                            loss_counts={d: int(c) for d, c in zip(domains, m["domain_count"])},
-                            tokens_per_domain={d: int(t) for d, t in zip(domains, tpd)},
-                            lr=lr, grad_norm=float(m["grad_norm"]), batch=device_batch)
-            ctx.step, ctx.params = step + 1, state["params"]
-            metrics.write({"step": step + 1, "loss": info.loss, "train_loss": info.train_loss, "lr": lr,
-                           "grad_norm": info.grad_norm, "tokens": int(seen_tokens.sum()),
-                           "weights": [float(w) for w in np.asarray(sampler.weights)],
-                           **({} if ctx.loss_weights is None else
-                              {"loss_weights": [float(w) for w in np.asarray(ctx.loss_weights)]})})
-            progress.update(info.loss, batch_tokens / dt)
-            for cb in callbacks:
-                cb.on_step(ctx, info)
-            last = step + 1 == num_steps
-            if last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0):
-                run_eval(step + 1)
-            void_if_reweighted(drawn_with)
-            if ckpt is not None and (last or (step + 1) % cfg.checkpoint_every == 0):
-                save(step + 1)
+            run.step(step, num_steps, learning_rate(step, num_steps, cfg.lr, cfg.schedule, warmup, cfg.final_lr_ratio),
+                     progress)
     finally:
-        _close_all([progress.close, metrics.close] + [c.close for c in (ckpt, best_ckpt) if c is not None])
-
-    if not val_history:  # a finished run resumed: nothing left to do
-        run_eval(num_steps)
-    final = val_history[-1]
-    chosen = best if ((cfg.keep_best or cfg.select_best) and best) else final
-    consumed = getattr(sampler, "tokens_consumed", None)
-    tokens = dict(consumed) if consumed else {d: int(t) for d, t in zip(domains, seen_tokens)}
-    timings["total_s"] = time.perf_counter() - t_start
-    timings["tokens_per_s"] = (timings["timed_steps"] * batch_tokens / timings["train_s"]
-                               if timings["train_s"] else None)
-    result = {
-        "tokens": tokens,
-        "loss_tokens": {d: int(t) for d, t in zip(domains, loss_tokens)},
-        "val_loss": chosen["val_loss"],
-        "val_loss_step": chosen["step"],
-        "final_val_loss": final["val_loss"],
-        "val_history": val_history,
-        "steps": num_steps,
-        "budget_tokens": int(budget_tokens),
-        "domains": domains,
-        "data": data_signature(data),
-        "weights": dict(zip(domains, initial_weights)),
-        "final_weights": {d: float(w) for d, w in zip(domains, np.asarray(sampler.weights))},
-        "config": cfg.to_dict(),
-        "model": mcfg.to_dict(),
-        "num_params": mcfg.num_params(),
-        "devices": {"count": len(mesh.devices.flat), "platform": mesh.devices.flat[0].platform,
-                    "mesh": dict(mesh.shape)},
-        "timings": timings,
-    }
+        _close_all([progress.close, metrics.close] + run_dir.closers())
+    if not run.record.val_history:  # a finished run resumed: nothing left to do
+        run.evaluate_and_report(num_steps)
+    result = _result(run, num_steps, domains, mesh, t_start)
     for cb in callbacks:
-        cb.on_train_end(ctx, result)
-    if out is not None and jax.process_index() == 0:
-        write_json_atomic(out / "result.json", json.loads(json.dumps(result, default=float),
-                                                    parse_constant=lambda c: None))
+        added = cb.on_train_end(ctx, result)
+        if added:
+            result.update(added)
+    if run_dir.out is not None and jax.process_index() == 0:
+        write_json_atomic(run_dir.out / "result.json", json.loads(json.dumps(result, default=float),
+                                                            parse_constant=lambda c: None))
     return result
 
 
