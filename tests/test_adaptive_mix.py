@@ -4,7 +4,6 @@ optimum, resumes a killed design without retraining; `sweep --run-list` trains `
 one-line errors."""
 
 import json
-import zlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,7 +13,7 @@ from mixjax.cli import main
 from mixjax.errors import MixjaxError
 from mixjax.methods.mix import run_mix
 from mixjax.train import TrainConfig
-from tests.law_fixtures import paper_like_law
+from tests.law_fixtures import paper_like_law, simulated_training
 
 BUDGET = 20_000_000
 QUIET = dict(log=lambda message: None)
@@ -23,28 +22,20 @@ OPTIONS = {"adaptive": True, "base_fraction": 0.1, "perturbation_evals": 0}
 
 @pytest.fixture
 def simulated(monkeypatch):
-    """run_training replaced by the true law's losses (+ noise of `noise[0]`, a fixed draw per run
-    name); returns (truth, the names trained in order, noise)."""
+    """run_training replaced by the true law's losses (+ noise, a fixed draw per run name; set
+    `noise[0]` before the first run); runs named in `fail_at` raise."""
     import mixjax.train
-    from mixjax.observations import simulate
 
-    truth, trained, noise = paper_like_law(), [], [0.0]
+    truth, noise, fail_at = paper_like_law(), [0.0], set()
+    trained = []
 
-    def fake_run_training(config, data, weights, budget_tokens, *, out_dir=None, callbacks=()):
-        if out_dir.name in fail_at:
-            raise MixjaxError(f"killed while training {out_dir.name}")
-        tokens = {d: weights.get(d, 0.0) * budget_tokens for d in truth.domains}
-        loss = simulate(truth, ["r"], np.array([[tokens[d] for d in truth.domains]])).losses[0]
-        loss = loss + noise[0] * np.random.default_rng(zlib.crc32(out_dir.name.encode())).standard_normal(len(loss))
-        result = {"tokens": tokens, "val_loss": dict(zip(truth.domains, loss.tolist())),
-                  "budget_tokens": int(budget_tokens), "weights": dict(weights)}
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "result.json").write_text(json.dumps(result))
-        trained.append(out_dir.name)
+    def run_training(*args, **kwargs):
+        fake, names = simulated_training(truth, noise[0], fail_at)
+        result = fake(*args, **kwargs)
+        trained.extend(names)
         return result
 
-    fail_at = set()
-    monkeypatch.setattr(mixjax.train, "run_training", fake_run_training)
+    monkeypatch.setattr(mixjax.train, "run_training", run_training)
     return SimpleNamespace(truth=truth, trained=trained, noise=noise, fail_at=fail_at,
                            data=SimpleNamespace(domains=truth.domains, manifest={}))
 

@@ -350,23 +350,11 @@ def test_li2025_mix_adds_runs_and_refits_in_simulation(tmp_path, monkeypatch):
     import mixjax.fit
     import mixjax.train
     from mixjax.fit import FitOptions
-    from mixjax.observations import simulate
     from mixjax.optimize import optimize
-    from tests.law_fixtures import paper_like_law
+    from tests.law_fixtures import paper_like_law, simulated_training
 
     truth, budget = paper_like_law(), 20_000_000
-    trained = []
-
-    def fake_run_training(config, data, weights, budget_tokens, *, out_dir=None, callbacks=()):
-        tokens = {d: weights.get(d, 0.0) * budget_tokens for d in truth.domains}
-        loss = simulate(truth, ["r"], np.array([[tokens[d] for d in truth.domains]])).losses[0]
-        result = {"tokens": tokens, "val_loss": dict(zip(truth.domains, loss.tolist())),
-                  "budget_tokens": int(budget_tokens), "weights": dict(weights)}
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "result.json").write_text(json.dumps(result))
-        trained.append(out_dir.name)
-        return result
-
+    fake_run_training, trained = simulated_training(truth)
     monkeypatch.setattr(mixjax.train, "run_training", fake_run_training)
     monkeypatch.setattr(mixjax.fit, "FitOptions", functools.partial(FitOptions, n_bootstrap=0, leave_one_out=False))
     data = SimpleNamespace(domains=truth.domains, manifest={})
