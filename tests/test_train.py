@@ -2,6 +2,7 @@
 callbacks that change the mixture, exact resume after a kill, best checkpoint, --init, errors."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -253,14 +254,27 @@ def test_weight_decay_skips_norms_and_biases_of_the_stacked_layers():
     assert decayed["['layers']['mlp']['up_DxF']"] and decayed["['embed_VxD']"]
 
 
-def test_schedules():
-    lrs = [learning_rate(s, 100, 1.0, "cosine", 10, 0.1) for s in range(100)]
-    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert lrs[10] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1, abs=1e-3)
-    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
-    lin = [learning_rate(s, 100, 1.0, "linear", 0, 0.0) for s in range(101)]
-    assert lin[50] == pytest.approx(0.5) and lin[100] == pytest.approx(0.0)
-    assert learning_rate(70, 100, 2.0, "constant", 5) == 2.0
+def _closed_form_lr(step, num_steps, peak, schedule, warmup, final_ratio):
+    """The schedules written out: linear warm-up (k + 1) / warmup, then cosine or linear decay."""
+    if warmup > 0 and step < warmup:
+        return peak * (step + 1) / warmup
+    if schedule == "constant":
+        return peak
+    t = min(max(step - warmup, 0) / max(num_steps - warmup, 1), 1.0)
+    end = final_ratio * peak
+    if schedule == "cosine":
+        return end + (peak - end) * 0.5 * (1 + math.cos(math.pi * t))
+    return peak + (end - peak) * t
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+@pytest.mark.parametrize("num_steps,warmup", [(100, 10), (100, 0), (7, 1), (61, 3), (1, 0), (5, 5)])
+def test_schedules_are_the_closed_forms(schedule, num_steps, warmup):
+    from mixjax.train.optim import learning_rates
+
+    expected = [_closed_form_lr(s, num_steps, 3e-4, schedule, warmup, 0.1) for s in range(num_steps)]
+    np.testing.assert_allclose(learning_rates(num_steps, 3e-4, schedule, warmup, 0.1), expected, rtol=1e-12)
+    assert learning_rate(num_steps - 1, num_steps, 3e-4, schedule, warmup, 0.1) == pytest.approx(expected[-1], rel=1e-12)
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -426,7 +426,7 @@ def _run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out
 
     from mixjax.train import mesh as meshlib
     from mixjax.train.metrics import MetricsWriter, Progress
-    from mixjax.train.optim import learning_rate
+    from mixjax.train.optim import learning_rates
 
     t_start, cfg, domains = time.perf_counter(), config, list(data.domains)
     meshlib.maybe_initialize_distributed()
@@ -467,10 +467,10 @@ def _run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out
             cb.on_train_start(ctx)
     warmup = int(cfg.warmup * num_steps) if cfg.warmup < 1 else int(cfg.warmup)
     progress = Progress(num_steps, start_step, enabled=cfg.progress and jax.process_index() == 0)
+    lrs = learning_rates(num_steps, cfg.lr, cfg.schedule, warmup, cfg.final_lr_ratio)
     try:
         for step in range(start_step, num_steps):
-            run.step(step, num_steps, learning_rate(step, num_steps, cfg.lr, cfg.schedule, warmup, cfg.final_lr_ratio),
-                     progress)
+            run.step(step, num_steps, float(lrs[step]), progress)
     finally:
         _close_all([progress.close, metrics.close] + run_dir.closers())
     if not run.record.val_history:  # a finished run resumed: nothing left to do

@@ -1,4 +1,4 @@
-"""AdamW with clipping, and learning-rate schedules computed on the host.
+"""AdamW with clipping, and learning-rate schedules (optax's) computed on the host.
 
 The learning rate is an input of the jitted step (not baked into the optimizer), so runs with
 different budgets, schedules or peak rates reuse one compiled step.
@@ -6,9 +6,8 @@ different budgets, schedules or peak rates reuse one compiled step.
 
 from __future__ import annotations
 
-import math
-
 import jax
+import numpy as np
 import optax
 
 from mixjax.errors import MixjaxError
@@ -16,22 +15,37 @@ from mixjax.errors import MixjaxError
 SCHEDULES = ("cosine", "linear", "constant")
 
 
-def learning_rate(step: int, num_steps: int, peak: float, schedule: str = "cosine",
-                  warmup_steps: int = 0, final_ratio: float = 0.1) -> float:
-    """Learning rate for (0-based) `step`: linear warm-up to `peak`, then cosine/linear decay to
-    `final_ratio * peak` at `num_steps`, or constant."""
+def schedule(num_steps: int, peak: float, schedule: str = "cosine", warmup_steps: int = 0,
+             final_ratio: float = 0.1) -> optax.Schedule:
+    """optax's schedule of a run: linear warm-up to `peak` (step k at peak (k + 1) / warmup_steps),
+    then cosine or linear decay to `final_ratio * peak` at `num_steps`, or constant."""
     if schedule not in SCHEDULES:
         raise MixjaxError(f"unknown --schedule {schedule!r} ({', '.join(SCHEDULES)})")
-    if warmup_steps > 0 and step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
-    if schedule == "constant":
-        return peak
     decay = max(num_steps - warmup_steps, 1)
-    t = min(max(step - warmup_steps, 0) / decay, 1.0)
-    end = final_ratio * peak
-    if schedule == "cosine":
-        return end + (peak - end) * 0.5 * (1 + math.cos(math.pi * t))
-    return peak + (end - peak) * t
+    after = {"constant": optax.constant_schedule(peak),
+             "cosine": optax.cosine_decay_schedule(peak, decay, alpha=final_ratio),
+             "linear": optax.linear_schedule(peak, final_ratio * peak, decay)}[schedule]
+    if warmup_steps <= 0:
+        return after
+    warm = optax.linear_schedule(peak / warmup_steps, peak, max(warmup_steps - 1, 1))
+    return optax.join_schedules([warm, after], [warmup_steps])
+
+
+def learning_rates(num_steps: int, peak: float, schedule_name: str = "cosine", warmup_steps: int = 0,
+                   final_ratio: float = 0.1) -> np.ndarray:
+    """The learning rate of every step of a run (float64 [num_steps]), computed once on the host in
+    double precision, so the loop does no per-step work for it."""
+    with jax.enable_x64(True):
+        steps = np.arange(num_steps, dtype=np.int64)
+        rates = schedule(num_steps, peak, schedule_name, warmup_steps, final_ratio)(steps)
+        return np.broadcast_to(np.asarray(rates, np.float64), steps.shape).copy()  # a constant is one number
+
+
+def learning_rate(step: int, num_steps: int, peak: float, schedule_name: str = "cosine",
+                  warmup_steps: int = 0, final_ratio: float = 0.1) -> float:
+    """The learning rate of one (0-based) step (see `learning_rates`)."""
+    with jax.enable_x64(True):
+        return float(schedule(num_steps, peak, schedule_name, warmup_steps, final_ratio)(step))
 
 
 def decay_mask(params):
