@@ -181,6 +181,44 @@ def token_scale(tokens_RxK: np.ndarray) -> float:
     return float(np.median(totals) / tokens_RxK.shape[1])
 
 
+def _checked_inputs(law: Law, obs: Observations, token_unit: float, options: FitOptions, budgets) -> np.ndarray:
+    """One-line errors for a bad token unit, Huber delta, budget or too few runs; the budgets."""
+    if not np.isfinite(token_unit) or token_unit <= 0:
+        raise MixjaxError(f"--token-unit: must be a positive number, got {token_unit:g}")
+    if options.huber_delta is not None and not (options.huber_delta > 0):
+        raise MixjaxError(f"--huber: delta must be a positive number, got {options.huber_delta:g}")
+    budgets_B = np.asarray(budgets, dtype=np.float64).reshape(-1)
+    if budgets_B.size:
+        from mixjax.optimize import check_budgets
+
+        check_budgets(budgets_B)
+    check_enough_runs(law, obs)
+    return budgets_B
+
+
+def _padded_table(obs: Observations, scale: float):
+    """(tokens / scale, losses, observed weights), runs padded to a multiple of 16 with zero-weight
+    rows, so tables of similar size share one compiled solve."""
+    K, R = len(obs.domains), len(obs.runs)
+    pad_rows = -(-R // 16) * 16 - R
+    tokens = np.vstack([obs.tokens, np.repeat(obs.tokens[:1], pad_rows, axis=0)]) / scale
+    losses = np.vstack([np.where(obs.observed, obs.losses, 0.0), np.zeros((pad_rows, K))])
+    observed = np.vstack([obs.observed.astype(np.float64), np.zeros((pad_rows, K))])
+    return tokens, losses, observed
+
+
+def _padded_resamples(resample_weights, pad_rows: int, observed_RxK: np.ndarray):
+    """(resample weights padded to the table's rows and to a multiple of 8 resamples, B); B = 1
+    and None without resamples."""
+    if resample_weights is None:
+        return None, 1
+    n_resamples = resample_weights.shape[0]
+    B = -(-n_resamples // 8) * 8
+    R_pad, K = observed_RxK.shape
+    return np.concatenate([np.pad(resample_weights, ((0, 0), (0, pad_rows), (0, 0))),
+                           np.broadcast_to(observed_RxK, (B - n_resamples, R_pad, K))]), B
+
+
 def fit(
     law: Law,
     obs: Observations,
@@ -194,27 +232,12 @@ def fit(
     import jax.numpy as jnp
 
     options = options or FitOptions()
-    if not np.isfinite(token_unit) or token_unit <= 0:
-        raise MixjaxError(f"--token-unit: must be a positive number, got {token_unit:g}")
-    if options.huber_delta is not None and not (options.huber_delta > 0):
-        raise MixjaxError(f"--huber: delta must be a positive number, got {options.huber_delta:g}")
-    budgets_B = np.asarray(budgets, dtype=np.float64).reshape(-1)
-    if budgets_B.size:
-        from mixjax.optimize import check_budgets
-
-        check_budgets(budgets_B)
-    check_enough_runs(law, obs)
+    budgets_B = _checked_inputs(law, obs, token_unit, options, budgets)
     K, R = len(obs.domains), len(obs.runs)
     scale = token_scale(obs.tokens)
-    observed_RxK = obs.observed.astype(np.float64)
-
-    # Pad runs to a multiple of 16 (and resamples to a multiple of 8) with zero-weight rows, so
-    # tables of similar size share one compiled solve.
-    R_pad = -(-R // 16) * 16
+    tokens_np, losses_np, observed_RxK = _padded_table(obs, scale)
+    R_pad = tokens_np.shape[0]
     pad_rows = R_pad - R
-    tokens_np = np.vstack([obs.tokens, np.repeat(obs.tokens[:1], pad_rows, axis=0)]) / scale
-    losses_np = np.vstack([np.where(obs.observed, obs.losses, 0.0), np.zeros((pad_rows, K))])
-    observed_RxK = np.vstack([observed_RxK, np.zeros((pad_rows, K))])
 
     with jax.enable_x64(True):
         tokens = jnp.asarray(tokens_np)
@@ -222,16 +245,7 @@ def fit(
         keys = jax.random.split(jax.random.PRNGKey(options.seed), 4)
         key_first, key_main, key_resample, key_boot = keys
         resample_weights, loo_runs, n_boot = _resample_weights(obs, options, key_boot)
-        B = 1
-        if resample_weights is not None:
-            n_resamples = resample_weights.shape[0]
-            B = -(-n_resamples // 8) * 8
-            resample_weights = np.concatenate(
-                [
-                    np.pad(resample_weights, ((0, 0), (0, pad_rows), (0, 0))),
-                    np.broadcast_to(observed_RxK, (B - n_resamples, R_pad, K)),
-                ]
-            )
+        resample_weights, B = _padded_resamples(resample_weights, pad_rows, observed_RxK)
         # One compiled solve serves both passes (same shapes): pass 1 fits the full data from
         # B x S random starts, pass 2 refits every resample from the pass-1 optimum + random starts.
         full_weights = jnp.broadcast_to(jnp.asarray(observed_RxK), (B, R_pad, K))

@@ -193,6 +193,38 @@ def _flops(cost) -> float | None:
     return float(cost["flops"])
 
 
+def _abstract_step_inputs(stepper, mesh, batch_size: int, seq_len: int, num_domains: int) -> tuple:
+    """(batch, learning rate, loss weights) of the train step as sharded shapes: nothing allocated."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from mixjax.train.step import BATCH_KEYS
+
+    batch = {k: jax.ShapeDtypeStruct((batch_size, seq_len), jnp.bool_ if k == "loss_mask" else jnp.int32,
+                                     sharding=stepper.batch_sharding) for k in BATCH_KEYS}
+    replicated = NamedSharding(mesh, P())
+    return (batch, jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated),
+            jax.ShapeDtypeStruct((num_domains,), jnp.float32, sharding=replicated))
+
+
+def _attention_note(requested: str, compiled_impl: str, platform: str, compute_dtype: str, micro: int,
+                    seq_len: int) -> str:
+    """What the plan's attention stands for: the kernel asked for, or what was compiled in its place
+    and what the GPU kernel would add (cuDNN's dense mask gradient)."""
+    if compiled_impl == requested:
+        return f"Attention compiled as requested ({requested!r})."
+    note = (f"Attention {requested!r} has no {platform.upper()} kernel: compiled 'blockwise' "
+            f"in its place (both keep O(L) memory; the GPU kernel's own scratch is not counted).")
+    if requested == "cudnn" or (requested == "auto" and compute_dtype == "bfloat16"):
+        extra = micro * seq_len * seq_len * 5
+        note += (f" On a GPU with cuDNN, {requested!r} runs cuDNN, whose packed-segment mask is a "
+                 f"[B, 1, L, L] boolean turned into a bias with a dense gradient: about 5 bytes x "
+                 f"micro-batch x L^2 = {human_bytes(extra)} per device at a time (one layer), "
+                 f"not in these numbers.")
+    return note
+
+
 def plan_step(model_cfg, *, devices, mesh_shape=None, batch_size: int, seq_len: int,
               compute_dtype: str = "bfloat16", loss_chunk: int | None = None, grad_accum: int = 1,
               num_domains: int = 3, model_name: str | None = None, fast_compile: bool = True) -> dict[str, Any]:
@@ -210,11 +242,9 @@ def plan_step(model_cfg, *, devices, mesh_shape=None, batch_size: int, seq_len: 
     memory analysis are the same (checked: identical bytes for tiny and llama-3.1-8b), in about
     60% of the time."""
     import jax
-    import jax.numpy as jnp
-    from jax.sharding import NamedSharding, PartitionSpec as P
 
     from mixjax.train.mesh import abstract_arrays, make_mesh
-    from mixjax.train.step import BATCH_KEYS, StepConfig, Stepper
+    from mixjax.train.step import StepConfig, Stepper
 
     n = devices if isinstance(devices, int) else len(devices)
     mesh_resolved = check_request(model_cfg, devices=n, mesh_shape=mesh_shape, batch_size=batch_size,
@@ -231,11 +261,7 @@ def plan_step(model_cfg, *, devices, mesh_shape=None, batch_size: int, seq_len: 
     t0 = time.perf_counter()
     stepper = Stepper(step_cfg, mesh)
     state = abstract_arrays(stepper.abstract_state, stepper.state_shardings)
-    batch = {k: jax.ShapeDtypeStruct((batch_size, seq_len), jnp.bool_ if k == "loss_mask" else jnp.int32,
-                                     sharding=stepper.batch_sharding) for k in BATCH_KEYS}
-    lr = jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, P()))
-    loss_weights = jax.ShapeDtypeStruct((num_domains,), jnp.float32, sharding=NamedSharding(mesh, P()))
-    lowered = stepper.train_step.lower(state, batch, lr, loss_weights)
+    lowered = stepper.train_step.lower(state, *_abstract_step_inputs(stepper, mesh, batch_size, seq_len, num_domains))
     t1 = time.perf_counter()
     options = {"xla_backend_optimization_level": 0} if fast_compile else {}
     compiled = lowered.compile(options) if options else lowered.compile()
@@ -248,18 +274,8 @@ def plan_step(model_cfg, *, devices, mesh_shape=None, batch_size: int, seq_len: 
     total = args + outs - alias + temp
     xla_flops = _flops(compiled.cost_analysis())
     model_flops = float(model_cfg.flops_per_token(seq_len)) * batch_size * seq_len
-    if compiled_impl == requested:
-        attention_note = f"Attention compiled as requested ({requested!r})."
-    else:
-        attention_note = (f"Attention {requested!r} has no {platform.upper()} kernel: compiled 'blockwise' "
-                          f"in its place (both keep O(L) memory; the GPU kernel's own scratch is not counted).")
-        if requested == "cudnn" or (requested == "auto" and compute_dtype == "bfloat16"):
-            micro = batch_size // (mesh_resolved[0] * mesh_resolved[1] * grad_accum)
-            extra = micro * seq_len * seq_len * 5
-            attention_note += (f" On a GPU with cuDNN, {requested!r} runs cuDNN, whose packed-segment mask is a "
-                               f"[B, 1, L, L] boolean turned into a bias with a dense gradient: about 5 bytes x "
-                               f"micro-batch x L^2 = {human_bytes(extra)} per device at a time (one layer), "
-                               f"not in these numbers.")
+    micro = batch_size // (mesh_resolved[0] * mesh_resolved[1] * grad_accum)
+    attention_note = _attention_note(requested, compiled_impl, platform, compute_dtype, micro, seq_len)
     return {
         "model": model_name,
         "params": int(model_cfg.num_params()),
@@ -267,7 +283,7 @@ def plan_step(model_cfg, *, devices, mesh_shape=None, batch_size: int, seq_len: 
         "devices": n,
         "mesh": list(mesh_resolved),
         "batch_size": batch_size,
-        "micro_batch_per_device": batch_size // (mesh_resolved[0] * mesh_resolved[1] * grad_accum),
+        "micro_batch_per_device": micro,
         "grad_accum": grad_accum,
         "seq_len": seq_len,
         "num_domains": num_domains,
