@@ -84,7 +84,8 @@ from tests.test_sharding import _batches
 n = int(sys.argv[1])
 # shard_activations off: at 32 tokens per device XLA's own layout keeps a quarter of the
 # temporaries (8 fake devices with it need about 22 GB of this 24 GB machine)
-cfg = get_config("qwen2.5-0.5b", attention="blockwise", remat="full", shard_activations=False)
+cfg = get_config("qwen2.5-0.5b", attention="blockwise", remat="full", shard_activations=False,
+                 n_layers=int(sys.argv[2]), scan_layers=True)
 st = Stepper(StepConfig(cfg, 8, 32, 3, loss_chunk=16),
              make_mesh((1, n, 1) if n > 1 else None, jax.devices()[:n]))
 state = st.init_state(st.init_params(0))
@@ -98,14 +99,18 @@ print("LOSSES", json.dumps(losses))
 
 @pytest.mark.slow
 def test_qwen_half_billion_preset_steps_on_one_and_eight_devices():
-    """The real qwen2.5-0.5b shape (494M parameters, its 151,936-token vocabulary, scanned layers,
-    full remat, blockwise attention, chunked loss) takes SFT steps on one device and on eight
-    (fsdp 8) with the same finite losses. Each run is its own process: about 10 GB of host memory
-    that a long test process (which keeps its peak heap, see mixjax/host_memory.py) cannot spare."""
+    """qwen2.5-0.5b's width, heads and 151,936-token vocabulary (scanned layers, full remat,
+    blockwise attention, chunked loss) take SFT steps on one device and on eight (fsdp 8) with the
+    same finite losses. 4 of its 24 layers (196M of 494M parameters): scanned layers are one
+    compiled body whatever the depth, and the whole model's memory is `mixjax plan`'s to show
+    (test_plan.py, benchmarks/bench_scale.py); all 24 took 160 s of the suite's 15 minutes. Each
+    run is its own process: host memory that a long test process (which keeps its peak heap, see
+    mixjax/host_memory.py) cannot spare."""
     root = Path(__file__).resolve().parents[1]
 
     def run(n):
-        out = subprocess.run([sys.executable, "-c", QWEN_STEPS, str(n)], capture_output=True, text=True, cwd=root)
+        out = subprocess.run([sys.executable, "-c", QWEN_STEPS, str(n), "4"], capture_output=True, text=True,
+                             cwd=root)
         line = [x for x in out.stdout.splitlines() if x.startswith("LOSSES")]
         assert out.returncode == 0 and line, out.stderr[-3000:]
         return np.array(json.loads(line[0].split(" ", 1)[1]))
