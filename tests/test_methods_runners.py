@@ -142,11 +142,12 @@ def test_domain_gradient_alignment_matches_per_domain_grads():
 
     train = batch(rng.integers(0, 3, (8, 16)).astype(np.int32))
     val = [batch(np.full((8, 16), i, np.int32)) for i in range(3)]
-    out = jax.device_get(stepper.domain_gradient_alignment(params, stepper.put_batch(train),
-                                                           stepper.put_stacked_batches(val)))
+    from mixjax.methods.doge import compiled_alignment
+
+    out = jax.device_get(compiled_alignment(stepper)(params, stepper.put_batch(train), stepper.put_stacked_batches(val)))
     host = jax.device_get(params)
 
-    grad = jax.jit(jax.grad(lambda p, b, i: stepper._domain_means(p, b)[i]))   # one compile
+    grad = jax.jit(jax.grad(lambda p, b, i: stepper.domain_means(p, b)[i]))   # one compile
 
     def flat_grad(b, i):
         g = grad(host, {k: jnp.asarray(v) for k, v in b.items()}, jnp.int32(i))

@@ -56,7 +56,7 @@ def test_reweighted_step_trains_on_the_weighted_domain_means():
     assert abs(float(w @ means) - token_mean) > 1.0                          # the two objectives differ
 
     def objective(p):
-        return jnp.sum(jnp.asarray(w) * stepper._domain_means(p, {k: jnp.asarray(v) for k, v in host.items()}))
+        return jnp.sum(jnp.asarray(w) * stepper.domain_means(p, {k: jnp.asarray(v) for k, v in host.items()}))
 
     expected_norm = float(jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(jax.grad(objective)(params)))))
     assert float(weighted["grad_norm"]) == pytest.approx(expected_norm, rel=1e-5)

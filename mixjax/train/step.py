@@ -114,18 +114,15 @@ class Stepper:
         self.abstract_state = {"params": abs_pure, "opt": abs_opt}
         self.batch_sharding = meshlib.batch_sharding(mesh)
         bsh = {k: self.batch_sharding for k in BATCH_KEYS}
-        self.train_step = jax.jit(self._under_mesh(self._train), in_shardings=(self.state_shardings, bsh, repl, repl),
+        self.train_step = jax.jit(self.under_mesh(self._train), in_shardings=(self.state_shardings, bsh, repl, repl),
                                   out_shardings=(self.state_shardings, repl), donate_argnums=0)
-        self.eval_step = jax.jit(self._under_mesh(self._eval), in_shardings=(self.param_shardings, bsh), out_shardings=repl)
+        self.eval_step = jax.jit(self.under_mesh(self._eval), in_shardings=(self.param_shardings, bsh), out_shardings=repl)
         # K stacked batches [K, B, L], each sharded like one batch (compiled on first use only)
         self.stacked_batch_sharding = NamedSharding(mesh, P(None, *self.batch_sharding.spec))
-        ssh = {k: self.stacked_batch_sharding for k in BATCH_KEYS}
-        self.domain_gradient_alignment = jax.jit(
-            self._under_mesh(self._alignment), in_shardings=(self.param_shardings, bsh, ssh), out_shardings=repl)
         self._init_params = None
         self._init_opt = jax.jit(self.tx.init, out_shardings=opt_sh)
 
-    def _under_mesh(self, fn):
+    def under_mesh(self, fn):
         """`fn` traced with the (abstract) mesh set, so code that partitions by hand (a Pallas attention
         kernel under shard_map) sees the mesh; the axes stay Auto, so nothing else changes."""
         @functools.wraps(fn)
@@ -174,7 +171,7 @@ class Stepper:
 
     def put_stacked_batches(self, batches: list) -> dict:
         """K batches (PackedBatch or host arrays) as [K, B, L] device arrays, for
-        `domain_gradient_alignment` (batch k = the validation batch of domain k)."""
+        `methods.doge.gradient_alignment` (batch k = the validation batch of domain k)."""
         arrays = [b.arrays() if isinstance(b, PackedBatch) else b for b in batches]
         out = {}
         for k in BATCH_KEYS:
@@ -243,40 +240,10 @@ class Stepper:
         _, dl, dw = self._sums(params, b)
         return {"domain_loss_sum": dl, "domain_count": dw}
 
-    def _domain_means(self, params, b):
+    def domain_means(self, params, b):
         """Each domain's mean token loss on the batch [K] (0 for a domain with no target)."""
         _, dl, dw = self._sums(params, b)
         return dl / jnp.maximum(dw, 1.0)
-
-    def _alignment(self, params, train_b, val_KxB):
-        """A_ij = <grad of domain i's loss on its validation batch, grad of domain j's loss on the
-        training batch> [K, K] (DoGE), the training gradients' norms [K] and the validation
-        gradients' Gram matrix [K, K] (the norm of their mean, DoGE's mixed validation gradient,
-        is sqrt(sum of it) / K).
-
-        The K validation gradients come one at a time (lax.map); the training batch takes one
-        forward pass and K backward passes through its saved residuals (one VJP per domain), each
-        dotted with the validation gradients at once, so at most K + 1 gradients are alive and
-        nothing leaves the device but the K x K numbers."""
-        k = self.cfg.num_domains
-
-        def val_grad(args):
-            batch, i = args
-            return jax.grad(lambda p: self._domain_means(p, batch)[i])(params)
-
-        val_grads = jax.lax.map(val_grad, (val_KxB, jnp.arange(k)))
-        _, pullback = jax.vjp(lambda p: self._domain_means(p, train_b), params)
-
-        def column(j):
-            (grad_j,) = pullback(jax.nn.one_hot(j, k, dtype=jnp.float32))
-            dots_K = sum(jnp.dot(v.reshape(k, -1), g.reshape(-1), precision=jax.lax.Precision.HIGHEST)
-                         for v, g in zip(jax.tree.leaves(val_grads), jax.tree.leaves(grad_j)))
-            return dots_K, optax.tree.norm(grad_j)
-
-        columns_KxK, norms_K = jax.lax.map(column, jnp.arange(k))
-        gram_KxK = sum(jnp.dot(v.reshape(k, -1), v.reshape(k, -1).T, precision=jax.lax.Precision.HIGHEST)
-                       for v in jax.tree.leaves(val_grads))
-        return {"alignment": columns_KxK.T, "train_grad_norm": norms_K, "val_gram": gram_KxK}
 
 
 @functools.lru_cache(maxsize=16)
