@@ -129,12 +129,17 @@ def log(text: str) -> None:
 MAX_DOMAINS = 8
 
 
-def user_data(path, budget: int, grid_step: float = 0.125, max_epochs: float = 10):
+def user_data(path, budget: int, grid_step: float | None = None, max_epochs: float | None = None):
     """A prepared data directory given with --data, checked before anything trains: 2 to 8
     domains, and every domain large enough for the grid's largest weight at the budget."""
     from mixjax.data.prepared import PreparedData
     from mixjax.errors import MixjaxError
 
+    from mixjax.methods.static import Grid
+    from mixjax.train import TrainConfig
+
+    grid_step = Grid().step if grid_step is None else grid_step  # the grid experiments train
+    max_epochs = TrainConfig().max_epochs if max_epochs is None else max_epochs  # the sampler's limit
     data = PreparedData(path)
     k = len(data.domains)
     if not 2 <= k <= MAX_DOMAINS:
@@ -155,8 +160,10 @@ def check_init(path) -> str:
     from mixjax.errors import MixjaxError
     from mixjax.train.checkpoint import find_checkpoint
 
+    from mixjax.model import is_hf_dir
+
     p = Path(path)
-    if (p / "config.json").is_file():
+    if is_hf_dir(p):
         return str(p)
     if not p.exists():
         raise MixjaxError(f"--init: {path} does not exist")
@@ -288,16 +295,10 @@ def write_results(results: Path, name: str, payload: dict, markdown: str, figure
 
 def law_losses(fitted, weights: dict, budget: float) -> dict:
     """A fitted law's per-domain loss for `weights` (domain -> weight) at `budget` tokens."""
-    import jax
-    import jax.numpy as jnp
+    from mixjax.validation import predicted_losses
 
-    from mixjax.laws import predict
-
-    tokens_K = np.array([weights.get(d, 0.0) * budget for d in fitted.domains]) / fitted.token_unit
-    with jax.enable_x64(True):
-        params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), fitted.params)
-        losses_K = np.asarray(predict(fitted.law, params, jnp.asarray(tokens_K)))
-    return dict(zip(fitted.domains, losses_K.tolist()))
+    tokens_K = np.array([weights.get(d, 0.0) * budget for d in fitted.domains])
+    return dict(zip(fitted.domains, predicted_losses(fitted, tokens_K)[0].tolist()))
 
 
 def train_arms(data, config, arms: dict, budget: int, seeds, out: Path, root: Path | None = None) -> dict:

@@ -46,12 +46,11 @@ def fidelity(fitted, grid_obs) -> dict:
     from mixjax import validation
 
     report = validation.validate(fitted, grid_obs)
-    obs = grid_obs.select(fitted.domains)
-    measured = obs.losses.sum(axis=1)
-    predicted = validation.predicted_losses(fitted, obs.tokens).sum(axis=1)
+    measured = np.array([sum(r["measured"].values()) for r in report["runs"]])  # the grid measures every domain
+    predicted = np.array([sum(r["predicted"].values()) for r in report["runs"]])
     chosen = int(np.argmin(predicted))
     return {"rmse": report["rmse"], "spearman": report["spearman_total"],
-            "regret": float(measured[chosen] - measured.min()), "chosen": obs.runs[chosen]}
+            "regret": float(measured[chosen] - measured.min()), "chosen": report["runs"][chosen]["run"]}
 
 
 def fit_law(law_name: str, observations):

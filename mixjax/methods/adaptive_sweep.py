@@ -19,8 +19,7 @@ import numpy as np
 from mixjax.errors import MixjaxError
 from mixjax.io import write_json_atomic
 from mixjax.methods.base import ProposedRun
-from mixjax.methods.sweep import (check_run_names, check_sweep_dir, describe_runs, observations_from_results,
-                                  read_record)
+from mixjax.methods.sweep import check_run_names, check_sweep_dir, describe_runs, read_record, train_runs
 
 RECORD = "adaptive.json"
 
@@ -51,26 +50,11 @@ def _write_runs(path: Path, runs, rounds) -> None:
                                       for r in runs], "rounds": rounds})
 
 
-def _train_missing(method, runs, data, out: Path, config, log) -> None:
-    from mixjax.observations import write_csv
-    from mixjax.train import run_training
-
-    for number, run in enumerate(runs, start=1):
-        run_dir = out / "runs" / run.name
-        if (run_dir / "result.json").is_file():
-            continue
-        weights = ", ".join(f"{d}={w:.3f}" for d, w in run.weights.items())
-        log(f"[run {number}] {run.name}: {run.budget_tokens:,} tokens at {weights}")
-        run_training(method.run_config(config, run), data, run.weights, run.budget_tokens, out_dir=run_dir)
-        write_csv(observations_from_results(out, runs, data.domains), out / "observations.csv")
-
-
 def run_adaptive_sweep(method, method_name: str, options: dict, data, budget_tokens: int, out, config,
                        log=print, n_samples: int = 200, seed: int = 0):
     """Train li2025's adaptive design (module doc); returns (runs, observations, record) with
     record = {"stopped": why, "rounds": [...]}."""
     from mixjax import adaptive, laws
-    from mixjax.observations import write_csv
 
     out = Path(out)
     domains = list(data.domains)
@@ -87,9 +71,7 @@ def run_adaptive_sweep(method, method_name: str, options: dict, data, budget_tok
     law = laws.get(method.law_name)
     runs, rounds = _read_runs(out / RECORD, initial)
     while True:
-        _train_missing(method, runs, data, out, config, log)
-        observations = observations_from_results(out, runs, domains)
-        write_csv(observations, out / "observations.csv")
+        observations = train_runs(method, runs, runs, data, out, config, log, log_done=False)
         a = adaptive.assess(observations, law, budget_tokens, n_boot=n_samples, seed=seed,
                             fit_options=method.fit_options)
         widest = int(np.argmax(a.widths))

@@ -212,26 +212,33 @@ def observations_from_results(out: Path, runs, domains):
 def run_sweep(method, method_name: str, options: dict, data, budget_tokens: int, out, config,
               shard: tuple[int, int] = (0, 1), log=print):
     """Train the method's proposed runs (this shard's, unfinished ones); returns (runs, observations)."""
-    from mixjax.observations import write_csv
-    from mixjax.train import run_training
-
     out = Path(out)
     runs = method.propose(list(data.domains), int(budget_tokens))
     check_run_names(runs, f"--method {method_name}")
     selection = method.run_selection() if hasattr(method, "run_selection") else None
     check_sweep_dir(out, describe_runs(method_name, options, runs, budget_tokens, data, config, selection))
     mine = [r for i, r in enumerate(runs) if i % shard[1] == shard[0]]
+    return runs, train_runs(method, mine, runs, data, out, config, log)
+
+
+def train_runs(method, mine, runs, data, out: Path, config, log=print, log_done: bool = True):
+    """Train the runs of `mine` without a result yet into OUT/runs/<name> (with the method's run
+    settings), rewriting OUT/observations.csv of all `runs` after each, so a killed sweep leaves it
+    complete so far; returns those observations."""
+    from mixjax.observations import write_csv
+    from mixjax.train import run_training
+
     for number, run in enumerate(mine, start=1):
         run_dir = out / "runs" / run.name
         if (run_dir / "result.json").is_file():
-            log(f"[{number}/{len(mine)}] {run.name}: done already")
+            if log_done:
+                log(f"[{number}/{len(mine)}] {run.name}: done already")
             continue
         weights = ", ".join(f"{d}={w:.3f}" for d, w in run.weights.items())
         log(f"[{number}/{len(mine)}] {run.name}: {run.budget_tokens:,} tokens at {weights}")
         run_cfg = method.run_config(config, run) if hasattr(method, "run_config") else config
         run_training(run_cfg, data, run.weights, run.budget_tokens, out_dir=run_dir)
-        # every finished run is in the CSV at once, so a killed sweep leaves it complete so far
         write_csv(observations_from_results(out, runs, data.domains), out / "observations.csv")
     observations = observations_from_results(out, runs, data.domains)
     write_csv(observations, out / "observations.csv")
-    return runs, observations
+    return observations

@@ -303,12 +303,12 @@ def _step_info(step, m, batch, device_batch, lr, domains) -> StepInfo:
 class _Run:
     """One run's moving parts after set-up: the state, the record, evaluation, checkpoints."""
 
-    def __init__(self, cfg, mcfg, data, budget_tokens, stepper, sampler, callbacks, run_dir, state, meta,
+    def __init__(self, cfg, mcfg, data, budget_tokens, stepper, sampler, callbacks, run_dir, state,
                  record, evaluator, ctx, metrics, start_step: int):
         self.cfg, self.mcfg, self.data, self.budget_tokens = cfg, mcfg, data, budget_tokens
         self.start_step = start_step
         self.stepper, self.sampler, self.callbacks, self.run_dir = stepper, sampler, callbacks, run_dir
-        self.state, self.meta, self.record, self.evaluator, self.ctx = state, meta, record, evaluator, ctx
+        self.state, self.record, self.evaluator, self.ctx = state, record, evaluator, ctx
         self.metrics, self.draws = metrics, DrawAhead(sampler)
 
     def evaluate_and_report(self, step: int) -> dict:
@@ -460,7 +460,7 @@ def _run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out
     evaluator = Evaluator(stepper, data, domains, cfg.batch_size, cfg.seq_len, cfg.eval_max_batches, validation_fn,
                           current_params=lambda: ctx.params)
     ctx.evaluate, ctx.domain_losses, ctx.validation_arrays = evaluator.evaluate, evaluator.domain_losses, evaluator.arrays
-    run = _Run(cfg, mcfg, data, budget_tokens, stepper, sampler, callbacks, run_dir, state, meta,
+    run = _Run(cfg, mcfg, data, budget_tokens, stepper, sampler, callbacks, run_dir, state,
                _Record.start(meta, len(domains), initial_weights), evaluator, ctx, metrics, start_step)
     if not meta:
         for cb in callbacks:
