@@ -34,3 +34,12 @@ def prepared_letters(root: Path, n: int) -> Path:
         args += ["--domain", f"{d}={root / (d + '.jsonl')}"]
     assert main(args) == 0
     return root / "data"
+
+
+def prepared_domains(root: Path, letters: str, n: int = 40) -> Path:
+    """One letter domain of `n` records per letter, prepared (library call, no CLI) into ROOT/data."""
+    from mixjax.data.prepare import PrepareOptions, parse_domain_flag, prepare
+
+    specs = [parse_domain_flag(f"{c}={letter_domain(root / f'{c}.jsonl', c, n)}") for c in letters]
+    prepare(specs, root / "data", PrepareOptions(), progress=False)
+    return root / "data"

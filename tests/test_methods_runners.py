@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 
 from mixjax.cli import main
-from mixjax.data.prepare import PrepareOptions, parse_domain_flag, prepare
 from mixjax.errors import MixjaxError
 from mixjax.methods.mix import run_mix
 from mixjax.methods.online_rules import skillit_graph
 from mixjax.train import Callback, TrainConfig, run_training
 from mixjax.train.metrics import read_metrics
-from tests.data_fixtures import letter_domain
+from tests.data_fixtures import prepared_domains
 
 BUDGET = 6 * 8 * 16                                      # 6 steps of 8 x 16 tokens (8 fake devices)
 CONFIG = TrainConfig(model="tiny", batch_size=8, seq_len=16, progress=False,
@@ -26,15 +25,9 @@ CLI_TRAIN = ["--model", "tiny", "--batch-size", "8", "--seq-len", "16", "--quiet
 QUIET = dict(log=lambda message: None)
 
 
-def _prepare(root, letters):
-    specs = [parse_domain_flag(f"{c}={letter_domain(root / f'{c}.jsonl', c, 40)}") for c in letters]
-    prepare(specs, root / "data", PrepareOptions(), progress=False)
-    return root / "data"
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    return _prepare(tmp_path_factory.mktemp("runners"), "abc")
+    return prepared_domains(tmp_path_factory.mktemp("runners"), "abc")
 
 
 @pytest.fixture(scope="module")
@@ -279,7 +272,7 @@ def _one_line_error(capsys, argv) -> str:
 
 
 def test_one_line_errors(data_dir, doremi_mix, tmp_path, tmp_path_factory, capsys):
-    one = _prepare(tmp_path_factory.mktemp("one_domain"), "a")
+    one = prepared_domains(tmp_path_factory.mktemp("one_domain"), "a")
     base = ["mix", "--budget-tokens", str(BUDGET), *CLI_TRAIN]
     err = _one_line_error(capsys, [*base, "--method", "doremi", "--data", str(one), "--out", str(tmp_path / "x")])
     assert "--method doremi needs at least 2 domains (the data has 1)" in err

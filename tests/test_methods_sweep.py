@@ -7,18 +7,14 @@ import shutil
 import pytest
 
 from mixjax.cli import main
-from mixjax.data.prepare import PrepareOptions, parse_domain_flag, prepare
-from tests.data_fixtures import letter_domain
+from tests.data_fixtures import prepared_domains
 
 TRAIN = ["--model", "tiny", "--batch-size", "8", "--seq-len", "16", "--quiet"]  # 8 fake devices
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweep")
-    specs = [parse_domain_flag(f"{c}={letter_domain(root / f'{c}.jsonl', c, 40)}") for c in "ab"]
-    prepare(specs, root / "data", PrepareOptions(), progress=False)
-    return root / "data"
+    return prepared_domains(tmp_path_factory.mktemp("sweep"), "ab")
 
 
 def _sweep(data_dir, out, *extra):
