@@ -92,16 +92,48 @@ def exit_code(script: str, run) -> int:
         return 2
 
 
+# Baselines the experiments train besides mixjax's methods: the data's natural proportions (each
+# domain's share of the training tokens, what concatenating the files gives).
+BASELINES = ("natural",)
+
+
 def parse_methods(text: str, always: str) -> list[str]:
     """--methods as a list starting with `always`; an unknown name stops before anything trains."""
     from mixjax.errors import MixjaxError
     from mixjax.methods import names
 
     methods = [always] + [m for m in text.split(",") if m and m != always]
-    unknown = [m for m in methods if m not in names()]
+    known = names() + list(BASELINES)
+    unknown = [m for m in methods if m not in known]
     if unknown:
-        raise MixjaxError(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(names())}")
+        raise MixjaxError(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(known)}")
     return methods
+
+
+def natural_weights(data) -> dict:
+    """Each domain's share of the training tokens: what concatenating the files gives."""
+    tokens = data.train_tokens()
+    return {d: tokens[d] / sum(tokens.values()) for d in data.domains}
+
+
+# The skewed bundled setting: three sources of the bundled collection (experiments/reweight_collection.py)
+# in unequal sizes, as real collections are; natural proportions about 0.78 / 0.17 / 0.05, the small
+# domain (dataset descriptions) unlike the base model's pre-training text.
+SKEWED_SHARES = {"dialogue": 0.5, "code": 0.1, "docs": 0.03}
+
+
+def skewed_data(work: Path, scale: Scale, progress: bool = False):
+    """The skewed setting's prepared data in WORK/data_skewed (built once; reused when present)."""
+    from mixjax.data.prepared import PreparedData
+
+    import reweight_collection
+
+    out = Path(work) / "data_skewed"
+    if (out / "manifest.json").is_file():
+        return PreparedData(out)
+    collection = Path(work) / "collection_skewed" / "collection.jsonl"
+    reweight_collection.build_bundled_collection(collection, scale.size_mb, shares=SKEWED_SHARES)
+    return reweight_collection.prepare_collection(collection, "source", None, None, "byte", out, progress)
 
 
 def scale_from(args, default: Scale = Scale()) -> Scale:
@@ -215,7 +247,13 @@ def method_result(name: str, data, budget: int, config, out: Path, options: dict
     started = time.perf_counter()
     options = dict(options or {})
     domains = list(data.domains)
-    if name == "grid":
+    if name in BASELINES:
+        from mixjax.starter import cached_run
+
+        weights = natural_weights(data)
+        final = cached_run(config, data, weights, int(budget), out / "final")
+        summary = {"weights": weights, "val_loss": final["val_loss"], "runs": 1, "tokens": int(budget)}
+    elif name == "grid":
         from mixjax.methods.static import Grid
         from mixjax.methods.sweep import run_sweep
 

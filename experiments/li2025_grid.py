@@ -8,7 +8,15 @@ on the objective it optimises, total validation loss against the best grid mixtu
 spread over seeds; and the runs and tokens it spent. The grid row is the best grid mixture itself,
 so its metric shows what the metric means when each domain's best sits at another corner.
 
+Two bundled settings: `balanced` (the bundled domains, about 2 MB each, whose optimum sits near
+uniform) and `skewed` (dialogue, code and dataset descriptions in the bundled collection's unequal
+sizes, natural proportions about 0.78 / 0.17 / 0.05, as in real collections). Besides the methods,
+`natural` trains at the data's natural proportions (what concatenating the files gives). Each
+method's share of the stratified-to-grid-best gap it recovers is 1 - regret / stratified's regret,
+per seed (paired), then mean ± standard error.
+
     python experiments/li2025_grid.py            # ~1 h on 2 CPU cores; reruns resume from --work
+    python experiments/li2025_grid.py --setting skewed --methods stratified,natural,li2025,dml,regmix
     python experiments/li2025_grid.py --quick    # a minute: checks the script end to end
 """
 
@@ -23,12 +31,26 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-METHODS = ("stratified", "grid", "li2025", "dml", "regmix", "aioli", "doremi", "doge", "skillit")
+METHODS = ("stratified", "natural", "grid", "li2025", "dml", "regmix", "aioli", "doremi", "doge", "skillit")
+SETTINGS = ("balanced", "skewed")
 
 
 def paper_metric(val_loss: dict, best: dict) -> float:
     """Mean over domains of the relative excess over that domain's best grid loss, in percent."""
     return 100 * float(np.mean([(val_loss[d] - best[d]) / best[d] for d in best]))
+
+
+def gap_recovered(regret: list[float], stratified_regret: list[float]) -> dict:
+    """Share of the stratified-to-grid-best gap a method recovers, 1 - regret / stratified's
+    regret, per seed (paired): mean, standard error, per seed; and the share of the mean gap,
+    1 - mean regret / mean stratified regret, which a seed with a near-zero gap cannot blow up."""
+    regret, strat = np.asarray(regret, np.float64), np.asarray(stratified_regret, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shares = 1 - regret / strat
+    n = len(shares)
+    return {"per_seed": shares.tolist(), "mean": float(shares.mean()),
+            "se": float(shares.std(ddof=1) / np.sqrt(n)) if n > 1 else None,
+            "of_mean_gap": float(1 - regret.mean() / strat.mean()) if strat.mean() else float("nan")}
 
 
 def summarise(per_seed: dict, domains: list[str], budget: int) -> dict:
@@ -52,21 +74,43 @@ def summarise(per_seed: dict, domains: list[str], budget: int) -> dict:
                    "weights": dict(zip(domains, np.mean(weights, 0).tolist())),
                    "weights_per_seed": weights, "metric_per_seed": metric, "regret_per_seed": regret,
                    "runs": first["runs"], "tokens_x_budget": first["tokens"] / budget}
+    if "stratified" in rows:
+        for r in rows.values():
+            r["gap_recovered"] = gap_recovered(r["regret_per_seed"], rows["stratified"]["regret_per_seed"])
     return rows
 
 
-def markdown(rows: dict, domains: list[str], scale, n_seeds: int) -> str:
+def gap_cell(r: dict) -> str:
+    g = r.get("gap_recovered")
+    if g is None:
+        return "-"
+    se = f" ± {g['se']:.2f}" if g["se"] is not None else ""
+    return f"{g['mean']:.2f}{se} ({g['of_mean_gap']:.2f})"
+
+
+def markdown(rows: dict, domains: list[str], scale, n_seeds: int, setting: str = "balanced",
+             natural: dict | None = None) -> str:
     head = ("| method | " + " | ".join(f"w {d}" for d in domains) + " | "
             + " | ".join(f"{d} loss" for d in domains)
-            + " | paper metric (%) | regret vs best grid mixture (nats) | runs | tokens / budget |")
-    lines = [f"{len(domains)} domains, {scale.budget:,} tokens per run, tiny preset fine-tuned from the "
-             f"cached base model, {n_seeds} seed(s); mean (± std over seeds).", "", head,
-             "|---" * (2 * len(domains) + 5) + "|"]
+            + " | paper metric (%) | regret vs best grid mixture (nats) | gap recovered | runs | tokens / budget |")
+    about = f"setting `{setting}`, " if setting else ""
+    lines = [f"{about}{len(domains)} domains, {scale.budget:,} tokens per run, tiny preset fine-tuned from the "
+             f"cached base model, {n_seeds} seed(s); mean (± std over seeds)."]
+    if natural:
+        lines[0] += (" Natural proportions (train tokens): "
+                     + ", ".join(f"{d} {w:.3f}" for d, w in natural.items()) + ".")
+    lines += ["", head, "|---" * (2 * len(domains) + 6) + "|"]
     for m, r in rows.items():
         lines.append(f"| {m} | " + " | ".join(f"{r['weights'][d]:.3f}" for d in domains) + " | "
                      + " | ".join(f"{r['val_loss'][d]:.4f}" for d in domains)
                      + f" | {r['metric_pct'][0]:.2f} ± {r['metric_pct'][1]:.2f}"
-                     + f" | {r['regret'][0]:+.4f} ± {r['regret'][1]:.4f} | {r['runs']} | {r['tokens_x_budget']:.1f} |")
+                     + f" | {r['regret'][0]:+.4f} ± {r['regret'][1]:.4f} | {gap_cell(r)}"
+                     + f" | {r['runs']} | {r['tokens_x_budget']:.1f} |")
+    if "stratified" in rows:
+        lines += ["", "Gap recovered: 1 - regret / stratified's regret, per seed (paired), mean ± standard error "
+                  "over seeds; in brackets 1 - mean regret / stratified's mean regret. 1 is the grid's best, "
+                  "0 stratified, below 0 worse than stratified. Stratified's regret per seed: "
+                  + ", ".join(f"{v:+.4f}" for v in rows["stratified"]["regret_per_seed"]) + " nats."]
     lines += ["", "The grid row is the best grid mixture of each seed: its regret is 0 by definition, and "
               "optimistic, since the best of 21 runs is picked on the same seed's validation loss. Its paper "
               "metric is what the metric reads when each domain's best loss sits at a different corner of "
@@ -125,6 +169,8 @@ def figures(per_seed: dict, rows: dict, domains: list[str]) -> dict:
 def main(argv=None) -> int:
     p = common.common_arguments(__doc__.splitlines()[0], "li2025_grid")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated (grid is always run)")
+    p.add_argument("--setting", choices=SETTINGS, default="balanced",
+                   help="the bundled domains to run on: balanced (default) or skewed (see above); not with --data")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     return common.exit_code("li2025_grid.py", lambda: run(args, argv))
@@ -135,29 +181,37 @@ def run(args, argv) -> int:
     methods = common.parse_methods(args.methods, "grid")
     started = time.perf_counter()
     work = Path(args.work)
-    data, config = common.setup(work, scale, progress=not args.quiet, data_dir=args.data, init=args.init)
+    skewed = args.setting == "skewed"
+    if skewed and args.data:
+        from mixjax.errors import MixjaxError
+        raise MixjaxError("--setting skewed picks bundled domains; with --data the setting is your data")
+    data_dir = common.skewed_data(work, scale, progress=not args.quiet).directory if skewed else args.data
+    data, config = common.setup(work, scale, progress=not args.quiet, data_dir=data_dir, init=args.init)
     domains = list(data.domains)
+    runs = work / "skewed" if skewed else work  # the base model is shared; the runs are not
     per_seed = {}
     for seed in scale.seeds:
         per_seed[seed] = {}
         for m in methods:
             t0 = time.perf_counter()
-            r = common.run_method(m, data, scale.budget, config, seed, work / f"seed{seed}" / m, scale)
+            r = common.run_method(m, data, scale.budget, config, seed, runs / f"seed{seed}" / m, scale)
             per_seed[seed][m] = r
             total = sum(r["val_loss"].values())
             common.log(f"seed {seed} {m:10s} total val loss {total:.4f}  weights "
                        + " ".join(f"{w:.3f}" for w in r["weights"].values())
                        + f"  ({r['runs']} runs, {time.perf_counter() - t0:.0f} s)")
     rows = summarise(per_seed, domains, scale.budget)
-    md = markdown(rows, domains, scale, len(scale.seeds))
+    md = markdown(rows, domains, scale, len(scale.seeds), args.setting if not args.data else "",
+                  common.natural_weights(data))
     minutes = common.method_minutes(r for by_m in per_seed.values() for r in by_m.values())
     md += (f"\n\nTraining all of it took {minutes:.0f} min of wall time (every method and seed, "
            "on 2 CPU cores shared with other jobs).")
     print(md)
     seconds = time.perf_counter() - started
-    payload = {"scale": common.dataclasses.asdict(scale), "domains": domains, "rows": rows,
+    payload = {"scale": common.dataclasses.asdict(scale), "setting": args.setting if not args.data else None,
+               "domains": domains, "natural_weights": common.natural_weights(data), "rows": rows,
                "per_seed": {str(s): v for s, v in per_seed.items()}}
-    name = "li2025_grid_quick" if args.quick else "li2025_grid"
+    name = "li2025_grid" + ("-skewed" if skewed else "") + ("_quick" if args.quick else "")
     common.write_results(Path(args.results), name, payload, md, figures(per_seed, rows, domains), seconds,
                          command=common.command_line(__file__, argv))
     common.log(f"results in {args.results}/{name}.md")

@@ -77,15 +77,16 @@ def docs_records():
                 chunk, part = [], part + 1
 
 
-def build_bundled_collection(path: Path, size_mb: float, seed: int = 0) -> dict:
-    """One shuffled JSONL of `messages` records with a `source` field; returns bytes per source."""
+def build_bundled_collection(path: Path, size_mb: float, seed: int = 0, shares: dict | None = None) -> dict:
+    """One shuffled JSONL of `messages` records with a `source` field, each source's share of
+    `size_mb` from `shares` (default BUNDLED_SHARES); returns bytes per source."""
     from mixjax.data.bundled import BUILDERS, distinct_lines
     from mixjax.data.formats import detect_format, to_messages
     from mixjax.io import write_text_atomic
 
     builders = {**BUILDERS, "docs": docs_records}
     lines, sizes = [], {}
-    for source, share in BUNDLED_SHARES.items():
+    for source, share in (shares or BUNDLED_SHARES).items():
         target = max(int(share * size_mb * 1e6), MIN_SOURCE_BYTES)
         source_lines, size = distinct_lines(builders[source](), target, lambda record, source=source: {
             "messages": to_messages(record, detect_format(record, source), source), "source": source})

@@ -22,7 +22,7 @@ def test_li2025_grid_quick_tables_match_the_runs(tmp_path):
     import li2025_grid
 
     work, results = tmp_path / "work", tmp_path / "results"
-    assert li2025_grid.main(["--quick", "--quiet", "--methods", "stratified,li2025",
+    assert li2025_grid.main(["--quick", "--quiet", "--methods", "stratified,natural,li2025",
                              "--work", str(work), "--results", str(results)]) == 0
     payload = json.loads((results / "li2025_grid_quick.json").read_text())
     assert "li2025_grid.py" in payload["command"] and "--quick" in payload["command"]
@@ -44,9 +44,19 @@ def test_li2025_grid_quick_tables_match_the_runs(tmp_path):
     assert payload["rows"]["grid"]["regret"][0] == pytest.approx(0.0, abs=1e-12)
     assert payload["rows"]["li2025"]["runs"] == 1 + 4 * 3 + 1  # Algorithm 1's runs, then the final one
 
+    # Natural proportions: each domain's share of the prepared training tokens (from the manifest).
+    manifest = json.loads((work / "data" / "manifest.json").read_text())
+    natural = _result(work / "seed0" / "natural" / "final")["weights"]
+    counts = {d: manifest["domains"][d]["train"]["tokens"] for d in domains}
+    assert natural == pytest.approx({d: counts[d] / sum(counts.values()) for d in domains}, abs=1e-9)
+    strat_regret = payload["rows"]["stratified"]["regret"][0]
+    for method in ("natural", "li2025"):
+        share = payload["rows"][method]["gap_recovered"]["mean"]
+        assert share == pytest.approx(1 - payload["rows"][method]["regret"][0] / strat_regret, rel=1e-9)
+
     # A rerun trains nothing: every method's summary is cached.
     before = {p: p.stat().st_mtime_ns for p in work.rglob("result.json")}
-    assert li2025_grid.main(["--quick", "--quiet", "--methods", "stratified,li2025",
+    assert li2025_grid.main(["--quick", "--quiet", "--methods", "stratified,natural,li2025",
                              "--work", str(work), "--results", str(results)]) == 0
     assert {p: p.stat().st_mtime_ns for p in work.rglob("result.json")} == before
 
@@ -216,3 +226,13 @@ def test_law_fidelity_of_the_true_law_is_perfect_and_of_a_wrong_one_is_measured(
     off = law_fidelity.fidelity(FittedLaw.from_json(shifted), grid)
     assert off["rmse"]["total"] == pytest.approx(0.3, abs=1e-6)  # 0.1 on each of 3 domains
     assert all(off["rmse"][d] == pytest.approx(0.1, abs=1e-6) for d in truth.domains) and off["regret"] == 0.0
+
+
+def test_gap_recovered_is_paired_by_seed():
+    import li2025_grid
+
+    g = li2025_grid.gap_recovered([0.01, 0.0, 0.03], [0.02, 0.04, 0.02])
+    assert g["per_seed"] == pytest.approx([0.5, 1.0, -0.5])
+    assert g["mean"] == pytest.approx(1 / 3)
+    assert g["se"] == pytest.approx(np.std([0.5, 1.0, -0.5], ddof=1) / np.sqrt(3))
+    assert g["of_mean_gap"] == pytest.approx(1 - (0.04 / 3) / (0.08 / 3))
