@@ -212,7 +212,7 @@ def test_law_fidelity_of_the_true_law_is_perfect_and_of_a_wrong_one_is_measured(
 
     from mixjax.laws import FittedLaw
     from mixjax.methods.static import simplex_grid
-    from mixjax.observations import simulate
+    from mixjax.testing import simulate
     from tests.law_fixtures import PAPER_LIKE, paper_like_law
 
     truth = paper_like_law()
@@ -236,3 +236,34 @@ def test_gap_recovered_is_paired_by_seed():
     assert g["mean"] == pytest.approx(1 / 3)
     assert g["se"] == pytest.approx(np.std([0.5, 1.0, -0.5], ddof=1) / np.sqrt(3))
     assert g["of_mean_gap"] == pytest.approx(1 - (0.04 / 3) / (0.08 / 3))
+
+
+@pytest.mark.slow
+def test_aioli_long_quick_pairs_aioli_with_stratified_and_reads_its_rounds(tmp_path):
+    import aioli_long
+
+    work, results = tmp_path / "work", tmp_path / "results"
+    assert aioli_long.main(["--quick", "--quiet", "--settings", "dialogue+math", "--arms", "aioli",
+                            "--work", str(work), "--results", str(results)]) == 0
+    payload = json.loads((results / "aioli_long_quick.json").read_text())
+    runs = work / "aioli_long" / "dialogue+math" / "seed0"
+    aioli, strat = _result(runs / "aioli" / "final"), _result(runs / "stratified" / "final")
+    assert aioli["steps"] == strat["steps"] == aioli_long.QUICK_STEPS
+    row = payload["table"]["dialogue+math"]["aioli"]
+    expected = (np.mean(np.exp(list(aioli["val_loss"].values())))
+                - np.mean(np.exp(list(strat["val_loss"].values()))))
+    assert row["ppl_minus_stratified"]["mean"] == pytest.approx(expected, rel=1e-9)
+    rounds = payload["results"]["dialogue+math"]["0"]["aioli"]["round_weights"]
+    assert len(rounds) == aioli_long.ROUNDS and all(sum(w) == pytest.approx(1.0) for w in rounds)
+
+
+def test_aioli_long_round_weights_are_those_in_force_at_each_rounds_end(tmp_path):
+    import aioli_long
+
+    trajectory = [{"step": 0, "weights": {"a": 0.9, "b": 0.1}}, {"step": 3, "weights": {"a": 0.6, "b": 0.4}},
+                  {"step": 5, "weights": {"a": 0.1, "b": 0.9}}, {"step": 7, "weights": {"a": 0.3, "b": 0.7}},
+                  {"step": 10, "weights": {"a": 0.2, "b": 0.8}}]
+    (tmp_path / "trajectory.json").write_text(json.dumps({"domains": ["a", "b"], "trajectory": trajectory}))
+    rounds = aioli_long.round_weights(tmp_path, update_steps=5, steps=15)
+    assert rounds == [[0.6, 0.4], [0.3, 0.7], [0.2, 0.8]]  # in force at steps 4, 9 and 14
+    assert aioli_long.moved(rounds, [0.5, 0.5]) == pytest.approx(0.3)
