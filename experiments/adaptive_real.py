@@ -37,17 +37,16 @@ def gap_table(per_seed: dict, domains: list[str]) -> dict:
     seeds (paired: each seed's grid and stratified), and runs and tokens (mean over seeds)."""
     rows = {}
     for arm in ["grid best", *ARMS]:
-        regret, share, runs, tokens = [], [], [], []
+        regret, strat, runs, tokens = [], [], [], []
         for by_arm in per_seed.values():
             grid = by_arm["grid"]["grid"]
             best = min(sum(g["val_loss"][d] for d in domains) for g in grid)
-            strat = sum(by_arm["stratified"]["val_loss"][d] for d in domains) - best
+            strat.append(sum(by_arm["stratified"]["val_loss"][d] for d in domains) - best)
             r = by_arm["grid"] if arm == "grid best" else by_arm[arm]
-            reg = sum(r["val_loss"][d] for d in domains) - best
-            regret.append(reg)
-            share.append(1 - reg / strat if strat > 0 else np.nan)
+            regret.append(sum(r["val_loss"][d] for d in domains) - best)
             runs.append(r["runs"])
             tokens.append(r["tokens"])
+        share = common.gap_recovered(regret, strat)["per_seed"]
         rows[arm] = {"regret": _mean_se(regret), "gap_recovered": _mean_se(share), "regret_per_seed": regret,
                      "gap_recovered_per_seed": share, "runs": float(np.mean(runs)),
                      "runs_per_seed": runs, "tokens": float(np.mean(tokens))}

@@ -286,6 +286,20 @@ def run_method(name: str, data, budget: int, config, seed: int, out: Path, scale
                          eval_batches=scale.online_eval_batches)
 
 
+def gap_recovered(regret, stratified_regret) -> dict:
+    """Share of the stratified-to-grid-best gap a method recovers, 1 - regret / stratified's regret,
+    per seed (paired; NaN on a seed where stratified is not behind the grid's best: no gap there):
+    mean and standard error over the seeds with a gap, their number, and the share of the mean gap,
+    1 - mean regret / stratified's mean regret, which a small gap on one seed cannot blow up."""
+    regret, strat = np.asarray(regret, np.float64), np.asarray(stratified_regret, np.float64)
+    shares = np.where(strat > 0, 1 - regret / np.where(strat > 0, strat, 1.0), np.nan)
+    seen = shares[np.isfinite(shares)]
+    n = int(seen.size)
+    return {"per_seed": shares.tolist(), "mean": float(seen.mean()) if n else float("nan"),
+            "se": float(seen.std(ddof=1) / np.sqrt(n)) if n > 1 else None, "n": n,
+            "of_mean_gap": float(1 - regret.mean() / strat.mean()) if strat.mean() > 0 else float("nan")}
+
+
 def method_minutes(summaries) -> float:
     """Wall minutes the given method results took when they were trained (cached or not)."""
     return sum(float(r.get("seconds", 0.0)) for r in summaries) / 60

@@ -40,19 +40,6 @@ def paper_metric(val_loss: dict, best: dict) -> float:
     return 100 * float(np.mean([(val_loss[d] - best[d]) / best[d] for d in best]))
 
 
-def gap_recovered(regret: list[float], stratified_regret: list[float]) -> dict:
-    """Share of the stratified-to-grid-best gap a method recovers, 1 - regret / stratified's
-    regret, per seed (paired): mean, standard error, per seed; and the share of the mean gap,
-    1 - mean regret / mean stratified regret, which a seed with a near-zero gap cannot blow up."""
-    regret, strat = np.asarray(regret, np.float64), np.asarray(stratified_regret, np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        shares = 1 - regret / strat
-    n = len(shares)
-    return {"per_seed": shares.tolist(), "mean": float(shares.mean()),
-            "se": float(shares.std(ddof=1) / np.sqrt(n)) if n > 1 else None,
-            "of_mean_gap": float(1 - regret.mean() / strat.mean()) if strat.mean() else float("nan")}
-
-
 def summarise(per_seed: dict, domains: list[str], budget: int) -> dict:
     """per_seed[seed][method] = method_result(...) -> rows of means and spreads over seeds."""
     rows = {}
@@ -76,7 +63,7 @@ def summarise(per_seed: dict, domains: list[str], budget: int) -> dict:
                    "runs": first["runs"], "tokens_x_budget": first["tokens"] / budget}
     if "stratified" in rows:
         for r in rows.values():
-            r["gap_recovered"] = gap_recovered(r["regret_per_seed"], rows["stratified"]["regret_per_seed"])
+            r["gap_recovered"] = common.gap_recovered(r["regret_per_seed"], rows["stratified"]["regret_per_seed"])
     return rows
 
 
@@ -85,7 +72,8 @@ def gap_cell(r: dict) -> str:
     if g is None:
         return "-"
     se = f" ± {g['se']:.2f}" if g["se"] is not None else ""
-    return f"{g['mean']:.2f}{se} ({g['of_mean_gap']:.2f})"
+    seeds = f", {g['n']} of {len(g['per_seed'])} seeds" if g["n"] < len(g["per_seed"]) else ""
+    return f"{g['mean']:.2f}{se} ({g['of_mean_gap']:.2f}{seeds})"
 
 
 def markdown(rows: dict, domains: list[str], scale, n_seeds: int, setting: str = "balanced",
@@ -108,7 +96,8 @@ def markdown(rows: dict, domains: list[str], scale, n_seeds: int, setting: str =
                      + f" | {r['runs']} | {r['tokens_x_budget']:.1f} |")
     if "stratified" in rows:
         lines += ["", "Gap recovered: 1 - regret / stratified's regret, per seed (paired), mean ± standard error "
-                  "over seeds; in brackets 1 - mean regret / stratified's mean regret. 1 is the grid's best, "
+                  "over the seeds where stratified is behind the grid's best (elsewhere there is no gap); in "
+                  "brackets 1 - mean regret / stratified's mean regret. 1 is the grid's best, "
                   "0 stratified, below 0 worse than stratified. Stratified's regret per seed: "
                   + ", ".join(f"{v:+.4f}" for v in rows["stratified"]["regret_per_seed"]) + " nats."]
     lines += ["", "The grid row is the best grid mixture of each seed: its regret is 0 by definition, and "
