@@ -61,14 +61,15 @@ def summarise(per_seed: dict, domains: list[str], budget: int) -> dict:
                    "weights": dict(zip(domains, np.mean(weights, 0).tolist())),
                    "weights_per_seed": weights, "metric_per_seed": metric, "regret_per_seed": regret,
                    "runs": first["runs"], "tokens_x_budget": first["tokens"] / budget}
-    if "stratified" in rows:
-        for r in rows.values():
-            r["gap_recovered"] = common.gap_recovered(r["regret_per_seed"], rows["stratified"]["regret_per_seed"])
+    for baseline, key in (("stratified", "gap_recovered"), ("natural", "natural_gap_recovered")):
+        if baseline in rows:  # the share of the baseline-to-grid-best gap each method recovers
+            for r in rows.values():
+                r[key] = common.gap_recovered(r["regret_per_seed"], rows[baseline]["regret_per_seed"])
     return rows
 
 
-def gap_cell(r: dict) -> str:
-    g = r.get("gap_recovered")
+def gap_cell(r: dict, key: str = "gap_recovered") -> str:
+    g = r.get(key)
     if g is None:
         return "-"
     se = f" ± {g['se']:.2f}" if g["se"] is not None else ""
@@ -80,26 +81,31 @@ def markdown(rows: dict, domains: list[str], scale, n_seeds: int, setting: str =
              natural: dict | None = None) -> str:
     head = ("| method | " + " | ".join(f"w {d}" for d in domains) + " | "
             + " | ".join(f"{d} loss" for d in domains)
-            + " | paper metric (%) | regret vs best grid mixture (nats) | gap recovered | runs | tokens / budget |")
+            + " | paper metric (%) | regret vs best grid mixture (nats) | gap recovered | natural's gap recovered "
+            "| runs | tokens / budget |")
     about = f"setting `{setting}`, " if setting else ""
     lines = [f"{about}{len(domains)} domains, {scale.budget:,} tokens per run, tiny preset fine-tuned from the "
              f"cached base model, {n_seeds} seed(s); mean (± std over seeds)."]
     if natural:
         lines[0] += (" Natural proportions (train tokens): "
                      + ", ".join(f"{d} {w:.3f}" for d, w in natural.items()) + ".")
-    lines += ["", head, "|---" * (2 * len(domains) + 6) + "|"]
+    lines += ["", head, "|---" * (2 * len(domains) + 7) + "|"]
     for m, r in rows.items():
         lines.append(f"| {m} | " + " | ".join(f"{r['weights'][d]:.3f}" for d in domains) + " | "
                      + " | ".join(f"{r['val_loss'][d]:.4f}" for d in domains)
                      + f" | {r['metric_pct'][0]:.2f} ± {r['metric_pct'][1]:.2f}"
                      + f" | {r['regret'][0]:+.4f} ± {r['regret'][1]:.4f} | {gap_cell(r)}"
+                     + f" | {gap_cell(r, 'natural_gap_recovered')}"
                      + f" | {r['runs']} | {r['tokens_x_budget']:.1f} |")
     if "stratified" in rows:
         lines += ["", "Gap recovered: 1 - regret / stratified's regret, per seed (paired), mean ± standard error "
                   "over the seeds where stratified is behind the grid's best (elsewhere there is no gap); in "
                   "brackets 1 - mean regret / stratified's mean regret. 1 is the grid's best, "
                   "0 stratified, below 0 worse than stratified. Stratified's regret per seed: "
-                  + ", ".join(f"{v:+.4f}" for v in rows["stratified"]["regret_per_seed"]) + " nats."]
+                  + ", ".join(f"{v:+.4f}" for v in rows["stratified"]["regret_per_seed"]) + " nats."
+                  + (" Natural's gap recovered: the same against natural proportions (regret per seed "
+                     + ", ".join(f"{v:+.4f}" for v in rows["natural"]["regret_per_seed"]) + " nats)."
+                     if "natural" in rows else "")]
     lines += ["", "The grid row is the best grid mixture of each seed: its regret is 0 by definition, and "
               "optimistic, since the best of 21 runs is picked on the same seed's validation loss. Its paper "
               "metric is what the metric reads when each domain's best loss sits at a different corner of "

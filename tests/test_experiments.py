@@ -268,3 +268,17 @@ def test_aioli_long_round_weights_are_those_in_force_at_each_rounds_end(tmp_path
     rounds = aioli_long.round_weights(tmp_path, update_steps=5, steps=15)
     assert rounds == [[0.6, 0.4], [0.3, 0.7], [0.2, 0.8]]  # in force at steps 4, 9 and 14
     assert aioli_long.moved(rounds, [0.5, 0.5]) == pytest.approx(0.3)
+
+
+def test_summary_table_reads_the_gap_from_each_seeds_regrets(tmp_path, capsys):
+    import summary
+
+    rows = {"stratified": {"regret_per_seed": [0.02, 0.04, -0.01], "runs": 1},
+            "li2025": {"regret_per_seed": [0.01, 0.0, 0.0], "runs": 14},
+            "grid": {"regret_per_seed": [0.0, 0.0, 0.0], "runs": 21}}
+    (tmp_path / "li2025_grid.json").write_text(json.dumps({"rows": rows}))
+    assert summary.main(["--results", str(tmp_path)]) == 0
+    line = next(x for x in (tmp_path / "summary.md").read_text().splitlines() if "| li2025 |" in x)
+    # seeds 0 and 1 have a gap: shares 0.5 and 1.0; seed 2 (stratified ahead of the grid) is left out
+    assert "| 0.75 ± 0.25 (2 of 3 seeds) |" in line
+    assert f"| {np.mean([-0.01, -0.04, 0.01]):+.4f} ± {np.std([-0.01, -0.04, 0.01], ddof=1) / np.sqrt(3):.4f} |" in line
