@@ -152,7 +152,7 @@ def main() -> int:
 
     from mixjax.fit import FitOptions
     from mixjax.laws import FittedLaw
-    from mixjax.observations import perturbation_design, simulate
+    from mixjax.testing import perturbation_design, simulate
     from mixjax.optimize import optimize
 
     variants = {  # library defaults (optimised XLA), and the CLI's quick-compile setting

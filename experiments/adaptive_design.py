@@ -51,7 +51,7 @@ def random_law(K: int, rng):
 
 def simulate_runs(truth, runs, noise, rng):
     from mixjax.adaptive import run_tokens
-    from mixjax.observations import simulate
+    from mixjax.testing import simulate
 
     tokens = np.array([[run_tokens(r)[d] for d in truth.domains] for r in runs])
     return simulate(truth, [r.name for r in runs], tokens, noise=noise, seed=int(rng.integers(2**31)))

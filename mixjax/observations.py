@@ -234,27 +234,3 @@ def perturbation_mixtures(domains: list[str], base_tokens_per_domain: float,
             runs.append(run(f"{d}-x{f:g}", {o: n * f if o == d else n for o in domains}))
     return runs
 
-
-def perturbation_design(
-    domains: list[str], base_tokens: float, factors=LI2025_FACTORS
-) -> tuple[list[str], np.ndarray]:
-    """Run names and tokens (1 + K * len(factors), K) of the li2025 design (Algorithm 1)."""
-    runs = perturbation_mixtures(list(domains), base_tokens, factors)
-    tokens = [[weights[d] * budget for d in domains] for _, weights, budget in runs]
-    return [name for name, _, _ in runs], np.array(tokens, np.float64)
-
-
-def simulate(fitted_law, runs: list[str], tokens_RxK: np.ndarray, noise: float = 0.0, seed: int = 0):
-    """Observations whose losses come from a known law (a `FittedLaw`) plus Gaussian noise."""
-    import jax
-    import jax.numpy as jnp
-
-    from mixjax.laws import predict
-
-    with jax.enable_x64(True):
-        params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), fitted_law.params)
-        scaled = jnp.asarray(tokens_RxK / fitted_law.token_unit)
-        clean = np.asarray(jax.vmap(lambda t: predict(fitted_law.law, params, t))(scaled))
-    rng = np.random.default_rng(seed)
-    losses = clean + noise * rng.standard_normal(clean.shape)
-    return Observations(list(runs), list(fitted_law.domains), np.asarray(tokens_RxK), losses)

@@ -36,7 +36,7 @@ def simulated_training(truth, noise: float = 0.0, fail_at=()):
     import numpy as np
 
     from mixjax.errors import MixjaxError
-    from mixjax.observations import simulate
+    from mixjax.testing import simulate
 
     trained = []
 

@@ -15,7 +15,8 @@ from mixjax import adaptive, laws
 from mixjax.cli import main
 from mixjax.errors import MixjaxError
 from mixjax.names import check_run_name
-from mixjax.observations import Observations, simulate, write_csv
+from mixjax.observations import Observations, write_csv
+from mixjax.testing import simulate
 from tests.law_fixtures import paper_like_law
 
 BUDGET = 5e6

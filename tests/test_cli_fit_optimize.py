@@ -7,7 +7,8 @@ import pytest
 
 from mixjax.cli import main
 from mixjax.laws import FittedLaw
-from mixjax.observations import perturbation_design, simulate, write_csv
+from mixjax.observations import write_csv
+from mixjax.testing import perturbation_design, simulate
 from tests.law_fixtures import PAPER_LIKE
 
 DOMAINS = ["if", "math", "code"]

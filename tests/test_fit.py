@@ -8,7 +8,8 @@ from mixjax import laws
 from mixjax.errors import MixjaxError
 from mixjax.fit import FitOptions, fit, huberize
 from mixjax.laws import FittedLaw
-from mixjax.observations import Observations, perturbation_design, simulate
+from mixjax.observations import Observations
+from mixjax.testing import perturbation_design, simulate
 from tests.law_fixtures import paper_like_law
 from mixjax.optimize import optimize
 

@@ -4,7 +4,8 @@ A module may import modules of its own layer or of lower ones, never of a higher
 functions (lazy imports) count as much as those at the top of a file. Layers, lowest first:
 
     0  errors, io, names, progress, host_memory (and the package's __init__)
-    1  laws, observations              the law functions; the table of runs
+    1  laws, observations, testing     the law functions; the table of runs; runs simulated from a
+                                       law (for tests, benchmarks and experiments)
     2  fit, optimize, report,          fit a law; weights from a law; tables and plots of weights;
        validation                      a law's predictions against held-out runs
     3  data                            sources, preparation, the mixture sampler
@@ -28,7 +29,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mixjax"
 
 LAYERS = [
     {"", "errors", "io", "names", "progress", "host_memory"},
-    {"laws", "observations"},
+    {"laws", "observations", "testing"},
     {"fit", "optimize", "report", "validation"},
     {"data"},
     {"model"},

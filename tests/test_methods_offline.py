@@ -50,7 +50,7 @@ def test_li2025_perturbation_design():
 
 
 def _observe(truth, runs, noise, seed):
-    from mixjax.observations import simulate
+    from mixjax.testing import simulate
 
     tokens = np.array([[r.weights[d] * r.budget_tokens for d in truth.domains] for r in runs])
     return simulate(truth, [r.name for r in runs], tokens, noise=noise, seed=seed)
@@ -83,7 +83,7 @@ def test_li2025_fits_the_papers_huber_loss_by_default():
     outlier's residual near 0.05; least squares would spread it over the other runs."""
     from mixjax.fit import FitOptions
     from mixjax.methods.offline import DataMixingLaws, Li2025
-    from mixjax.observations import simulate
+    from mixjax.testing import simulate
 
     truth, budget = paper_like_law(), 20_000_000
     fast = FitOptions(n_bootstrap=0, leave_one_out=False)

@@ -307,7 +307,7 @@ def test_broken_prerequisite_is_a_one_line_error(data, doremi_mix, tmp_path):
 
 # -- li2025: extra runs when under-determined -----------------------------------------------------
 def _simulated(truth, runs, drop=()):
-    from mixjax.observations import simulate
+    from mixjax.testing import simulate
 
     tokens = np.array([[r.weights[d] * r.budget_tokens for d in truth.domains] for r in runs])
     obs = simulate(truth, [r.name for r in runs], tokens)

@@ -2,49 +2,39 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 
 from mixjax.errors import MixjaxError
 
-OFFLINE = ("stratified", "grid", "li2025", "dml", "regmix")
-ONLINE = ("aioli", "doremi", "doge", "skillit")
+# name -> "module:attribute" in mixjax.methods, imported when the method is first asked for: a class
+# whose constructor takes the method's options, or a factory function taking the number of domains
+# and the options, whose `options_from` names the class whose fields those options are.
+METHOD_FACTORIES = {
+    "stratified": "static:Stratified",
+    "grid": "static:Grid",
+    "li2025": "offline:Li2025",
+    "dml": "offline:DataMixingLaws",
+    "regmix": "offline:RegMix",
+    "aioli": "aioli:released",
+    "doremi": "doremi:DoReMi",
+    "doge": "doge:DoGE",
+    "skillit": "skillit:SkillIt",
+}
+ONLINE = ("aioli", "doremi", "doge", "skillit")  # set the weights while a run trains
+OFFLINE = tuple(name for name in METHOD_FACTORIES if name not in ONLINE)
 
 
 def names() -> list[str]:
     return list(OFFLINE + ONLINE)
 
 
-def _factory(name: str, num_domains: int | None):
-    if name == "stratified":
-        from mixjax.methods.static import Stratified
-        return Stratified
-    if name == "grid":
-        from mixjax.methods.static import Grid
-        return Grid
-    if name == "li2025":
-        from mixjax.methods.offline import Li2025
-        return Li2025
-    if name == "dml":
-        from mixjax.methods.offline import DataMixingLaws
-        return DataMixingLaws
-    if name == "regmix":
-        from mixjax.methods.offline import RegMix
-        return RegMix
-    if name == "aioli":
-        from mixjax.methods.aioli import Aioli, AioliConfig
-        build = lambda **options: Aioli(AioliConfig.released(num_domains or 3, **options))  # noqa: E731
-        build.options_from = AioliConfig  # its options are the config's fields
-        return build
-    if name == "doremi":
-        from mixjax.methods.doremi import DoReMi
-        return DoReMi
-    if name == "doge":
-        from mixjax.methods.doge import DoGE
-        return DoGE
-    if name == "skillit":
-        from mixjax.methods.skillit import SkillIt
-        return SkillIt
-    raise MixjaxError(f"--method: unknown method '{name}'; known: {', '.join(names())}")
+def _factory(name: str):
+    """The class or factory function registered under `name`; a one-line error for an unknown name."""
+    if name not in METHOD_FACTORIES:
+        raise MixjaxError(f"--method: unknown method '{name}'; known: {', '.join(names())}")
+    module, attribute = METHOD_FACTORIES[name].split(":")
+    return getattr(importlib.import_module(f"mixjax.methods.{module}"), attribute)
 
 
 def option_names(factory) -> set[str]:
@@ -65,13 +55,15 @@ def option_names(factory) -> set[str]:
 def get(name: str, num_domains: int | None = None, **options):
     """A method object; `options` are its constructor's keyword arguments (an unknown one is a
     one-line error)."""
-    factory = _factory(name, num_domains)
+    factory = _factory(name)
     known = option_names(factory)
     if options and not known:
         raise MixjaxError(f"--method {name}: takes no options (got {', '.join(options)})")
     unknown = [option for option in options if option not in known]
     if unknown:
         raise MixjaxError(f"--method {name}: unknown option '{unknown[0]}'")
+    if hasattr(factory, "options_from"):  # a factory function: it takes the number of domains
+        return factory(num_domains, **options)
     return factory(**options)
 
 

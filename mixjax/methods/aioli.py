@@ -67,6 +67,15 @@ class AioliConfig:
         return cls(**{**base, **overrides})
 
 
+def released(num_domains: int | None, **options) -> "Aioli":
+    """Aioli at the released scripts' settings for `num_domains` (3 when not known yet, see
+    `AioliConfig.released`), `options` overriding them: the factory `mixjax.methods.get` calls."""
+    return Aioli(AioliConfig.released(num_domains or 3, **options))
+
+
+released.options_from = AioliConfig  # its options are the config's fields
+
+
 class Aioli:
     name = "aioli"
 

@@ -19,21 +19,26 @@ from jax.ad_checkpoint import checkpoint_name
 from mixjax.model.config import ModelConfig
 
 
-def _param(rngs: nnx.Rngs | None, init, shape, axes, stack: int | None = None, dtype=jnp.float32) -> nnx.Param:
-    """A parameter of `shape` sharded by `axes`; with `stack`, `stack` of them along a new leading
-    (layer) axis that is never sharded, as the scanned decoder keeps its layers."""
+def _param(init: str, shape, axes, stack: int | None = None, rngs: nnx.Rngs | None = None,
+           std: float | None = None) -> nnx.Param:
+    """A float32 parameter of `shape` sharded by `axes`, initialised by `init`: "normal" (standard
+    deviation `std`, drawn from `rngs`), "ones" or "zeros". The parameter keeps `init` (and
+    `init_std`) as metadata, the one statement of its initialisation that `init_params` reads back.
+    With `stack`, `stack` of them along a new leading (layer) axis that is never sharded, as the
+    scanned decoder keeps its layers."""
     if stack is not None:
         shape, axes = (stack, *shape), (None, *axes)
-    key = rngs.params() if rngs is not None else None
-    return nnx.Param(init(key, shape, dtype), out_sharding=axes, eager_sharding=False)
+    if init == "normal":
+        value = nnx.initializers.normal(std)(rngs.params(), shape, jnp.float32)
+        return nnx.Param(value, init=init, init_std=std, out_sharding=axes, eager_sharding=False)
+    return nnx.Param(_constant(init, shape, jnp.float32), init=init, out_sharding=axes, eager_sharding=False)
 
 
-def _ones(key, shape, dtype):
-    return jnp.ones(shape, dtype)
-
-
-def _zeros(key, shape, dtype):
-    return jnp.zeros(shape, dtype)
+def _constant(init: str, shape, dtype):
+    """The value of a parameter initialised by "ones" or "zeros"."""
+    if init not in ("ones", "zeros"):
+        raise ValueError(f"unknown initialiser {init!r} (normal, ones or zeros)")
+    return (jnp.ones if init == "ones" else jnp.zeros)(shape, dtype)
 
 
 def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
@@ -203,7 +208,7 @@ def attend(q_BxKxMxE, k_BxKxSxE, v_BxKxSxE, keep_Bx1xSxM):
 class RMSNorm(nnx.Module):
     def __init__(self, dim: int, eps: float, stack: int | None = None):
         self.eps = eps
-        self.weight = _param(None, _ones, (dim,), (None,), stack)
+        self.weight = _param("ones", (dim,), (None,), stack)
 
     def __call__(self, x_BxLxD):
         x = x_BxLxD.astype(jnp.float32)
@@ -214,17 +219,17 @@ class RMSNorm(nnx.Module):
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, stack: int | None = None):
         d, h, k, e = cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        init = nnx.initializers.normal(cfg.init_std)
+        std = cfg.init_std
         self.n_heads, self.n_kv, self.head_dim = h, k, e
         self.attn_blocks = cfg.attn_blocks
-        self.q_DxHxE = _param(rngs, init, (d, h, e), ("fsdp", "tensor", None), stack)
-        self.k_DxKxE = _param(rngs, init, (d, k, e), ("fsdp", "tensor", None), stack)
-        self.v_DxKxE = _param(rngs, init, (d, k, e), ("fsdp", "tensor", None), stack)
-        self.o_HxExD = _param(rngs, init, (h, e, d), ("tensor", None, "fsdp"), stack)
+        self.q_DxHxE = _param("normal", (d, h, e), ("fsdp", "tensor", None), stack, rngs, std)
+        self.k_DxKxE = _param("normal", (d, k, e), ("fsdp", "tensor", None), stack, rngs, std)
+        self.v_DxKxE = _param("normal", (d, k, e), ("fsdp", "tensor", None), stack, rngs, std)
+        self.o_HxExD = _param("normal", (h, e, d), ("tensor", None, "fsdp"), stack, rngs, std)
         if cfg.qkv_bias:
-            self.q_bias_HxE = _param(None, _zeros, (h, e), ("tensor", None), stack)
-            self.k_bias_KxE = _param(None, _zeros, (k, e), ("tensor", None), stack)
-            self.v_bias_KxE = _param(None, _zeros, (k, e), ("tensor", None), stack)
+            self.q_bias_HxE = _param("zeros", (h, e), ("tensor", None), stack)
+            self.k_bias_KxE = _param("zeros", (k, e), ("tensor", None), stack)
+            self.v_bias_KxE = _param("zeros", (k, e), ("tensor", None), stack)
         else:
             self.q_bias_HxE = self.k_bias_KxE = self.v_bias_KxE = None
 
@@ -292,10 +297,10 @@ class Attention(nnx.Module):
 
 class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, stack: int | None = None):
-        init = nnx.initializers.normal(cfg.init_std)
-        self.gate_DxF = _param(rngs, init, (cfg.dim, cfg.hidden_dim), ("fsdp", "tensor"), stack)
-        self.up_DxF = _param(rngs, init, (cfg.dim, cfg.hidden_dim), ("fsdp", "tensor"), stack)
-        self.down_FxD = _param(rngs, init, (cfg.hidden_dim, cfg.dim), ("tensor", "fsdp"), stack)
+        d, f, std = cfg.dim, cfg.hidden_dim, cfg.init_std
+        self.gate_DxF = _param("normal", (d, f), ("fsdp", "tensor"), stack, rngs, std)
+        self.up_DxF = _param("normal", (d, f), ("fsdp", "tensor"), stack, rngs, std)
+        self.down_FxD = _param("normal", (f, d), ("tensor", "fsdp"), stack, rngs, std)
 
     def __call__(self, x_BxLxD):
         dt = x_BxLxD.dtype
@@ -373,12 +378,12 @@ class Decoder(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        init = nnx.initializers.normal(cfg.init_std)
-        self.embed_VxD = _param(rngs, init, (cfg.vocab_size, cfg.dim), ("tensor", "fsdp"))
+        v, d, std = cfg.vocab_size, cfg.dim, cfg.init_std
+        self.embed_VxD = _param("normal", (v, d), ("tensor", "fsdp"), rngs=rngs, std=std)
         self.layers = Block(cfg, rngs, stack=cfg.n_layers)
-        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.norm = RMSNorm(d, cfg.norm_eps)
         self.lm_head_DxV = None if cfg.tie_embeddings else _param(
-            rngs, init, (cfg.dim, cfg.vocab_size), ("fsdp", "tensor"))
+            "normal", (d, v), ("fsdp", "tensor"), rngs=rngs, std=std)
 
     def embed(self, tokens_BxL, dtype):
         table_VxD = self.embed_VxD[...].astype(dtype)
@@ -437,25 +442,20 @@ def init_model(cfg: ModelConfig, seed: int = 0) -> Decoder:
 
 def init_params(cfg: ModelConfig, key) -> dict:
     """Random parameters as the pure dict of `nnx.to_pure_dict(nnx.state(Decoder(cfg), nnx.Param))`,
-    with the Decoder's initialisers (normal(init_std) matrices, unit norms, zero biases), but one
-    random draw per distinct shape: XLA compiles each draw separately, so this compiles in a
-    fraction of the time of initialising parameter by parameter (seconds on a CPU)."""
-    abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
-    pure = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(pure)
-    names = [jax.tree_util.keystr(p) for p, _ in leaves]
-    groups: dict[tuple, list[int]] = {}
-    for i, (name, (_, leaf)) in enumerate(zip(names, leaves)):
-        if "norm" not in name and "bias" not in name:
-            groups.setdefault(tuple(leaf.shape), []).append(i)
-    values: list = [None] * len(leaves)
-    for i, (name, (_, leaf)) in enumerate(zip(names, leaves)):
-        if "norm" in name:
-            values[i] = jnp.ones(leaf.shape, leaf.dtype)
-        elif "bias" in name:
-            values[i] = jnp.zeros(leaf.shape, leaf.dtype)
-    for j, (shape, idx) in enumerate(sorted(groups.items())):
-        draw = cfg.init_std * jax.random.normal(jax.random.fold_in(key, j), (len(idx), *shape), jnp.float32)
-        for n, i in enumerate(idx):
-            values[i] = draw[n]
-    return jax.tree.unflatten(jax.tree.structure(pure), values)
+    each initialised as the Decoder declares it (its `init` metadata, see `_param`), but with one
+    random draw per distinct shape and standard deviation: XLA compiles each draw separately, so
+    this compiles in a fraction of the time of initialising parameter by parameter (seconds on a
+    CPU)."""
+    abstract = nnx.state(nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    declared = nnx.to_flat_state(abstract)
+    values = {path: None if param.init == "normal" else _constant(param.init, param.shape, param.dtype)
+              for path, param in declared}
+    drawn_together: dict[tuple, list] = {}  # (shape, std) -> paths of the normal parameters
+    for path, param in declared:
+        if param.init == "normal":
+            drawn_together.setdefault((tuple(param.shape), param.init_std), []).append(path)
+    for j, ((shape, std), paths) in enumerate(sorted(drawn_together.items())):
+        draw = std * jax.random.normal(jax.random.fold_in(key, j), (len(paths), *shape), jnp.float32)
+        for n, path in enumerate(paths):
+            values[path] = draw[n]
+    return nnx.to_pure_dict(nnx.from_flat_state(list(values.items())))
