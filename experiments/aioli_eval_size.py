@@ -89,7 +89,7 @@ class EvalSizeProbe(Callback):
         self._observe(ctx, 0)
 
     def on_step(self, ctx, info) -> None:
-        self._observe(ctx, info.step)
+        self._observe(ctx, info.steps_done)
 
 
 def compare(probe: EvalSizeProbe, run_a: list) -> list[dict]:

@@ -88,7 +88,9 @@ def exit_code(script: str, run) -> int:
     try:
         return run()
     except MixjaxError as e:
-        print(f"{script}: error: {e}", file=sys.stderr)
+        from mixjax.commands.flags import flag_name
+
+        print(f"{script}: error: {e.render(flag_name)}", file=sys.stderr)  # the library's settings as flags
         return 2
 
 
@@ -189,7 +191,7 @@ def user_data(path, budget: int, grid_step: float | None = None, max_epochs: flo
 
 def check_init(path) -> str:
     """--init: a mixjax run/checkpoint or a Hugging Face directory, else a one-line error."""
-    from mixjax.errors import MixjaxError
+    from mixjax.errors import MixjaxError, about
     from mixjax.train.checkpoint import find_checkpoint
 
     from mixjax.model import is_hf_dir
@@ -199,7 +201,8 @@ def check_init(path) -> str:
         return str(p)
     if not p.exists():
         raise MixjaxError(f"--init: {path} does not exist")
-    find_checkpoint(p)  # a one-line error when there is no checkpoint
+    with about("init"):
+        find_checkpoint(p)  # a one-line error when there is no checkpoint
     return str(p)
 
 

@@ -56,6 +56,13 @@ def _command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.Argu
     return None
 
 
+def error_line(command: str, e: MixjaxError) -> str:
+    """A library error as the command line shows it: each setting it names as its flag."""
+    from mixjax.commands.flags import flag_name
+
+    return f"mixjax {command}: error: {e.render(flag_name)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     from mixjax.commands.config_file import apply_config, config_path
 
@@ -67,14 +74,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             apply_config(command, path)
         except MixjaxError as e:
-            print(f"mixjax {argv[0]}: error: {e}", file=sys.stderr)
+            print(error_line(argv[0], e), file=sys.stderr)
             return 2
     args = parser.parse_args(argv)
     args._parser = command
     try:
         return int(args.func(args) or 0)
     except MixjaxError as e:
-        print(f"mixjax {args.command}: error: {e}", file=sys.stderr)
+        print(error_line(args.command, e), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mixjax {args.command}: interrupted", file=sys.stderr)

@@ -106,3 +106,54 @@ def test_a_run_folder_with_its_settings_is_not_taken_for_a_hugging_face_model(da
     assert main(["train", "--data", str(data), "--budget-tokens", "768", "--out", str(run), "--model", "tiny",
                  "--batch-size", "8", "--seq-len", "16", "--checkpoint-every", "6", "--quiet"]) == 0
     assert (run / "settings.json").is_file() and not is_hf_dir(run)
+
+
+def test_train_config_sections_round_trip():
+    from mixjax.train import TrainConfig
+
+    cfg = TrainConfig(model="tiny", lr=3e-4, clip_norm=None, compute_dtype="bfloat16", mesh_shape=(1, 2, 1),
+                      model_overrides={"remat": "full"}, keep_best=True, resume=False, progress=False)
+    nested = cfg.sections()
+    assert list(nested) == ["model", "optimizer", "eval", "checkpoint", "execution"]
+    assert nested["optimizer"]["lr"] == 3e-4 and nested["model"]["model_overrides"] == {"remat": "full"}
+    assert nested["execution"] == {"mesh_shape": (1, 2, 1), "progress": False}
+    assert sum(map(len, nested.values())) == len(cfg.to_dict())
+    assert TrainConfig.from_sections(nested) == cfg
+    assert TrainConfig.from_sections(json.loads(json.dumps(TrainConfig().sections()))) == TrainConfig()
+    assert TrainConfig.from_sections({"optimizer": {"lr": 0.5}}) == TrainConfig(lr=0.5)
+    from mixjax.errors import MixjaxError
+    with pytest.raises(MixjaxError, match="model.lr: belongs in section 'optimizer'"):
+        TrainConfig.from_sections({"model": {"lr": 0.5}})
+    with pytest.raises(MixjaxError, match="optimizer.nonsense: not a training setting"):
+        TrainConfig.from_sections({"optimizer": {"nonsense": 1}})
+
+
+def test_flags_left_out_give_train_config_defaults():
+    """Each default is TrainConfig's: the flags of train, sweep and mix, given nothing, make TrainConfig()."""
+    from mixjax.commands.train import train_config_from_args
+    from mixjax.train import TrainConfig
+
+    for argv in (["train"], ["sweep", "--method", "grid"], ["mix", "--method", "grid"]):
+        args = build_parser().parse_args([*argv, "--data", "D", "--budget-tokens", "1", "--out", "O"])
+        assert train_config_from_args(args) == TrainConfig(), argv
+    args = build_parser().parse_args(["train", "--data", "D", "--budget-tokens", "1", "--out", "O", "--bf16",
+                                      "--clip-norm", "0", "--mesh", "1,-1,1", "--quiet", "--no-resume",
+                                      "--remat", "full", "--no-scan-layers"])
+    assert train_config_from_args(args) == TrainConfig(
+        compute_dtype="bfloat16", clip_norm=None, mesh_shape=(1, -1, 1), progress=False, resume=False,
+        model_overrides={"remat": "full", "scan_layers": False})
+
+
+def test_library_errors_name_settings_and_the_command_line_shows_flags():
+    from mixjax.commands.flags import flag_name
+    from mixjax.errors import MixjaxError, about
+
+    e = MixjaxError("`loss_chunk` 5 must divide `seq_len` 32; or set `compute_dtype`, `out_dir`")
+    assert str(e) == "loss_chunk 5 must divide seq_len 32; or set compute_dtype, out_dir"
+    assert e.render(flag_name) == "--loss-chunk 5 must divide --seq-len 32; or set --bf16, --out"
+    assert e.setting == "loss_chunk" and MixjaxError("no setting").setting is None
+    with pytest.raises(MixjaxError) as caught:
+        with about("init"):
+            raise MixjaxError("/x holds no mixjax checkpoint")
+    assert str(caught.value) == "init: /x holds no mixjax checkpoint"
+    assert caught.value.render(flag_name) == "--init: /x holds no mixjax checkpoint"

@@ -153,5 +153,5 @@ def test_cli_prepare_prints_table(sources, tmp_path, capsys):
 
 
 def test_not_prepared_directory(tmp_path):
-    with pytest.raises(MixjaxError, match="--data: .* is not a prepared data directory"):
+    with pytest.raises(MixjaxError, match="data: .* is not a prepared data directory"):
         PreparedData(tmp_path)

@@ -139,8 +139,8 @@ def test_deterministic_for_a_seed(data):
 
 def test_repetition_cap(data):
     available = data.train_tokens()["a"]
-    # static weights: refused up front, naming the domain and the flag
-    with pytest.raises(MixjaxError, match=r"--budget-tokens: domain 'a' needs .* x max_epochs=2"):
+    # static weights: refused up front, naming the domain and the setting
+    with pytest.raises(MixjaxError, match=r"budget_tokens: domain 'a' needs .* x max_epochs=2"):
         _sampler(data, {"a": 1.0}, budget_tokens=3 * available, max_epochs=2)
     ok = _sampler(data, {"a": 1.0}, batch_size=1, seq_len=available // 4, budget_tokens=7 * (available // 4),
                   max_epochs=2)
@@ -169,7 +169,7 @@ def test_bad_weights(data, weights, message):
 
 
 def test_budget_smaller_than_one_batch(data):
-    with pytest.raises(MixjaxError, match=r"--budget-tokens 100 is smaller than one batch \(4 x 32 = 128"):
+    with pytest.raises(MixjaxError, match=r"budget_tokens 100 is smaller than one batch \(4 x 32 = 128"):
         _sampler(data, {"a": 1.0}, budget_tokens=100)
 
 

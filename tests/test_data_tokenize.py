@@ -62,7 +62,7 @@ def test_hf_tokenizer_from_directory(tmp_path):
 
 
 def test_hf_tokenizer_missing_file(tmp_path):
-    with pytest.raises(MixjaxError, match="--tokenizer: .*tokenizer.json not found"):
+    with pytest.raises(MixjaxError, match="tokenizer: .*tokenizer.json not found"):
         load_tokenizer(str(tmp_path))
     assert isinstance(load_tokenizer("byte"), ByteTokenizer)
     np.testing.assert_array_equal(ByteTokenizer().encode(""), np.zeros(0, np.int32))

@@ -60,5 +60,5 @@ def test_chunks_shrink_the_step_memory_for_a_large_vocabulary():
 
 
 def test_a_chunk_that_does_not_divide_the_sequence_is_refused():
-    with pytest.raises(MixjaxError, match="--loss-chunk 5 must be a positive divisor of --seq-len 32"):
+    with pytest.raises(MixjaxError, match="loss_chunk 5 must be a positive divisor of seq_len 32"):
         _stepper(CFG, 5)

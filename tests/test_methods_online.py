@@ -170,7 +170,7 @@ def test_skillit_through_the_callback_matches_the_released_loop():
         for step in range(num_steps):
             used.append(ctx.sampler.weights)
             now["step"] = step + 1
-            callback.on_step(ctx, SimpleNamespace(step=step + 1, train_loss=dict.fromkeys("abc", 0.0)))
+            callback.on_step(ctx, SimpleNamespace(steps_done=step + 1, train_loss=dict.fromkeys("abc", 0.0)))
         graph = skillit_graph(SKILLIT_BEFORE, SKILLIT_AFTER).T
         np.testing.assert_allclose(used, _release_skillit(graph, num_steps, evaluations, update_steps, 3, 0.2),
                                    rtol=1e-12, err_msg=f"{num_steps} steps")
@@ -423,7 +423,7 @@ def test_online_callback_drives_the_sampler_like_the_simulation():
     for step in range(60):
         used.append(ctx.sampler.weights)
         loss = loss - a_true @ ctx.sampler.weights
-        callback.on_step(ctx, SimpleNamespace(step=step + 1, train_loss={"a": 0.0, "b": 0.0}))
+        callback.on_step(ctx, SimpleNamespace(steps_done=step + 1, train_loss={"a": 0.0, "b": 0.0}))
     np.testing.assert_allclose(used, expected)
     assert callback.evaluations == 3 * (1 + 4)                 # per round: before LP + 4 intervals
     restored = OnlineMethodCallback(Aioli(cfg))

@@ -119,7 +119,7 @@ class Reweighting(Callback):
         ctx.loss_weights = np.array([0.5, 0.3, 0.2])
 
     def on_step(self, ctx, info):
-        if info.step == self.kill_at:
+        if info.steps_done == self.kill_at:
             raise KeyboardInterrupt
         losses = np.nan_to_num(np.array([info.train_loss[d] for d in ctx.domains]), nan=1.0)
         ctx.loss_weights = np.exp(losses) / np.exp(losses).sum()

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-import mixjax.commands.train as train_command
+import mixjax.commands.flags as flags
 from mixjax.cli import main
 from tests.data_fixtures import prepared_domains
 from tests.law_fixtures import PAPER_LIKE
@@ -21,8 +21,8 @@ SMALL = {"n_layers": 1, "dim": 64, "hidden_dim": 128}
 
 def _small(monkeypatch):
     """The CLI's tiny preset made smaller still (no flag sets these fields)."""
-    real = train_command.execution_overrides
-    monkeypatch.setattr(train_command, "execution_overrides", lambda args: {**SMALL, **real(args)})
+    real = flags.execution_overrides
+    monkeypatch.setattr(flags, "execution_overrides", lambda args: {**SMALL, **real(args)})
 
 
 @pytest.fixture(autouse=True)

@@ -69,7 +69,7 @@ def test_training_reduces_validation_loss_and_reports_domain_losses(data):
 def test_callback_changes_the_mixture(data):
     class SwitchToC(Callback):
         def on_step(self, ctx, info):
-            if info.step == 2:
+            if info.steps_done == 2:
                 ctx.sampler.set_weights({"c": 1.0})
 
     cfg = TrainConfig(**SHAPE)
@@ -86,11 +86,11 @@ class Reweight(Callback):
         self.changes, self.kill_at, self.tokens = changes, kill_at, {}
 
     def on_step(self, ctx, info):
-        self.tokens[info.step] = np.asarray(info.batch["tokens"])
-        if info.step == self.kill_at:
+        self.tokens[info.steps_done] = np.asarray(info.batch["tokens"])
+        if info.steps_done == self.kill_at:
             raise KeyboardInterrupt("killed")
-        if info.step in self.changes:
-            ctx.sampler.set_weights(self.changes[info.step])
+        if info.steps_done in self.changes:
+            ctx.sampler.set_weights(self.changes[info.steps_done])
 
 
 def test_batches_are_those_drawn_after_the_callbacks(data, tmp_path):
@@ -131,7 +131,7 @@ class Online(Callback):
         self.kill_at, self.history = kill_at, []
 
     def on_step(self, ctx, info):
-        if info.step == self.kill_at:
+        if info.steps_done == self.kill_at:
             raise KeyboardInterrupt("killed")
         losses = np.array([info.train_loss[d] if np.isfinite(info.train_loss[d]) else 1.0 for d in ctx.domains])
         self.history.append(float(losses.sum()))
@@ -188,7 +188,7 @@ def test_old_per_layer_checkpoint_is_a_one_line_error(data, tmp_path):
 
     class KillAtStep3(Callback):
         def on_step(self, ctx, info):
-            if info.step == 3:
+            if info.steps_done == 3:
                 raise KeyboardInterrupt
 
     cfg = TrainConfig(**SHAPE, checkpoint_every=2)

@@ -20,18 +20,31 @@ import argparse
 import json
 from pathlib import Path
 
+from mixjax.commands.flags import flag_sections
 from mixjax.errors import MixjaxError
+from mixjax.train.config import SECTIONS as TRAIN_SECTIONS
 
-SECTIONS = {
+# The settings of train, sweep and mix that are not TrainConfig's, by section; TrainConfig's flags
+# are in their fields' sections (flag_sections).
+OTHER_SECTIONS = {
     "data": ("data", "weights", "budget_tokens"),
-    "model": ("model", "init", "attention", "remat", "scan_layers", "bf16", "loss_chunk"),
-    "optimizer": ("lr", "schedule", "warmup", "final_lr_ratio", "weight_decay", "clip_norm", "grad_accum",
-                  "batch_size", "seq_len", "seed", "max_epochs"),
-    "eval": ("eval_every", "eval_max_batches", "keep_best", "online_eval_batches"),
-    "checkpoint": ("out", "checkpoint_every", "no_resume", "export_hf"),
-    "execution": ("mesh", "quiet", "shard"),
+    "eval": ("online_eval_batches",),
+    "checkpoint": ("out", "export_hf"),
+    "execution": ("shard",),
     "method": ("method", "run_list"),  # and every method option (mixjax/commands/method_options.py)
 }
+
+
+def _sections() -> dict[str, tuple[str, ...]]:
+    sections = {s: [] for s in ("data", *TRAIN_SECTIONS, "method")}
+    for dest, section in flag_sections().items():
+        sections[section].append(dest)
+    for section, dests in OTHER_SECTIONS.items():
+        sections[section] += dests
+    return {section: tuple(dests) for section, dests in sections.items()}
+
+
+SECTIONS = _sections()  # section -> the flags' dests in it
 NOT_SETTINGS = {"func", "command", "config", "help"}
 FILE_NAME = "settings.json"  # not config.json: a folder with one reads as a Hugging Face model
 

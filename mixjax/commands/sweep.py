@@ -6,7 +6,7 @@ from __future__ import annotations
 def register(subparsers) -> None:
     from mixjax.commands.config_file import add_config_argument
     from mixjax.commands.method_options import add_method_arguments
-    from mixjax.commands.train import add_train_arguments
+    from mixjax.commands.flags import add_train_arguments
     from mixjax.methods import OFFLINE
 
     p = subparsers.add_parser(

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
 
 from mixjax.commands.config_file import add_config_argument, write_resolved
+from mixjax.commands.flags import add_checkpoint_arguments, add_train_arguments, config_values
 from mixjax.errors import MixjaxError
 from mixjax.observations import weights_in_file
-from mixjax.plan import parse_mesh  # the one --mesh parser (sizes >= 1, at most one -1); no jax import
 
 
 def parse_weights(text: str | None, flag: str = "--weights") -> dict[str, float] | None:
@@ -77,44 +76,8 @@ def check_output_dir(path: str | Path, flag: str) -> None:
             return
 
 
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    """The model / optimisation flags (shared with commands that train, e.g. sweep and mix)."""
-    p.add_argument("--model", default=None,
-                   help="preset (tiny, small, base, 1b, qwen2.5-0.5b, qwen2.5-1.5b, llama-3.2-3b, "
-                        "llama-3.1-8b) or a Hugging Face directory (default: tiny, or --init's model)")
-    p.add_argument("--init", default=None, metavar="CKPT",
-                   help="start from a mixjax run/checkpoint directory or a Hugging Face directory")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    p.add_argument("--schedule", choices=["cosine", "linear", "constant"], default="cosine")
-    p.add_argument("--warmup", type=float, default=0.05, help="warm-up: fraction of steps if < 1, else steps")
-    p.add_argument("--final-lr-ratio", type=float, default=0.1)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--clip-norm", type=float, default=1.0, help="gradient clipping (0 = off)")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 compute (float32 master weights)")
-    p.add_argument("--loss-chunk", type=int, default=None,
-                   help="cross-entropy over this many positions at a time, so a big vocabulary's logits "
-                        "never exist for the whole sequence (must divide --seq-len)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-epochs", type=float, default=10, help="most times a domain may be repeated")
-    p.add_argument("--eval-every", type=int, default=0, help="steps between evaluations (0: at the end)")
-    p.add_argument("--eval-max-batches", type=int, default=None, help="validation batches per domain")
-    p.add_argument("--mesh", default=None, metavar="D,F,T", help="mesh (data, fsdp, tensor); default all data")
-    p.add_argument("--attention", default=None, metavar="IMPL",
-                   help="auto|plain|blockwise|cudnn|pallas (default auto: the backend's best; blockwise "
-                        "and the fused kernels never keep sequence x sequence scores)")
-    p.add_argument("--remat", default=None, metavar="POLICY",
-                   help="none|dots|full: recompute each layer in the backward pass (dots keeps the "
-                        "projections, full only the layer inputs); default none")
-    p.add_argument("--scan-layers", action=argparse.BooleanOptionalAction, default=None,
-                   help="scan over the layers (compile time flat in depth) or unroll them (faster "
-                        "steps for shallow models); default: scan models of more than 4 layers")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
 def train_config_from_args(args):
+    """The TrainConfig of the parsed flags (mixjax.commands.flags), checked first."""
     from mixjax.train import TrainConfig
 
     for flag, v in (("--batch-size", args.batch_size), ("--seq-len", args.seq_len), ("--grad-accum", args.grad_accum)):
@@ -125,28 +88,11 @@ def train_config_from_args(args):
     for flag, v in (("--warmup", args.warmup), ("--final-lr-ratio", args.final_lr_ratio),
                     ("--weight-decay", args.weight_decay), ("--clip-norm", args.clip_norm)):
         check_number(flag, v)
-    for flag, v in (("--eval-every", args.eval_every), ("--checkpoint-every", getattr(args, "checkpoint_every", 0))):
-        if v < 0:
-            raise MixjaxError(f"{flag} must be >= 0 (0: {'at the end' if flag == '--eval-every' else 'none'})")
-    return TrainConfig(
-        model=args.model, init=args.init, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
-        schedule=args.schedule, warmup=args.warmup, final_lr_ratio=args.final_lr_ratio,
-        weight_decay=args.weight_decay, clip_norm=args.clip_norm or None, grad_accum=args.grad_accum,
-        compute_dtype="bfloat16" if args.bf16 else "float32", loss_chunk=args.loss_chunk, seed=args.seed, max_epochs=args.max_epochs,
-        eval_every=args.eval_every, eval_max_batches=args.eval_max_batches,
-        keep_best=getattr(args, "keep_best", False), checkpoint_every=getattr(args, "checkpoint_every", 0),
-        resume=not getattr(args, "no_resume", False), mesh_shape=parse_mesh(args.mesh),
-        progress=not args.quiet, model_overrides=execution_overrides(args))
-
-
-def execution_overrides(args) -> dict:
-    """The model fields set by --attention, --remat and --[no-]scan-layers (checked here, so a bad
-    value is a one-line error before any data is read)."""
-    from mixjax.model.config import check_execution
-
-    given = {k: getattr(args, k, None) for k in ("attention", "remat", "scan_layers")}
-    check_execution(given["attention"], given["remat"])
-    return {k: v for k, v in given.items() if v is not None}
+    if args.eval_every < 0:
+        raise MixjaxError("--eval-every must be >= 0 (0: at the end)")
+    if getattr(args, "checkpoint_every", 0) < 0:
+        raise MixjaxError("--checkpoint-every must be >= 0 (0: none)")
+    return TrainConfig(**config_values(args))
 
 
 def register(subparsers) -> None:
@@ -163,10 +109,7 @@ def register(subparsers) -> None:
     p.add_argument("--budget-tokens", required=True, help="training tokens (e.g. 5e6 or 5M)")
     p.add_argument("--out", required=True, metavar="RUN_DIR")
     add_train_arguments(p)
-    p.add_argument("--keep-best", action="store_true",
-                   help="keep the checkpoint with the lowest mean validation loss and report its losses")
-    p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0 = none)")
-    p.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in RUN_DIR")
+    add_checkpoint_arguments(p)
     p.add_argument("--export-hf", default=None, metavar="DIR",
                    help="also write the final (or best) model as a Hugging Face directory")
     add_config_argument(p)

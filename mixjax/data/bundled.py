@@ -133,7 +133,7 @@ def write_bundled(out: str | os.PathLike, size_bytes: int = 2_000_000, domains=N
     for name in domains or BUILDERS:
         lines, size = distinct_lines(BUILDERS[name](), size_bytes)
         if size < size_bytes:
-            raise MixjaxError(f"bundled domain '{name}' has only {size:,} bytes, fewer than --size-mb asks")
+            raise MixjaxError(f"bundled domain '{name}' has only {size:,} bytes, fewer than the {size_bytes:,} asked for")
         write_text_atomic(out / f"{name}.jsonl", "\n".join(lines) + "\n")
         summary[name] = {"file": f"{name}.jsonl", "records": len(lines), "bytes": size,
                          "licence": LICENCES[name]}

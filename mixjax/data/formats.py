@@ -120,12 +120,12 @@ def detect_format(record: dict, where: str) -> str:
             return name
     raise MixjaxError(
         f"{where}: unknown format (fields {sorted(record)[:8]}); expected one of "
-        f"{', '.join(FORMATS)} or pass --format")
+        f"{', '.join(FORMATS)} or pass `format`")
 
 
-def check_format_name(name: str, flag: str = "--format") -> str:
+def check_format_name(name: str, where: str = "`format`") -> str:
     if name not in FORMATS:
-        raise MixjaxError(f"{flag}: unknown format '{name}'; expected one of {', '.join(FORMATS)}")
+        raise MixjaxError(f"{where}: unknown format '{name}'; expected one of {', '.join(FORMATS)}")
     return name
 
 

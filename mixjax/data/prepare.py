@@ -43,7 +43,7 @@ from mixjax.io import disk_full, write_json_atomic
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-MAX_RECORD_BYTES = 16 * 2**20     # default --max-record-bytes: memory in prepare is ~100x a record
+MAX_RECORD_BYTES = 16 * 2**20     # default max_record_bytes: memory in prepare is ~100x a record
 MAX_DOMAIN_NAME = 100             # characters; a domain name is a folder name
 _LEFTOVER_DIR = re.compile(r"\.(staging|trash)-[A-Za-z0-9_]+")
 _LEFTOVER_FILE = re.compile(r"\.manifest\.json\.[A-Za-z0-9_]+\.tmp")  # from write_json_atomic
@@ -104,11 +104,11 @@ def _collection_domain(record, spec: SourceSpec, values: dict[str, str], where: 
     domain = domain_name_for(value)
     first = values.setdefault(domain, value)
     if first != value:
-        raise MixjaxError(f"{where}: --split-field {spec.split_field} values {_short(first)} and "
+        raise MixjaxError(f"{where}: `split_field` {spec.split_field} values {_short(first)} and "
                           f"{_short(value)} both become domain name '{domain}'; make them differ in "
                           "letters or digits")
     if len(domain) > MAX_DOMAIN_NAME:
-        _check_domain_name(domain, f"{where}: --split-field {spec.split_field} value {_short(value)}")
+        _check_domain_name(domain, f"{where}: `split_field` {spec.split_field} value {_short(value)}")
     return domain
 
 
@@ -124,7 +124,7 @@ def _check_text(messages: list[dict], where: str, max_bytes: int | None) -> None
                               f"character {e.start}, which is not valid Unicode (fix the source's "
                               "\\u escapes)") from None
         if max_bytes and size > max_bytes:
-            raise MixjaxError(f"{where}: record text is longer than --max-record-bytes "
+            raise MixjaxError(f"{where}: record text is longer than `max_record_bytes` "
                               f"({max_bytes:,} bytes); raise the limit or split the record")
 
 
@@ -225,7 +225,7 @@ def check_manifest(manifest, path: Path) -> dict:
     missing = [k for k in ("format_version", "domains", "vocab_size") if k not in manifest]
     if missing:
         raise bad(f"not a mixjax manifest (missing {', '.join(map(repr, missing))}); delete it or "
-                  "prepare into a new --out")
+                  "prepare into a new `out`")
     if manifest["format_version"] != FORMAT_VERSION:
         raise bad(f"format_version {manifest['format_version']!r} is not {FORMAT_VERSION}, the one "
                   "this mixjax reads; prepare the data again")
@@ -265,19 +265,19 @@ def prepare(specs: list[SourceSpec], out: str | os.PathLike, options: PrepareOpt
     """Prepare every domain of `specs` into `out`; returns the manifest (also written to out)."""
     options = options or PrepareOptions()
     if options.loss_on not in LOSS_ON:
-        raise MixjaxError(f"--loss-on: expected one of {', '.join(LOSS_ON)}, got '{options.loss_on}'")
+        raise MixjaxError(f"`loss_on`: expected one of {', '.join(LOSS_ON)}, got '{options.loss_on}'")
     if not 0 < options.validation_fraction < 1:
-        raise MixjaxError("--validation-fraction: must be between 0 and 1")
+        raise MixjaxError("`validation_fraction`: must be between 0 and 1")
     if options.max_record_bytes is not None and options.max_record_bytes < 1:
-        raise MixjaxError("--max-record-bytes: must be a positive number of bytes")
+        raise MixjaxError("`max_record_bytes`: must be a positive number of bytes")
     for spec in specs:
         if spec.format is not None:
             check_format_name(spec.format)
     if not specs:
-        raise MixjaxError("no domains given: pass --domain NAME=PATH (or --collection)")
+        raise MixjaxError("no domains given: pass `domain` NAME=PATH (or `collection`)")
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise MixjaxError(f"--out: {out} exists and is not a directory")
+        raise MixjaxError(f"`out`: {out} exists and is not a directory")
     tokenizer = load_tokenizer(options.tokenizer)
     created = not out.exists()
     try:
@@ -314,7 +314,7 @@ def _exclusive(out: Path):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise MixjaxError(f"--out: {out} is being written by another `mixjax prepare` (it holds "
+            raise MixjaxError(f"`out`: {out} is being written by another `mixjax prepare` (it holds "
                               "the directory's lock); wait for it to finish") from None
         yield
     finally:
@@ -363,7 +363,7 @@ def _prepare_locked(specs: list[SourceSpec], out: Path, options: PrepareOptions,
     old = read_manifest(out)
     _remove_leftovers(out, old)
     if old is None and any(out.iterdir()):
-        raise MixjaxError(f"--out: {out} is not empty and holds no {MANIFEST}; refusing to write into it")
+        raise MixjaxError(f"`out`: {out} is not empty and holds no {MANIFEST}; refusing to write into it")
     tokenizer_spec = tokenizer.spec()
     old_sources = {s["fingerprint"]: s for s in (old or {}).get("source_groups", [])}
 

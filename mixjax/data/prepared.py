@@ -12,11 +12,11 @@ from mixjax.errors import MixjaxError
 class PreparedData:
     """The output of `mixjax prepare`: domains in order, vocab size, and random-access splits."""
 
-    def __init__(self, directory: str | os.PathLike, flag: str = "--data"):
+    def __init__(self, directory: str | os.PathLike, where: str = "`data`"):
         self.directory = Path(directory)
         manifest = read_manifest(self.directory) if self.directory.is_dir() else None
         if manifest is None:
-            raise MixjaxError(f"{flag}: {self.directory} is not a prepared data directory "
+            raise MixjaxError(f"{where}: {self.directory} is not a prepared data directory "
                               f"(no {MANIFEST}; run `mixjax prepare` first)")
         self.manifest = manifest  # read_manifest checked its names, paths and counts
         self.domains: list[str] = list(manifest["domains"])

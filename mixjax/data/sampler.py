@@ -28,25 +28,25 @@ class DomainExhaustedError(MixjaxError):
     """A domain would be repeated more than `max_epochs` times."""
 
 
-def check_weights(weights, domains: list[str], flag: str = "--weights") -> np.ndarray:
+def check_weights(weights, domains: list[str], where: str = "`weights`") -> np.ndarray:
     """Weights as an array in domain order; a mapping may leave domains out (weight 0)."""
     if isinstance(weights, Mapping):
         unknown = [d for d in weights if d not in domains]
         if unknown:
-            raise MixjaxError(f"{flag}: unknown domain(s) {', '.join(map(str, unknown))}; "
+            raise MixjaxError(f"{where}: unknown domain(s) {', '.join(map(str, unknown))}; "
                               f"the data has {', '.join(domains)}")
         array = np.array([float(weights.get(d, 0.0)) for d in domains], np.float64)
     else:
         array = np.asarray(weights, np.float64)
         if array.shape != (len(domains),):
-            raise MixjaxError(f"{flag}: expected {len(domains)} weights, got shape {array.shape}")
+            raise MixjaxError(f"{where}: expected {len(domains)} weights, got shape {array.shape}")
     if not np.all(np.isfinite(array)):
-        raise MixjaxError(f"{flag}: weights must be finite numbers")
+        raise MixjaxError(f"{where}: weights must be finite numbers")
     if np.any(array < 0):
         bad = [d for d, w in zip(domains, array) if w < 0]
-        raise MixjaxError(f"{flag}: negative weight for {', '.join(bad)}")
+        raise MixjaxError(f"{where}: negative weight for {', '.join(bad)}")
     if abs(array.sum() - 1.0) > WEIGHT_TOLERANCE:
-        raise MixjaxError(f"{flag}: weights sum to {array.sum():.6g}, not 1")
+        raise MixjaxError(f"{where}: weights sum to {array.sum():.6g}, not 1")
     return array / array.sum()
 
 
@@ -118,16 +118,16 @@ class MixtureSampler:
     def __init__(self, data: PreparedData, weights, *, batch_size: int, seq_len: int,
                  budget_tokens: int, seed: int = 0, max_epochs: float = 10):
         if batch_size < 1 or seq_len < 2:
-            raise MixjaxError("--batch-size must be >= 1 and --seq-len >= 2")
+            raise MixjaxError("`batch_size` must be >= 1 and `seq_len` >= 2")
         if max_epochs <= 0:
-            raise MixjaxError("--max-epochs must be positive")
+            raise MixjaxError("`max_epochs` must be positive")
         self.data, self.domains = data, data.domains
         self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
         self.max_epochs = max_epochs
         self.batch_tokens = batch_size * seq_len
         self.num_steps = int(budget_tokens) // self.batch_tokens
         if self.num_steps < 1:
-            raise MixjaxError(f"--budget-tokens {budget_tokens} is smaller than one batch "
+            raise MixjaxError(f"`budget_tokens` {budget_tokens} is smaller than one batch "
                               f"({batch_size} x {seq_len} = {self.batch_tokens} tokens)")
         self.weights = check_weights(weights, self.domains)
         self._available = np.array([data.train_tokens()[d] for d in self.domains], np.int64)
@@ -152,7 +152,7 @@ class MixtureSampler:
             need = w * total
             if need + 1 > self.max_epochs * available:  # +1: rounding may give one more
                 raise MixjaxError(
-                    f"--budget-tokens: domain '{d}' needs {need:,.0f} tokens at weight {w:.4g} but has "
+                    f"`budget_tokens`: domain '{d}' needs {need:,.0f} tokens at weight {w:.4g} but has "
                     f"{available:,} training tokens x max_epochs={self.max_epochs:g}")
 
     @property
@@ -161,7 +161,7 @@ class MixtureSampler:
 
     def set_weights(self, weights) -> None:
         """New weights from the next batch on."""
-        self.weights = check_weights(weights, self.domains, flag="set_weights")
+        self.weights = check_weights(weights, self.domains, where="set_weights")
 
     def next_batch(self) -> PackedBatch:
         if self.step >= self.num_steps:
@@ -173,7 +173,7 @@ class MixtureSampler:
             d = self.domains[int(np.argmax(over))]
             raise DomainExhaustedError(
                 f"domain '{d}' is exhausted at step {self.step}: its data would be repeated more than "
-                f"max_epochs={self.max_epochs:g} times; lower its weight or the budget, or raise --max-epochs")
+                f"max_epochs={self.max_epochs:g} times; lower its weight or the budget, or raise `max_epochs`")
         pieces = []
         for stream, n in zip(self._streams, counts):
             if n:

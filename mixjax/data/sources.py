@@ -52,7 +52,7 @@ def read_records(path: Path, max_record_bytes: int | None = None) -> Iterator[tu
                 return
             line_no += 1
             if max_record_bytes and len(raw) > max_record_bytes and not raw.endswith(b"\n"):
-                raise MixjaxError(f"{path}:{line_no}: record is longer than --max-record-bytes "
+                raise MixjaxError(f"{path}:{line_no}: record is longer than `max_record_bytes` "
                                   f"({max_record_bytes:,} bytes); raise the limit or split the record")
             if not raw.strip():
                 continue

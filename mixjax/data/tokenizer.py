@@ -61,11 +61,11 @@ class HFTokenizer:
         directory = Path(directory)
         path = directory / "tokenizer.json" if directory.is_dir() else directory
         if not path.is_file():
-            raise MixjaxError(f"--tokenizer: {path} not found (expected a directory with tokenizer.json)")
+            raise MixjaxError(f"`tokenizer`: {path} not found (expected a directory with tokenizer.json)")
         try:
             self._tok = Tokenizer.from_file(str(path))
         except Exception as e:
-            raise MixjaxError(f"--tokenizer: {path} is not a valid tokenizer.json ({e})") from None
+            raise MixjaxError(f"`tokenizer`: {path} is not a valid tokenizer.json ({e})") from None
         self.path = path
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self.eos_id = self._eos_id(path.parent)

@@ -74,7 +74,7 @@ class DoGECallback(OnlineMethodCallback):
     """Adds the gradient-alignment matrix every `update_every` steps."""
 
     def on_step(self, ctx, info) -> None:
-        step = info.step - 1
+        step = info.steps_done - 1  # 0-based, as the method counts
         if self.method.update_due(step):
             turn = self.method.state["updates"]
             val = []

@@ -102,7 +102,7 @@ class DoReMiCallback(OnlineMethodCallback):
         return self.reference_params
 
     def on_step(self, ctx, info) -> None:
-        step = info.step - 1
+        step = info.steps_done - 1  # 0-based, as the method counts
         if self.method.update_due(step):
             reference = ctx.domain_losses(info.batch, self._reference(ctx))
             proxy = np.array([info.train_loss[d] for d in ctx.domains], np.float64)

@@ -55,12 +55,12 @@ class OnlineMethodCallback(Callback):
         self._set_weights(ctx, 0)
 
     def on_step(self, ctx, info) -> None:
-        step = info.step  # steps done
-        self.method.observe_train(step - 1, np.array([info.train_loss[d] for d in ctx.domains], np.float64))
-        if self.method.eval_due(step):
-            self.method.observe_eval(step, self._evaluate(ctx))
-        if step < ctx.num_steps:
-            self._set_weights(ctx, step)
+        done = info.steps_done  # also the (0-based) step the next batch is drawn for
+        self.method.observe_train(done - 1, np.array([info.train_loss[d] for d in ctx.domains], np.float64))
+        if self.method.eval_due(done):
+            self.method.observe_eval(done, self._evaluate(ctx))
+        if done < ctx.num_steps:
+            self._set_weights(ctx, done)
 
     def recommended_weights(self) -> np.ndarray:
         """`final_weights()` where the method defines it (an average over the run), else the last."""

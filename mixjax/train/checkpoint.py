@@ -4,7 +4,7 @@ Layout (RUN_DIR/checkpoints/<step>/ and, with keep_best, RUN_DIR/best/<step>/):
   state/  the train state {"params": float32 master weights (pure dict), "opt": optax state}
   meta/   JSON: step, sampler state, callback states, tokens consumed, model config, train config,
           validation history
-Only `params` is needed to start another run from a checkpoint (`--init RUN_DIR`).
+Only `params` is needed to start another run from a checkpoint (TrainConfig.init = RUN_DIR).
 
 A save writes <step>.orbax-checkpoint-tmp/ and renames it to <step>/ once complete, so a kill or a
 full disk during a save leaves the previous checkpoint whole; a run's own Checkpointer deletes such
@@ -46,7 +46,7 @@ def check_layout(directory: Path, step: int) -> None:
     if layout != PARAM_LAYOUT:
         raise MixjaxError(f"{Path(directory) / str(step)}: checkpoint has the per-layer parameter layout of "
                           f"an older mixjax (this one stacks layers); export it to a Hugging Face directory "
-                          f"with that version (mixjax train ... --export-hf DIR) and --init from DIR")
+                          f"with that version (mixjax train ... --export-hf DIR) and `init` from DIR")
 
 
 def _brief(e: BaseException, limit: int = 300) -> str:
@@ -100,7 +100,7 @@ def _drop_closed_loop_callbacks() -> None:
 
 
 class Checkpointer:
-    """A run's checkpoints. `own=False` for another run's (--init's, which may be training still):
+    """A run's checkpoints. `own=False` for another run's (`init`'s, which may be training still):
     the directory is neither created nor cleaned of unfinished saves."""
 
     def __init__(self, directory: str | Path, max_to_keep: int | None = 1, async_save: bool = True,
@@ -131,7 +131,7 @@ class Checkpointer:
                 raise ValueError("not a JSON object")
         except (OSError, ValueError) as e:
             raise unreadable(str(self.directory / str(step)), e,
-                             f"; delete {self.directory} to start afresh, or use a new --out") from None
+                             f"; delete {self.directory} to start afresh, or use a new `out_dir`") from None
         return meta
 
     def restore(self, step: int, abstract_state, shardings):
@@ -146,7 +146,7 @@ class Checkpointer:
             if is_disk_full(e):
                 raise
             raise unreadable(str(self.directory / str(step)), e,
-                             f"; delete {self.directory} to start afresh, or use a new --out") from None
+                             f"; delete {self.directory} to start afresh, or use a new `out_dir`") from None
         return out["state"], out["meta"]
 
     def wait(self) -> None:
@@ -200,7 +200,7 @@ def find_checkpoint(path: str | Path) -> tuple[Path, int]:
             steps = [int(p.name) for p in cand.iterdir() if p.name.isdigit() and (p / "state").is_dir()]
             if steps:
                 return cand, max(steps)
-    raise MixjaxError(f"--init: {path} holds no mixjax checkpoint (nor a Hugging Face config.json)")
+    raise MixjaxError(f"{path} holds no mixjax checkpoint (nor a Hugging Face config.json)")
 
 
 def read_meta(path: str | Path) -> dict:
@@ -208,18 +208,18 @@ def read_meta(path: str | Path) -> dict:
     directory, step = find_checkpoint(path)
     f = directory / str(step) / "meta" / "metadata"
     if not f.is_file():
-        raise MixjaxError(f"--init: {directory / str(step)} has no metadata (not a mixjax checkpoint)")
+        raise MixjaxError(f"{directory / str(step)} has no metadata (not a mixjax checkpoint)")
     try:
         meta = json.loads(f.read_text())
         if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
             raise ValueError(f"{f} holds no model configuration")
     except (OSError, ValueError) as e:
-        raise unreadable(f"--init {path}", e) from None
+        raise unreadable(str(path), e) from None
     return meta
 
 
 def restore_params(path: str | Path, abstract_params, shardings):
-    """Only the model parameters of a checkpoint (for --init): (params, meta)."""
+    """Only the model parameters of a checkpoint (for TrainConfig.init): (params, meta)."""
     directory, step = find_checkpoint(path)
     check_layout(directory, step)
     restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s), {"params": shardings})
@@ -235,7 +235,7 @@ def restore_params(path: str | Path, abstract_params, shardings):
     except (MixjaxError, KeyboardInterrupt):
         raise
     except Exception as e:
-        raise unreadable(f"--init {path}", e) from None
+        raise unreadable(str(path), e) from None
     return out["state"]["params"], out["meta"]
 
 

@@ -19,60 +19,19 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from mixjax.errors import MixjaxError
+from mixjax.errors import MixjaxError, about
 from mixjax.io import write_json_atomic
+from mixjax.train.config import TrainConfig
 from mixjax.train.draw_ahead import DrawAhead
 from mixjax.train.evaluate import Evaluator, per_domain
 from mixjax.train.run_dir import data_signature, open_run_dir
-
-
-FINAL_CHECKPOINT_ONLY = 10**12  # a checkpoint_every no run reaches: the last step is saved, nothing before
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """A training run. `model` is a preset name or a Hugging Face directory (None: the --init
-    checkpoint's model, else "tiny"); `init` a mixjax run/checkpoint directory or a HF directory."""
-
-    model: str | None = None
-    init: str | None = None
-    batch_size: int = 16
-    seq_len: int = 256
-    lr: float = 1e-3
-    schedule: str = "cosine"          # cosine | linear | constant
-    warmup: float = 0.05              # < 1: fraction of the steps; >= 1: steps
-    final_lr_ratio: float = 0.1
-    weight_decay: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    clip_norm: float | None = 1.0
-    grad_accum: int = 1
-    compute_dtype: str = "float32"    # float32 | bfloat16 (float32 master weights either way)
-    loss_chunk: int | None = None     # cross-entropy over this many positions at a time (big vocabularies)
-    seed: int = 0
-    max_epochs: float = 10
-    eval_every: int = 0               # steps between evaluations; 0 = only at the end
-    eval_max_batches: int | None = None  # per domain; None = the whole held-out split
-    keep_best: bool = False           # keep the lowest-validation-loss checkpoint (RUN_DIR/best)
-    select_best: bool = False         # result val_loss = the lowest-mean evaluation (no checkpoint;
-                                      # keep_best implies it)
-    checkpoint_every: int = 0         # steps between checkpoints (RUN_DIR/checkpoints); 0 = none;
-                                      # FINAL_CHECKPOINT_ONLY = the last step only
-    resume: bool = True               # continue from RUN_DIR/checkpoints when present
-    mesh_shape: tuple[int, int, int] | None = None  # (data, fsdp, tensor); None = all data
-    progress: bool = True
-    model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass
 class StepInfo:
     """What a step reports. Per-domain dicts have NaN for domains with no target in the batch."""
 
-    step: int                            # 1-based: number of steps done
+    steps_done: int                      # steps done, this one included (1 after the first step)
     loss: float                          # the objective: token mean, or the loss-weighted domain means
     train_loss: dict[str, float]         # each domain's mean token loss in this batch
     loss_counts: dict[str, int]          # each domain's number of loss targets in this batch
@@ -101,7 +60,7 @@ class RunContext:
     num_steps: int
     config: TrainConfig
     evaluate: Callable[..., dict[str, float]]
-    step: int = 0
+    steps_done: int = 0
     stepper: Any = None
     params: Any = None
     domain_losses: Callable[..., np.ndarray] | None = None
@@ -141,16 +100,17 @@ def resolve_model_config(cfg: TrainConfig, vocab_size: int | None):
     init_cfg, init_src = None, None
     if cfg.init:
         if not Path(cfg.init).exists():
-            raise MixjaxError(f"--init: {cfg.init} does not exist")
+            raise MixjaxError(f"`init`: {cfg.init} does not exist")
         if is_hf_dir(cfg.init):
             init_cfg, init_src = load_hf_config(cfg.init), ("hf", cfg.init)
         else:
-            init_cfg, init_src = ModelConfig.from_dict(read_meta(cfg.init)["model"]), ("ckpt", cfg.init)
+            with about("init"):
+                init_cfg, init_src = ModelConfig.from_dict(read_meta(cfg.init)["model"]), ("ckpt", cfg.init)
     if cfg.model is None:
         mcfg = init_cfg or get_config("tiny", vocab_size)
     elif Path(cfg.model).is_dir() or "/" in cfg.model:
         if not is_hf_dir(cfg.model):
-            raise MixjaxError(f"--model: {cfg.model} is neither a preset nor a Hugging Face directory")
+            raise MixjaxError(f"`model`: {cfg.model} is neither a preset nor a Hugging Face directory")
         mcfg = load_hf_config(cfg.model)
         if init_src is None:
             init_src = ("hf", cfg.model)
@@ -163,7 +123,7 @@ def resolve_model_config(cfg: TrainConfig, vocab_size: int | None):
                 "arch", "qkv_bias", "tie_embeddings")
         diff = [k for k in keys if getattr(init_cfg, k) != getattr(mcfg, k)]
         if diff:
-            raise MixjaxError(f"--init {cfg.init}: model config does not match --model: "
+            raise MixjaxError(f"`init` {cfg.init}: model config does not match `model`: "
                               + ", ".join(f"{k}={getattr(init_cfg, k)} vs {getattr(mcfg, k)}" for k in diff))
     if vocab_size is not None and vocab_size > mcfg.vocab_size:
         raise MixjaxError(f"model vocab_size {mcfg.vocab_size} is smaller than the data's {vocab_size} "
@@ -260,7 +220,7 @@ class _Record:
 
 
 def _start_state(stepper, run_dir, cfg, mcfg, init_src, sampler, callbacks):
-    """(train state, checkpoint meta or None): resumed from RUN_DIR's checkpoint, else from --init
+    """(train state, checkpoint meta or None): resumed from RUN_DIR's checkpoint, else from `init`
     (a Hugging Face directory or another run's parameters), else freshly initialised."""
     from mixjax.model import load_hf
     from mixjax.train.checkpoint import restore_params
@@ -276,7 +236,8 @@ def _start_state(stepper, run_dir, cfg, mcfg, init_src, sampler, callbacks):
     elif init_src[0] == "hf":
         params = stepper.params_from_model(load_hf(init_src[1], expect=mcfg))
     else:
-        params, _ = restore_params(init_src[1], stepper.abstract_params, stepper.param_shardings)
+        with about("init"):
+            params, _ = restore_params(init_src[1], stepper.abstract_params, stepper.param_shardings)
     return stepper.init_state(params), None
 
 
@@ -293,7 +254,7 @@ def _checked_loss_weights(ctx: RunContext, stepper) -> np.ndarray:
 
 def _step_info(step, m, batch, device_batch, lr, domains) -> StepInfo:
     tpd = np.asarray(batch.tokens_per_domain, np.int64)
-    return StepInfo(step=step + 1, loss=float(m["loss"]),
+    return StepInfo(steps_done=step + 1, loss=float(m["loss"]),
                     train_loss=per_domain(m["domain_loss_sum"], m["domain_count"], domains),
                     loss_counts={d: int(c) for d, c in zip(domains, m["domain_count"])},
                     tokens_per_domain={d: int(t) for d, t in zip(domains, tpd)},
@@ -353,11 +314,11 @@ class _Run:
         dt = time.perf_counter() - t0
         self.record.time_step(step == self.start_step, dt)
         if not math.isfinite(float(m["loss"])):
-            raise MixjaxError(f"training diverged at step {step + 1} (loss {float(m['loss'])}); lower --lr")
+            raise MixjaxError(f"training diverged at step {step + 1} (loss {float(m['loss'])}); lower `lr`")
         self.record.seen_tokens += np.asarray(batch.tokens_per_domain, np.int64)
         self.record.loss_tokens += np.asarray(batch.loss_tokens_per_domain, np.int64)
         info = _step_info(step, m, batch, device_batch, lr, self.ctx.domains)
-        self.ctx.step, self.ctx.params = step + 1, self.state["params"]
+        self.ctx.steps_done, self.ctx.params = step + 1, self.state["params"]
         self.metrics.write({"step": step + 1, "loss": info.loss, "train_loss": info.train_loss, "lr": lr,
                             "grad_norm": info.grad_norm, "tokens": int(self.record.seen_tokens.sum()),
                             "weights": [float(w) for w in np.asarray(self.sampler.weights)],
@@ -408,18 +369,6 @@ def _result(run: _Run, num_steps: int, domains, mesh, t_start: float) -> dict:
     }
 
 
-def _stepper_for(cfg, mcfg, num_domains, mesh):
-    from mixjax.train.step import StepConfig, get_stepper
-
-    try:
-        return get_stepper(StepConfig(
-            model=mcfg, batch_size=cfg.batch_size, seq_len=cfg.seq_len, num_domains=num_domains,
-            grad_accum=cfg.grad_accum, compute_dtype=cfg.compute_dtype, b1=cfg.b1, b2=cfg.b2,
-            eps=cfg.eps, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm, loss_chunk=cfg.loss_chunk), mesh)
-    except ValueError as e:
-        raise MixjaxError(f"--batch-size: {e}") from None
-
-
 def _run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_dir, callbacks, sampler,
                   validation_fn, devices, check_result) -> dict:
     import jax
@@ -427,6 +376,7 @@ def _run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out
     from mixjax.train import mesh as meshlib
     from mixjax.train.metrics import MetricsWriter, Progress
     from mixjax.train.optim import learning_rates
+    from mixjax.train.step import StepConfig, get_stepper
 
     t_start, cfg, domains = time.perf_counter(), config, list(data.domains)
     meshlib.maybe_initialize_distributed()
@@ -439,11 +389,11 @@ def _run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out
         from mixjax.data.sampler import validation_batches as validation_fn
     num_steps = int(sampler.num_steps)
     if cfg.batch_size * cfg.seq_len > int(budget_tokens) or num_steps < 1:
-        raise MixjaxError(f"--budget-tokens {budget_tokens} is smaller than one batch "
+        raise MixjaxError(f"`budget_tokens` {budget_tokens} is smaller than one batch "
                           f"({cfg.batch_size} x {cfg.seq_len} tokens)")
     initial_weights = [float(w) for w in np.asarray(sampler.weights)]
     mesh = meshlib.make_mesh(cfg.mesh_shape, devices)
-    stepper = _stepper_for(cfg, mcfg, len(domains), mesh)
+    stepper = get_stepper(StepConfig.of(cfg, mcfg, len(domains)), mesh)
     run_dir = open_run_dir(out_dir, cfg, mcfg, data, initial_weights, budget_tokens, num_steps, check_result, _close_all)
     try:
         state, meta = _start_state(stepper, run_dir, cfg, mcfg, init_src, sampler, callbacks)
@@ -454,7 +404,7 @@ def _run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out
         _close_all(run_dir.closers())
         raise
     ctx = RunContext(sampler=sampler, domains=domains, num_steps=num_steps, config=cfg, evaluate=None,
-                     step=start_step, stepper=stepper, params=state["params"],
+                     steps_done=start_step, stepper=stepper, params=state["params"],
                      loss_weights=None if not meta or meta.get("loss_weights") is None
                      else np.asarray(meta["loss_weights"], np.float64))
     evaluator = Evaluator(stepper, data, domains, cfg.batch_size, cfg.seq_len, cfg.eval_max_batches, validation_fn,
@@ -495,6 +445,6 @@ def export_hf(run_dir: str | os.PathLike, out: str | os.PathLike, dtype: str = "
     from mixjax.train.step import Stepper, StepConfig
 
     mcfg = ModelConfig.from_dict(read_meta(run_dir)["model"])
-    st = Stepper(StepConfig(mcfg, 1, 2, 1), meshlib.make_mesh(None, __import__("jax").devices()[:1]))
+    st = Stepper(StepConfig(mcfg, batch_size=1, seq_len=2, num_domains=1), meshlib.make_mesh(None, __import__("jax").devices()[:1]))
     params, _ = restore_params(run_dir, st.abstract_params, st.param_shardings)
     return save_hf(st.merge(params), out, dtype)

@@ -11,16 +11,14 @@ import numpy as np
 import optax
 
 from mixjax.errors import MixjaxError
+from mixjax.train.config import SCHEDULES
 
-SCHEDULES = ("cosine", "linear", "constant")
 
-
-def schedule(num_steps: int, peak: float, schedule: str = "cosine", warmup_steps: int = 0,
-             final_ratio: float = 0.1) -> optax.Schedule:
+def schedule(num_steps: int, peak: float, schedule: str, warmup_steps: int, final_ratio: float) -> optax.Schedule:
     """optax's schedule of a run: linear warm-up to `peak` (step k at peak (k + 1) / warmup_steps),
     then cosine or linear decay to `final_ratio * peak` at `num_steps`, or constant."""
     if schedule not in SCHEDULES:
-        raise MixjaxError(f"unknown --schedule {schedule!r} ({', '.join(SCHEDULES)})")
+        raise MixjaxError(f"unknown `schedule` {schedule!r} ({', '.join(SCHEDULES)})")
     decay = max(num_steps - warmup_steps, 1)
     after = {"constant": optax.constant_schedule(peak),
              "cosine": optax.cosine_decay_schedule(peak, decay, alpha=final_ratio),
@@ -31,8 +29,8 @@ def schedule(num_steps: int, peak: float, schedule: str = "cosine", warmup_steps
     return optax.join_schedules([warm, after], [warmup_steps])
 
 
-def learning_rates(num_steps: int, peak: float, schedule_name: str = "cosine", warmup_steps: int = 0,
-                   final_ratio: float = 0.1) -> np.ndarray:
+def learning_rates(num_steps: int, peak: float, schedule_name: str, warmup_steps: int,
+                   final_ratio: float) -> np.ndarray:
     """The learning rate of every step of a run (float64 [num_steps]), computed once on the host in
     double precision, so the loop does no per-step work for it."""
     with jax.enable_x64(True):
@@ -41,8 +39,8 @@ def learning_rates(num_steps: int, peak: float, schedule_name: str = "cosine", w
         return np.broadcast_to(np.asarray(rates, np.float64), steps.shape).copy()  # a constant is one number
 
 
-def learning_rate(step: int, num_steps: int, peak: float, schedule_name: str = "cosine",
-                  warmup_steps: int = 0, final_ratio: float = 0.1) -> float:
+def learning_rate(step: int, num_steps: int, peak: float, schedule_name: str, warmup_steps: int,
+                  final_ratio: float) -> float:
     """The learning rate of one (0-based) step (see `learning_rates`)."""
     with jax.enable_x64(True):
         return float(schedule(num_steps, peak, schedule_name, warmup_steps, final_ratio)(step))
@@ -58,9 +56,10 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(decayed, params)
 
 
-def adamw_direction(b1: float = 0.9, b2: float = 0.95, eps: float = 1e-8, weight_decay: float = 0.0,
-                    clip_norm: float | None = 1.0) -> optax.GradientTransformation:
-    """AdamW without the learning rate: the step applies `params - lr * direction`."""
+def adamw_direction(b1: float, b2: float, eps: float, weight_decay: float,
+                    clip_norm: float | None) -> optax.GradientTransformation:
+    """AdamW without the learning rate: the step applies `params - lr * direction` (the settings'
+    defaults: TrainConfig's; clip_norm None or 0: no clipping)."""
     parts = []
     if clip_norm:
         parts.append(optax.clip_by_global_norm(clip_norm))

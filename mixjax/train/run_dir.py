@@ -85,8 +85,8 @@ def run_differences(saved: dict, cfg, mcfg, data, weights, budget_tokens: int,
 
 def _refuse_other_run(out: Path, source: Path, diffs: list[str]) -> None:
     if diffs:
-        raise MixjaxError(f"--out {out}: {source} is of another configuration ({'; '.join(diffs)}); "
-                          f"use a new --out, or delete {out} to start afresh")
+        raise MixjaxError(f"`out_dir` {out}: {source} is of another configuration ({'; '.join(diffs)}); "
+                          f"use a new `out_dir`, or delete {out} to start afresh")
 
 
 @dataclasses.dataclass
@@ -112,20 +112,20 @@ def open_run_dir(out_dir, cfg, mcfg, data, weights, budget_tokens: int, num_step
         return RunDir(None)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise MixjaxError(f"--out {out}: a file, not a run directory")
+        raise MixjaxError(f"`out_dir` {out}: a file, not a run directory")
     if check_result and (out / "result.json").is_file():
         try:
             saved = json.loads((out / "result.json").read_text())
             if not isinstance(saved, dict):
                 raise ValueError("not a JSON object")
         except (OSError, ValueError) as e:
-            raise MixjaxError(f"--out {out}: {out / 'result.json'} is unreadable ({e}); use a new --out, "
+            raise MixjaxError(f"`out_dir` {out}: {out / 'result.json'} is unreadable ({e}); use a new `out_dir`, "
                               f"or delete {out} to start afresh") from None
         _refuse_other_run(out, out / "result.json", run_differences(saved, cfg, mcfg, data, weights, budget_tokens))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as e:
-        raise MixjaxError(f"--out {out}: cannot make the run directory ({e.strerror}: {e.filename})") from None
+        raise MixjaxError(f"`out_dir` {out}: cannot make the run directory ({e.strerror}: {e.filename})") from None
     run_dir = RunDir(out)
     if cfg.checkpoint_every:
         run_dir.ckpt = Checkpointer(out / "checkpoints", max_to_keep=1)  # deletes a save left half done

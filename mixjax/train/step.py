@@ -27,6 +27,7 @@ from mixjax.errors import MixjaxError
 from mixjax.model.config import ModelConfig
 from mixjax.model.decoder import Decoder, init_params
 from mixjax.train import mesh as meshlib
+from mixjax.train.config import TrainConfig
 from mixjax.train.optim import adamw_direction
 
 BATCH_KEYS = ("tokens", "segment_ids", "positions", "loss_mask", "domain_ids")
@@ -35,20 +36,28 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-    """Everything that changes the compiled step."""
+    """Everything that changes the compiled step: the model, the batch shape, the number of domains
+    and the TrainConfig settings of the same names (defaults: TrainConfig's)."""
 
     model: ModelConfig
     batch_size: int
     seq_len: int
     num_domains: int
-    grad_accum: int = 1
-    compute_dtype: str = "float32"
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    clip_norm: float | None = 1.0
-    loss_chunk: int | None = None     # positions per cross-entropy chunk (None: all at once)
+    grad_accum: int = TrainConfig.grad_accum
+    compute_dtype: str = TrainConfig.compute_dtype
+    b1: float = TrainConfig.b1
+    b2: float = TrainConfig.b2
+    eps: float = TrainConfig.eps
+    weight_decay: float = TrainConfig.weight_decay
+    clip_norm: float | None = TrainConfig.clip_norm
+    loss_chunk: int | None = TrainConfig.loss_chunk  # positions per cross-entropy chunk (None: all at once)
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, model: ModelConfig, num_domains: int) -> "StepConfig":
+        """The step of a training run: its model, its number of domains and `cfg`'s settings."""
+        shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)
+                  if f.name not in ("model", "num_domains")}
+        return cls(model=model, num_domains=num_domains, **shared)
 
 
 def token_losses(logits_BxLxV, targets_BxL):
@@ -66,7 +75,7 @@ def chunked_token_losses(hidden_BxLxD, head_DxV, targets_BxL, chunk: int):
 
     b, l, d = hidden_BxLxD.shape
     if l % chunk:
-        raise ValueError(f"--loss-chunk {chunk} must divide the sequence length {l}")
+        raise ValueError(f"loss_chunk {chunk} must divide the sequence length {l}")
     n = l // chunk
     h_NxBxCxD = hidden_BxLxD.reshape(b, n, chunk, d).swapaxes(0, 1)
     t_NxBxC = targets_BxL.reshape(b, n, chunk).swapaxes(0, 1)
@@ -91,12 +100,12 @@ class Stepper:
         self.cfg, self.mesh = cfg, mesh
         div = meshlib.batch_divisor(mesh)
         if cfg.batch_size % (div * cfg.grad_accum):
-            raise ValueError(f"batch size {cfg.batch_size} must be a multiple of data*fsdp ({div}) "
-                             f"x grad_accum ({cfg.grad_accum})")
+            raise MixjaxError(f"`batch_size` {cfg.batch_size} must be a multiple of data*fsdp ({div}) "
+                              f"x `grad_accum` ({cfg.grad_accum})")
         if cfg.seq_len > cfg.model.max_seq_len:
-            raise MixjaxError(f"--seq-len {cfg.seq_len} exceeds the model's max_seq_len {cfg.model.max_seq_len}")
+            raise MixjaxError(f"`seq_len` {cfg.seq_len} exceeds the model's max_seq_len {cfg.model.max_seq_len}")
         if cfg.loss_chunk is not None and (cfg.loss_chunk < 1 or cfg.seq_len % cfg.loss_chunk):
-            raise MixjaxError(f"--loss-chunk {cfg.loss_chunk} must be a positive divisor of --seq-len {cfg.seq_len}")
+            raise MixjaxError(f"`loss_chunk` {cfg.loss_chunk} must be a positive divisor of `seq_len` {cfg.seq_len}")
         abstract = nnx.eval_shape(lambda: Decoder(cfg.model, rngs=nnx.Rngs(0)))
         self.graphdef, self._abstract_state = nnx.split(abstract, nnx.Param)
         abs_pure = nnx.to_pure_dict(self._abstract_state)

@@ -1,0 +1,151 @@
+"""The flags of the library's settings, in one place.
+
+`train`, `sweep` and `mix` take a flag for each `TrainConfig` field, made from the field: its name
+(--batch-size), type, default, choices and help. SPECIAL holds the few that differ (--bf16 for
+compute_dtype, --mesh D,F,T, --quiet, ...). `flag_name` is the flag an error's setting is shown as
+(library errors name settings, `mixjax.errors`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Any, Callable
+
+from mixjax.plan import parse_mesh  # the one --mesh parser (sizes >= 1, at most one -1); no jax import
+from mixjax.train.config import TrainConfig
+
+UNSET = object()  # a flag not given: its field keeps TrainConfig's default
+
+
+@dataclasses.dataclass(frozen=True)
+class Flags:
+    """How the command line sets one TrainConfig field: its flags (flag -> add_argument options;
+    for the field's own --field-name, options added to those made from the field) and the field's
+    value from the parsed arguments (None: the own flag's value; UNSET: the field's default)."""
+
+    options: dict[str, dict]
+    value: Callable[[argparse.Namespace], Any] | None = None
+
+
+def _switch(flag: str, help: str, value: Any) -> Flags:
+    """A flag without a value that gives the field `value` (left out: the field's default)."""
+    dest = flag.lstrip("-").replace("-", "_")
+    return Flags({flag: {"action": "store_true", "help": help}},
+                 lambda args: value if getattr(args, dest) else UNSET)
+
+
+def execution_overrides(args) -> dict:
+    """The model fields set by --attention, --remat and --[no-]scan-layers (checked here, so a bad
+    value is a one-line error before any data is read)."""
+    from mixjax.model.config import check_execution
+
+    given = {k: getattr(args, k, None) for k in ("attention", "remat", "scan_layers")}
+    check_execution(given["attention"], given["remat"])
+    return {k: v for k, v in given.items() if v is not None}
+
+
+NO_FLAG = Flags({})
+# The TrainConfig fields whose flags are not plain `--field-name VALUE`: the one place where the
+# command line and the configuration differ.
+SPECIAL: dict[str, Flags] = {
+    "init": Flags({"--init": {"metavar": "CKPT"}}),
+    "b1": NO_FLAG, "b2": NO_FLAG, "eps": NO_FLAG,
+    "clip_norm": Flags({"--clip-norm": {}}, lambda args: args.clip_norm or None),  # 0: off
+    "compute_dtype": _switch("--bf16", "bfloat16 compute (float32 master weights)", "bfloat16"),
+    "select_best": NO_FLAG,
+    "resume": _switch("--no-resume", "ignore checkpoints already in RUN_DIR", False),
+    "mesh_shape": Flags({"--mesh": {"default": None, "metavar": "D,F,T",
+                                    "help": "mesh (data, fsdp, tensor); default all data"}},
+                        lambda args: UNSET if args.mesh is None else parse_mesh(args.mesh)),
+    "model_overrides": Flags({
+        "--attention": {"default": None, "metavar": "IMPL",
+                        "help": "auto|plain|blockwise|cudnn|pallas (default auto: the backend's best; blockwise "
+                                "and the fused kernels never keep sequence x sequence scores)"},
+        "--remat": {"default": None, "metavar": "POLICY",
+                    "help": "none|dots|full: recompute each layer in the backward pass (dots keeps the "
+                            "projections, full only the layer inputs); default none"},
+        "--scan-layers": {"action": argparse.BooleanOptionalAction, "default": None,
+                          "help": "scan over the layers (compile time flat in depth) or unroll them (faster "
+                                  "steps for shallow models); default: scan models of more than 4 layers"},
+    }, lambda args: execution_overrides(args)),  # looked up when called (tests patch it)
+    "progress": _switch("--quiet", "no progress bar", False),
+}
+# Only `mixjax train` takes these; sweep and mix decide their runs' checkpoints themselves.
+CHECKPOINT_FIELDS = ("keep_best", "checkpoint_every", "resume")
+# Library arguments (not TrainConfig fields) whose flag is not --name.
+OTHER_FLAGS = {"out_dir": "--out"}
+
+
+def _own_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def flags_of(field: dataclasses.Field) -> Flags:
+    return SPECIAL.get(field.name, Flags({_own_flag(field.name): {}}))
+
+
+def _field_options(field: dataclasses.Field) -> dict:
+    """add_argument's options for a field's own flag: its type, default, choices and help."""
+    hint = typing.get_type_hints(TrainConfig)[field.name]
+    kind = next((t for t in typing.get_args(hint) if t is not type(None)), hint)  # X | None -> X
+    if kind is bool:
+        assert field.default is False, field.name  # a switch that turns the setting on
+        return {"action": "store_true", "help": field.metadata["help"]}
+    options = {"default": field.default, "help": field.metadata["help"]}
+    if kind in (int, float):
+        options["type"] = kind
+    if "choices" in field.metadata:
+        options["choices"] = field.metadata["choices"]
+    return options
+
+
+def _add_flags(p: argparse.ArgumentParser, fields) -> None:
+    for field in fields:
+        for flag, options in flags_of(field).options.items():
+            own = flag == _own_flag(field.name)
+            p.add_argument(flag, **({**_field_options(field), **options} if own else options))
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The model / optimisation flags (shared with commands that train, e.g. sweep and mix)."""
+    _add_flags(p, [f for f in dataclasses.fields(TrainConfig) if f.name not in CHECKPOINT_FIELDS])
+
+
+def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
+    """--keep-best, --checkpoint-every and --no-resume (`mixjax train`)."""
+    _add_flags(p, [f for f in dataclasses.fields(TrainConfig) if f.name in CHECKPOINT_FIELDS])
+
+
+def config_values(args: argparse.Namespace) -> dict[str, Any]:
+    """TrainConfig's fields as the parsed flags set them (fields without a flag here are left out)."""
+    values = {}
+    for field in dataclasses.fields(TrainConfig):
+        spec = flags_of(field)
+        if not spec.options or not all(hasattr(args, _dest(flag)) for flag in spec.options):
+            continue  # no flag, or not one of this command's
+        value = spec.value(args) if spec.value is not None else getattr(args, field.name)
+        if value is not UNSET:
+            values[field.name] = value
+    return values
+
+
+def flag_sections() -> dict[str, str]:
+    """Each TrainConfig flag's dest -> its field's section (for --config files)."""
+    return {_dest(flag): field.metadata["section"]
+            for field in dataclasses.fields(TrainConfig) for flag in flags_of(field).options}
+
+
+def flag_name(setting: str) -> str:
+    """The flag that sets `setting` (a TrainConfig field or a library argument), as errors show it;
+    a setting no single flag sets is shown as is."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    if setting in fields:
+        flags = list(flags_of(fields[setting]).options)
+        return flags[0] if len(flags) == 1 else setting
+    return OTHER_FLAGS.get(setting, _own_flag(setting))

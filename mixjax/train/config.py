@@ -1,0 +1,96 @@
+"""The configuration of a training run: `TrainConfig`, each default stated once.
+
+Each field carries its section (model / optimizer / eval / checkpoint / execution) and the help
+the `mixjax` command shows for its flag (`mixjax.commands.train_flags` makes the flags from the
+fields). The config is flat in Python and in a run's result.json ("config"); `sections()` is the
+nested view, {section: {field: value}}, and `from_sections` takes it back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+from mixjax.errors import MixjaxError
+
+SECTIONS = ("model", "optimizer", "eval", "checkpoint", "execution")
+SCHEDULES = ("cosine", "linear", "constant")
+FINAL_CHECKPOINT_ONLY = 10**12  # a checkpoint_every no run reaches: the last step is saved, nothing before
+
+
+def setting(default, section: str, help: str | None = None, **more) -> Any:
+    """A TrainConfig field: its default, its section and the help its flag shows (`more`: e.g.
+    the `choices` of a setting that takes one of a few values)."""
+    assert section in SECTIONS, section
+    metadata = {"section": section, "help": help, **more}
+    if isinstance(default, dict):
+        return dataclasses.field(default_factory=lambda: dict(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """A training run. `model` is a preset name or a Hugging Face directory (None: the `init`
+    checkpoint's model, else "tiny"); `init` a mixjax run/checkpoint directory or a HF directory."""
+
+    model: str | None = setting(
+        None, "model", "preset (tiny, small, base, 1b, qwen2.5-0.5b, qwen2.5-1.5b, llama-3.2-3b, "
+                       "llama-3.1-8b) or a Hugging Face directory (default: tiny, or --init's model)")
+    init: str | None = setting(None, "model", "start from a mixjax run/checkpoint directory or a Hugging Face directory")
+    batch_size: int = setting(16, "optimizer")
+    seq_len: int = setting(256, "optimizer")
+    lr: float = setting(1e-3, "optimizer", "peak learning rate")
+    schedule: str = setting("cosine", "optimizer", choices=SCHEDULES)
+    warmup: float = setting(0.05, "optimizer", "warm-up: fraction of steps if < 1, else steps")
+    final_lr_ratio: float = setting(0.1, "optimizer")
+    weight_decay: float = setting(0.0, "optimizer")
+    b1: float = setting(0.9, "optimizer")
+    b2: float = setting(0.95, "optimizer")
+    eps: float = setting(1e-8, "optimizer")
+    clip_norm: float | None = setting(1.0, "optimizer", "gradient clipping (0 = off)")  # None: off
+    grad_accum: int = setting(1, "optimizer", "micro-batches per step")
+    compute_dtype: str = setting("float32", "model", "float32 | bfloat16 (float32 master weights either way)")
+    loss_chunk: int | None = setting(
+        None, "model", "cross-entropy over this many positions at a time, so a big vocabulary's logits "
+                       "never exist for the whole sequence (must divide --seq-len)")
+    seed: int = setting(0, "optimizer")
+    max_epochs: float = setting(10, "optimizer", "most times a domain may be repeated")
+    eval_every: int = setting(0, "eval", "steps between evaluations (0: at the end)")
+    eval_max_batches: int | None = setting(None, "eval", "validation batches per domain")  # None: the whole split
+    keep_best: bool = setting(False, "eval",
+                              "keep the checkpoint with the lowest mean validation loss and report its losses")
+    select_best: bool = setting(False, "eval", "report the lowest-mean evaluation (no checkpoint; keep_best "
+                                               "implies it)")
+    checkpoint_every: int = setting(0, "checkpoint", "steps between checkpoints (0 = none)")  # or FINAL_CHECKPOINT_ONLY
+    resume: bool = setting(True, "checkpoint", "continue from RUN_DIR/checkpoints when present")
+    mesh_shape: tuple[int, int, int] | None = setting(None, "execution", "(data, fsdp, tensor); None = all data")
+    progress: bool = setting(True, "execution", "show a progress bar")
+    model_overrides: dict[str, Any] = setting({}, "model", "ModelConfig fields set for this run (attention, "
+                                                           "remat, scan_layers)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def sections(self) -> dict[str, dict[str, Any]]:
+        """The nested view: {section: {field: value}}, sections in SECTIONS' order."""
+        flat = self.to_dict()
+        out: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+        for f in dataclasses.fields(self):
+            out[f.metadata["section"]][f.name] = flat[f.name]
+        return out
+
+    @classmethod
+    def from_sections(cls, sections: Mapping[str, Mapping[str, Any]]) -> "TrainConfig":
+        """The config of a nested view (fields left out take their defaults); a field in another
+        section than its own, or an unknown one, is a one-line error."""
+        section_of = {f.name: f.metadata["section"] for f in dataclasses.fields(cls)}
+        flat = {}
+        for section, values in sections.items():
+            for name, value in values.items():
+                if name not in section_of:
+                    raise MixjaxError(f"{section}.{name}: not a training setting")
+                if section_of[name] != section:
+                    raise MixjaxError(f"{section}.{name}: belongs in section '{section_of[name]}'")
+                flat[name] = value
+        return cls(**flat)
+
