@@ -1,7 +1,7 @@
 """The configuration of a training run: `TrainConfig`, each default stated once.
 
 Each field carries its section (model / optimizer / eval / checkpoint / execution) and the help
-the `mixjax` command shows for its flag (`mixjax.commands.train_flags` makes the flags from the
+the `mixjax` command shows for its flag (`mixjax.commands.flags` makes the flags from the
 fields). The config is flat in Python and in a run's result.json ("config"); `sections()` is the
 nested view, {section: {field: value}}, and `from_sections` takes it back.
 """
