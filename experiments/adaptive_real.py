@@ -131,13 +131,9 @@ def run(args, argv) -> int:
     md += (f"\n\nTraining all of it took {minutes:.0f} min of wall time (cached runs count the time they took "
            "when trained; 2 CPU cores).")
     print(md)
-    name = "adaptive_real_quick" if args.quick else "adaptive_real"
     payload = {"scale": common.dataclasses.asdict(scale), "domains": domains, "rows": rows,
                "per_seed": {str(s): v for s, v in per_seed.items()}}
-    common.write_results(Path(args.results), name, payload, md, {}, time.perf_counter() - started,
-                         command=common.command_line(__file__, argv))
-    common.log(f"results in {args.results}/{name}.md")
-    return 0
+    return common.publish(args, "adaptive_real", payload, md, {}, started, __file__, argv)
 
 
 if __name__ == "__main__":

@@ -207,11 +207,7 @@ def run(args, argv) -> int:
     print(md)
     payload = {"scale": dataclasses.asdict(scale), "steps": steps, "rounds": ROUNDS, "table": table,
                "results": {s: {str(k): v for k, v in r.items()} for s, r in results.items()}}
-    name = "aioli_long_quick" if args.quick else "aioli_long"
-    common.write_results(Path(args.results), name, payload, md, {}, time.perf_counter() - started,
-                         command=common.command_line(__file__, argv))
-    common.log(f"results in {args.results}/{name}.md")
-    return 0
+    return common.publish(args, "aioli_long", payload, md, {}, started, __file__, argv)
 
 
 if __name__ == "__main__":

@@ -346,6 +346,16 @@ def write_results(results: Path, name: str, payload: dict, markdown: str, figure
     return paths
 
 
+def publish(args, name: str, payload: dict, markdown: str, figures: dict, started: float, script: str, argv) -> int:
+    """write_results for an experiment's run (NAME_quick with --quick), its wall time counted from
+    `started` and the command that reruns it; logs where the results went; returns exit code 0."""
+    name += "_quick" if args.quick else ""
+    write_results(Path(args.results), name, payload, markdown, figures, time.perf_counter() - started,
+                  command=command_line(script, argv))
+    log(f"results in {args.results}/{name}.md")
+    return 0
+
+
 # -- checking a fitted law by training at its weights (budget_sweep.py, reweight_collection.py) --
 
 def law_losses(fitted, weights: dict, budget: float) -> dict:

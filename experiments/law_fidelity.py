@@ -146,13 +146,10 @@ def run(args, argv) -> int:
     md += (f"\n\nTraining all of it took {common.method_minutes(spent):.0f} min of wall time (cached runs count the "
            "time they took when trained; 2 CPU cores).")
     print(md)
-    name = ("law_fidelity_quick" if args.quick else "law_fidelity") + (f"-{Path(args.data).name}" if args.data else "")
     payload = {"scale": common.dataclasses.asdict(scale), "domains": domains, "rows": rows,
                "per_seed": {str(s): v for s, v in per_seed.items()}, "n_runs": n_runs}
-    common.write_results(Path(args.results), name, payload, md, {}, time.perf_counter() - started,
-                         command=common.command_line(__file__, argv))
-    common.log(f"results in {args.results}/{name}.md")
-    return 0
+    name = "law_fidelity" + (f"-{Path(args.data).name}" if args.data else "")
+    return common.publish(args, name, payload, md, {}, started, __file__, argv)
 
 
 if __name__ == "__main__":
