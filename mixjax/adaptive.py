@@ -360,7 +360,7 @@ def should_stop(widths, tolerance: float = DEFAULT_TOLERANCE) -> bool:
     """True when every weight's 90% interval is narrower than `tolerance`."""
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.floating)) \
             or not math.isfinite(tolerance) or tolerance <= 0:
-        raise MixjaxError(f"--tolerance: must be a positive number, got {tolerance!r}")
+        raise MixjaxError(f"`tolerance`: must be a positive number, got {tolerance!r}")
     w = np.asarray(list(widths.values()) if isinstance(widths, dict) else widths, np.float64)
     return bool(w.size and np.all(np.isfinite(w)) and np.all(w < tolerance))
 
@@ -422,7 +422,7 @@ def candidate_runs(observations, domains, budget_tokens, base_fraction: float = 
         raise MixjaxError("adaptive design needs at least 2 domains")
     check_budgets([budget_tokens])
     if not (base_fraction > 0):
-        raise MixjaxError(f"--base-fraction: must be positive, got {base_fraction}")
+        raise MixjaxError(f"`base_fraction`: must be positive, got {base_fraction}")
     w = _current_weights(observations, domains, budget_tokens, weights, law, fit_options)
     total = base_fraction * float(budget_tokens)
     base = {d: total * w[j] for j, d in enumerate(domains)}
@@ -590,7 +590,7 @@ def propose_next(observations, law, budget_tokens, candidates, n: int = 1, *, fi
     of log det of the Fisher information of the law's parameters. Candidates named like an observed
     run are skipped. `fitted`: a fit of `law` to `observations` to reuse."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise MixjaxError(f"--runs: must be a whole number >= 1, got {n!r}")
+        raise MixjaxError(f"`runs`: must be a whole number >= 1, got {n!r}")
     if criterion not in CRITERIA:
         raise MixjaxError(f"design criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
     domains = list(observations.domains)

@@ -184,9 +184,9 @@ def token_scale(tokens_RxK: np.ndarray) -> float:
 def _checked_inputs(law: Law, obs: Observations, token_unit: float, options: FitOptions, budgets) -> np.ndarray:
     """One-line errors for a bad token unit, Huber delta, budget or too few runs; the budgets."""
     if not np.isfinite(token_unit) or token_unit <= 0:
-        raise MixjaxError(f"--token-unit: must be a positive number, got {token_unit:g}")
+        raise MixjaxError(f"`token_unit`: must be a positive number, got {token_unit:g}")
     if options.huber_delta is not None and not (options.huber_delta > 0):
-        raise MixjaxError(f"--huber: delta must be a positive number, got {options.huber_delta:g}")
+        raise MixjaxError(f"`huber_delta`: delta must be a positive number, got {options.huber_delta:g}")
     budgets_B = np.asarray(budgets, dtype=np.float64).reshape(-1)
     if budgets_B.size:
         from mixjax.optimize import check_budgets

@@ -219,9 +219,9 @@ def perturbation_mixtures(domains: list[str], base_tokens_per_domain: float,
     if len(domains) < 2:
         raise MixjaxError("li2025 needs at least 2 domains")
     if base_tokens_per_domain <= 0:
-        raise MixjaxError("--budget-tokens must be positive")
+        raise MixjaxError("`budget_tokens` must be positive")
     if any(f <= 0 or f == 1 for f in factors):
-        raise MixjaxError(f"--factors {list(factors)}: each factor must be positive and not 1")
+        raise MixjaxError(f"`factors` {list(factors)}: each factor must be positive and not 1")
 
     def run(name: str, tokens: dict[str, float]) -> tuple[str, dict[str, float], int]:
         total = sum(tokens.values())

@@ -192,10 +192,10 @@ def check_budgets(budgets) -> np.ndarray:
     """Budgets as a float array; a one-line error for a budget that is not a positive number."""
     out = np.asarray(budgets, dtype=np.float64).reshape(-1)
     if out.size == 0:
-        raise MixjaxError("--budget: give at least one budget (tokens)")
+        raise MixjaxError("`budgets`: give at least one budget (tokens)")
     for b in out:
         if not np.isfinite(b) or b <= 0:
-            raise MixjaxError(f"--budget: must be a positive number of tokens, got {b:g}")
+            raise MixjaxError(f"`budgets`: must be a positive number of tokens, got {b:g}")
     return out
 
 
@@ -210,47 +210,47 @@ def weight_bounds(
     """Per-domain lower (K,) and per-budget upper (B, K) weight bounds, checked for feasibility.
 
     The upper bound includes the data cap available_i * max_epochs / budget (domains without an
-    `available` entry are uncapped). One-line errors name the flag and domain.
+    `available` entry are uncapped). One-line errors name the setting and domain.
     """
     K = len(domains)
     lower = np.zeros(K)
     upper = np.ones(K)
-    for flag, values, target in (("--min-weight", min_weight, lower), ("--max-weight", max_weight, upper)):
+    for setting, values, target in (("min_weight", min_weight, lower), ("max_weight", max_weight, upper)):
         for d, x in (values or {}).items():
             if d not in domains:
-                raise MixjaxError(f"{flag}: unknown domain {d!r}; the law's domains are {domains}")
+                raise MixjaxError(f"`{setting}`: unknown domain {d!r}; the law's domains are {domains}")
             if not np.isfinite(x) or x < 0 or x > 1:
-                raise MixjaxError(f"{flag}: {d}={x:g} must be in [0, 1]")
+                raise MixjaxError(f"`{setting}`: {d}={x:g} must be in [0, 1]")
             target[domains.index(d)] = x
     for j, d in enumerate(domains):
         if lower[j] > upper[j]:
-            raise MixjaxError(f"--min-weight {d}={lower[j]:g} exceeds --max-weight {d}={upper[j]:g}")
+            raise MixjaxError(f"`min_weight` {d}={lower[j]:g} exceeds `max_weight` {d}={upper[j]:g}")
     if lower.sum() > 1 + 1e-12:
-        raise MixjaxError(f"--min-weight: the minimum weights sum to {lower.sum():g} > 1")
+        raise MixjaxError(f"`min_weight`: the minimum weights sum to {lower.sum():g} > 1")
     cap = np.full(K, np.inf)
     if available:
         if max_epochs is None:
             max_epochs = 1.0
         if not np.isfinite(max_epochs) or max_epochs <= 0:
-            raise MixjaxError(f"--max-epochs: must be a positive number, got {max_epochs:g}")
+            raise MixjaxError(f"`max_epochs`: must be a positive number, got {max_epochs:g}")
         for d, n in available.items():
             if d not in domains:
-                raise MixjaxError(f"--available: unknown domain {d!r}; the law's domains are {domains}")
+                raise MixjaxError(f"`available`: unknown domain {d!r}; the law's domains are {domains}")
             if not np.isfinite(n) or n < 0:
-                raise MixjaxError(f"--available: {d}={n:g} must be a non-negative number of tokens")
+                raise MixjaxError(f"`available`: {d}={n:g} must be a non-negative number of tokens")
             cap[domains.index(d)] = n * max_epochs
     upper_BxK = np.minimum(upper[None, :], cap[None, :] / budgets_B[:, None])
     for b, budget in enumerate(budgets_B):
         if upper_BxK[b].sum() < 1 - 1e-12:
             raise MixjaxError(
                 f"budget {budget:g}: the weight caps allow only {upper_BxK[b].sum() * budget:g} "
-                f"tokens (--max-weight, --available x --max-epochs); lower the budget or raise a cap"
+                f"tokens (`max_weight`, `available` x `max_epochs`); lower the budget or raise a cap"
             )
         short = [d for j, d in enumerate(domains) if lower[j] > upper_BxK[b, j] + 1e-12]
         if short:
             raise MixjaxError(
-                f"budget {budget:g}: --min-weight for {short[0]} needs more tokens than "
-                f"--available x --max-epochs allows"
+                f"budget {budget:g}: `min_weight` for {short[0]} needs more tokens than "
+                f"`available` x `max_epochs` allows"
             )
     upper_BxK = np.maximum(upper_BxK, lower[None, :])
     return lower, upper_BxK

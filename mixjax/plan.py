@@ -71,19 +71,19 @@ _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb"
 
 # -- input checks (pure Python: run before JAX starts) --------------------------------------------
 
-def parse_bytes(text: str, flag: str = "--device-memory") -> int:
+def parse_bytes(text: str, where: str = "`device_memory`") -> int:
     """'80GB' (10^9), '80GiB' (2^30), '512MB', '1.5TiB', or a plain number of bytes."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
     unit = m.group(2).lower() if m else None
     if not m or unit not in _UNITS:
-        raise MixjaxError(f"{flag}: expected a size like 80GB, 80GiB, 512MB or a number of bytes, got {text!r}")
+        raise MixjaxError(f"{where}: expected a size like 80GB, 80GiB, 512MB or a number of bytes, got {text!r}")
     value = float(m.group(1)) * _UNITS[unit]
     if value < 1:
-        raise MixjaxError(f"{flag}: must be at least one byte, got {text!r}")
+        raise MixjaxError(f"{where}: must be at least one byte, got {text!r}")
     return int(value)
 
 
-def parse_mesh(text: str | Sequence[int] | None, flag: str = "--mesh") -> tuple[int, int, int] | None:
+def parse_mesh(text: str | Sequence[int] | None, where: str = "`mesh_shape`") -> tuple[int, int, int] | None:
     """'D,F,T' (one of them may be -1: the rest of the devices) -> a tuple; None stays None."""
     if text is None or text == "":
         return None
@@ -92,9 +92,9 @@ def parse_mesh(text: str | Sequence[int] | None, flag: str = "--mesh") -> tuple[
         if len(shape) != 3:
             raise ValueError
     except (TypeError, ValueError):
-        raise MixjaxError(f"{flag}: expected DATA,FSDP,TENSOR (e.g. 1,8,1 or -1,8,1), got {text!r}") from None
+        raise MixjaxError(f"{where}: expected DATA,FSDP,TENSOR (e.g. 1,8,1 or -1,8,1), got {text!r}") from None
     if any(s < 1 and s != -1 for s in shape) or shape.count(-1) > 1:
-        raise MixjaxError(f"{flag} {text}: sizes must be >= 1, with at most one -1 (the rest)")
+        raise MixjaxError(f"{where} {text}: sizes must be >= 1, with at most one -1 (the rest)")
     return shape
 
 
@@ -104,10 +104,10 @@ def resolve_mesh(mesh_shape, devices: int) -> tuple[int, int, int]:
     known = math.prod(s for s in shape if s != -1)
     if -1 in shape:
         if devices % known:
-            raise MixjaxError(f"--mesh {_fmt(shape)} does not divide --devices {devices}")
+            raise MixjaxError(f"`mesh_shape` {_fmt(shape)} does not divide `devices` {devices}")
         shape[shape.index(-1)] = devices // known
     if math.prod(shape) != devices:
-        raise MixjaxError(f"--mesh {_fmt(shape)} needs {math.prod(shape)} devices, --devices is {devices}")
+        raise MixjaxError(f"`mesh_shape` {_fmt(shape)} needs {math.prod(shape)} devices, `devices` is {devices}")
     return tuple(shape)
 
 
@@ -119,7 +119,7 @@ def compiled_attention(requested: str, platform: str = "cpu") -> str:
     """The attention implementation a plan compiles: on the CPU the GPU kernels (and "auto") are
     stood in for by "blockwise" (also O(L) memory); on other backends the requested one."""
     if requested not in ATTENTION_STAND_IN:
-        raise MixjaxError(f"--attention {requested!r}: expected one of {', '.join(ATTENTION_STAND_IN)}")
+        raise MixjaxError(f"`attention` {requested!r}: expected one of {', '.join(ATTENTION_STAND_IN)}")
     return ATTENTION_STAND_IN[requested] if platform == "cpu" else requested
 
 
@@ -128,22 +128,22 @@ def check_request(model_cfg, *, devices: int, mesh_shape, batch_size: int, seq_l
                   compute_dtype: str = "bfloat16") -> tuple[int, int, int]:
     """Every check a plan can make without JAX; returns the resolved mesh. MixjaxError on bad input."""
     if not isinstance(devices, int) or devices < 1:
-        raise MixjaxError(f"--devices must be >= 1, got {devices}")
+        raise MixjaxError(f"`devices` must be >= 1, got {devices}")
     if devices > MAX_FAKE_DEVICES:
-        raise MixjaxError(f"--devices {devices}: at most {MAX_FAKE_DEVICES} (fake CPU devices)")
+        raise MixjaxError(f"`devices` {devices}: at most {MAX_FAKE_DEVICES} (fake CPU devices)")
     mesh = resolve_mesh(mesh_shape, devices)
-    for flag, v in (("--batch-size", batch_size), ("--seq-len", seq_len), ("--grad-accum", grad_accum),
-                    ("--num-domains", num_domains)):
+    for setting, v in (("batch_size", batch_size), ("seq_len", seq_len), ("grad_accum", grad_accum),
+                       ("num_domains", num_domains)):
         if v < 1:
-            raise MixjaxError(f"{flag} must be >= 1, got {v}")
+            raise MixjaxError(f"`{setting}` must be >= 1, got {v}")
     unit = mesh[0] * mesh[1] * grad_accum
     if batch_size % unit:
-        raise MixjaxError(f"--batch-size {batch_size} (the global batch) is not a multiple of data x fsdp x "
+        raise MixjaxError(f"`batch_size` {batch_size} (the global batch) is not a multiple of data x fsdp x "
                           f"grad-accum = {mesh[0]} x {mesh[1]} x {grad_accum} = {unit}")
     if seq_len > model_cfg.max_seq_len:
-        raise MixjaxError(f"--seq-len {seq_len} exceeds the model's max_seq_len {model_cfg.max_seq_len}")
+        raise MixjaxError(f"`seq_len` {seq_len} exceeds the model's max_seq_len {model_cfg.max_seq_len}")
     if loss_chunk is not None and (loss_chunk < 1 or seq_len % loss_chunk):
-        raise MixjaxError(f"--loss-chunk {loss_chunk} must be a positive divisor of --seq-len {seq_len}")
+        raise MixjaxError(f"`loss_chunk` {loss_chunk} must be a positive divisor of `seq_len` {seq_len}")
     if compute_dtype not in ("float32", "bfloat16"):
         raise MixjaxError(f"compute_dtype {compute_dtype!r}: float32 or bfloat16")
     return mesh
@@ -167,7 +167,7 @@ def cpu_devices(n: int, *, cpu_only: bool = False) -> list:
     import jax
 
     if n < 1 or n > MAX_FAKE_DEVICES:
-        raise MixjaxError(f"--devices {n}: expected 1 to {MAX_FAKE_DEVICES}")
+        raise MixjaxError(f"`devices` {n}: expected 1 to {MAX_FAKE_DEVICES}")
     if not _backends_initialized():
         if cpu_only:
             jax.config.update("jax_platforms", "cpu")
@@ -178,7 +178,7 @@ def cpu_devices(n: int, *, cpu_only: bool = False) -> list:
                 pass
     have = jax.devices("cpu")
     if len(have) < n:
-        raise MixjaxError(f"--devices {n}: this process's CPU backend already started with {len(have)} "
+        raise MixjaxError(f"`devices` {n}: this process's CPU backend already started with {len(have)} "
                           f"device(s); plan in a fresh process (`mixjax plan` does)")
     return list(have[:n])
 

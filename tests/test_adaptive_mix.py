@@ -133,17 +133,17 @@ def test_bad_run_lists_are_one_line_errors(tmp_path, entries, message):
 
     path = tmp_path / "RUNS"
     path.write_text(entries if isinstance(entries, str) else json.dumps(entries))
-    with pytest.raises(MixjaxError, match=f"^--run-list {re.escape(str(path))}: .*{re.escape(message.replace('RUNS', str(path)))}"):
+    with pytest.raises(MixjaxError, match=f"^run_list {re.escape(str(path))}: .*{re.escape(message.replace('RUNS', str(path)))}"):
         read_run_list(path, ["a", "b"])
 
 
 def test_adaptive_options_are_checked_before_any_run(simulated, tmp_path):
     n = len(_initial(simulated))
-    with pytest.raises(MixjaxError, match=f"--max-runs {n - 1}: the adaptive design starts with {n} runs"):
+    with pytest.raises(MixjaxError, match=f"max_runs {n - 1}: the adaptive design starts with {n} runs"):
         run_mix("li2025", {**OPTIONS, "max_runs": n - 1}, simulated.data, BUDGET, tmp_path / "a", TrainConfig(), **QUIET)
-    with pytest.raises(MixjaxError, match="--tolerance: must be a positive number, got 0"):
+    with pytest.raises(MixjaxError, match="tolerance: must be a positive number, got 0"):
         run_mix("li2025", {**OPTIONS, "tolerance": 0.0}, simulated.data, BUDGET, tmp_path / "b", TrainConfig(), **QUIET)
-    with pytest.raises(MixjaxError, match="--max-runs and --tolerance apply to li2025 with --adaptive"):
+    with pytest.raises(MixjaxError, match="max_runs and tolerance apply to li2025 with adaptive"):
         run_mix("li2025", {"max_runs": 20}, simulated.data, BUDGET, tmp_path / "c", TrainConfig(), **QUIET)
     assert simulated.trained == []
 

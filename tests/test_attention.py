@@ -148,7 +148,7 @@ def _one_line_error(impl, backend, **kw):
     with pytest.raises(MixjaxError) as info:
         A.resolve_attention(impl, backend, **kw)
     msg = str(info.value)
-    assert "\n" not in msg and msg.startswith("--attention") and impl in msg
+    assert "\n" not in msg and msg.startswith("attention") and impl in msg
     return msg
 
 
@@ -156,11 +156,11 @@ def test_resolve_explicit_and_errors(monkeypatch):
     assert A.resolve_attention("blockwise", "cpu") == "blockwise"
     assert A.resolve_attention("plain", "cpu") == "plain"
     msg = _one_line_error("cudnn", "cpu")
-    assert msg == "--attention cudnn is not available on the cpu backend (available: plain, blockwise)"
+    assert msg == "attention cudnn is not available on the cpu backend (available: plain, blockwise)"
     assert "available: plain, blockwise)" in _one_line_error("pallas", "cpu")
     assert "expected one of auto, plain" in _one_line_error("flash", "cpu")
     monkeypatch.setattr(A, "_cudnn_status", lambda: "compute capability 7.5 < 8.0")
-    assert _one_line_error("cudnn", "gpu") == ("--attention cudnn is not available on the gpu backend "
+    assert _one_line_error("cudnn", "gpu") == ("attention cudnn is not available on the gpu backend "
                                                "(compute capability 7.5 < 8.0) (available: plain, blockwise, pallas)")
     assert A.resolve_attention("pallas", "gpu") == "pallas"
     assert A.resolve_attention("pallas", "tpu") == "pallas"
@@ -187,7 +187,7 @@ def test_packed_attention_refuses_what_the_backend_lacks():
     q, k, v, _ = _inputs(1, 8, 2, 1, 8)
     seg = jnp.ones((1, 8), jnp.int32)
     for impl in ("cudnn", "pallas"):
-        with pytest.raises(MixjaxError, match=f"--attention {impl} is not available on the cpu backend"):
+        with pytest.raises(MixjaxError, match=f"attention {impl} is not available on the cpu backend"):
             A.packed_attention(q, k, v, seg, impl=impl)
     with pytest.raises(ValueError, match="resolved by the caller"):
         A.packed_attention(q, k, v, seg, impl="plain")

@@ -91,9 +91,9 @@ def test_fewer_runs_than_parameters_is_an_error_that_says_how_many_more():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(token_unit=0), "--token-unit"),
-        (dict(budgets=[-1]), "--budget"),
-        (dict(options=FitOptions(huber_delta=-1.0, fast_compile=True)), "--huber"),
+        (dict(token_unit=0), "token_unit"),
+        (dict(budgets=[-1]), "budgets"),
+        (dict(options=FitOptions(huber_delta=-1.0, fast_compile=True)), "huber_delta"),
     ],
 )
 def test_bad_fit_arguments(kwargs, message):

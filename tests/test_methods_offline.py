@@ -90,7 +90,7 @@ def test_li2025_fits_the_papers_huber_loss_by_default():
     method = Li2025(base_fraction=0.1, fit_options=fast)
     assert method.fit_options.huber_delta == 1e-3 and method.fit_options.n_bootstrap == 0
     assert Li2025(huber_delta=0).fit_options.huber_delta is None and DataMixingLaws().fit_options.huber_delta is None
-    with pytest.raises(MixjaxError, match="--huber: must be a positive delta"):
+    with pytest.raises(MixjaxError, match="huber_delta: must be a positive delta"):
         Li2025(huber_delta=-1e-3)
 
     runs = method.propose(truth.domains, budget)

@@ -204,10 +204,10 @@ def test_skillit_earlier_cadence_evaluates_at_each_update():
 
 
 def test_skillit_bad_settings():
-    for options, message in [({"evaluations": 0}, "--evaluations 0: must be a positive integer"),
-                             ({"evaluations": 2.5}, "--evaluations 2.5: must be a positive integer"),
-                             ({"update_steps": 0}, "--update-steps 0: must be a positive integer"),
-                             ({"window": 0}, "--window 0: must be a positive integer")]:
+    for options, message in [({"evaluations": 0}, "evaluations 0: must be a positive integer"),
+                             ({"evaluations": 2.5}, "evaluations 2.5: must be a positive integer"),
+                             ({"update_steps": 0}, "update_steps 0: must be a positive integer"),
+                             ({"window": 0}, "window 0: must be a positive integer")]:
         with pytest.raises(MixjaxError, match=f"^{message}$"):
             SkillIt(**options)
 
@@ -295,15 +295,15 @@ def test_aioli_bad_settings():
         Aioli(AioliConfig(lp_rounds=4, lp_steps=4, update_steps=40)).begin(["a", "b", "c"], 100)
     with pytest.raises(MixjaxError, match="at least 2 domains"):
         Aioli().begin(["a"], 100)
-    with pytest.raises(MixjaxError, match="--prior-weights must be 2"):
+    with pytest.raises(MixjaxError, match="prior_weights must be 2"):
         Aioli(AioliConfig.released(2, prior_weights=[0.5, 0.2], prior_steps=5)).begin(["a", "b"], 100)
     with pytest.raises(MixjaxError, match="not 1/K"):
         Aioli(AioliConfig(one_hot_factor=0.5)).begin(["a", "b"], 1000)
-    with pytest.raises(MixjaxError, match=r"^--cumulative accumulates each round's A; it takes no --ema$"):
+    with pytest.raises(MixjaxError, match=r"^cumulative accumulates each round's A; it takes no ema$"):
         Aioli(AioliConfig.released(3, cumulative=True, ema=0.1)).begin(["a", "b", "c"], 1000)
-    with pytest.raises(MixjaxError, match=r"^--ema 1.0: must be in \[0, 1\)"):
+    with pytest.raises(MixjaxError, match=r"^ema 1.0: must be in \[0, 1\)"):
         Aioli(AioliConfig.released(3, ema=1.0)).begin(["a", "b", "c"], 1000)
-    with pytest.raises(MixjaxError, match="--dynamic-start 'first': must be uniform or prior"):
+    with pytest.raises(MixjaxError, match="dynamic_start 'first': must be uniform or prior"):
         Aioli(AioliConfig.released(3, dynamic_start="first")).begin(["a", "b", "c"], 1000)
     assert AioliConfig.released(7).lp_steps == 10 and AioliConfig.released(2).one_hot_factor == 0.625
 

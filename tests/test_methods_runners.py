@@ -183,7 +183,7 @@ def test_doge_mix_end_to_end(data, tmp_path):
 def test_doge_refuses_a_proxy_run_too_short_for_one_update():
     from mixjax.methods.doge import DoGE
 
-    with pytest.raises(MixjaxError, match="--update-every 100 exceeds the proxy run's 6 steps"):
+    with pytest.raises(MixjaxError, match="update_every 100 exceeds the proxy run's 6 steps"):
         DoGE().begin(["a", "b"], 6)
 
 
@@ -191,7 +191,7 @@ def test_doge_eta_is_one_over_the_released_mu_per_number_of_domains():
     from mixjax.methods.doge import DoGE
 
     assert [DoGE.released_eta(k) for k in (2, 3, 7)] == [100.0, 100.0, 10.0]
-    with pytest.raises(MixjaxError, match=r"^--proxy-sampling 'mixed': must be reweight or resample$"):
+    with pytest.raises(MixjaxError, match=r"^sampling 'mixed': must be reweight or resample$"):
         DoGE(sampling="mixed")
 
 
@@ -283,7 +283,7 @@ def test_one_line_errors(data_dir, doremi_mix, tmp_path, tmp_path_factory, capsy
     err = _one_line_error(capsys, [*base, "--method", "doremi", "--reference", str(tmp_path / "none"),
                                    "--data", str(data_dir), "--out", str(tmp_path / "x")])
     assert f"--reference: {tmp_path / 'none'} holds no mixjax checkpoint" in err
-    with pytest.raises(MixjaxError, match=r"^--method doge: unknown option 'window'$"):
+    with pytest.raises(MixjaxError, match=r"^method doge: unknown option 'window'$"):
         run_mix("doge", {"window": 3}, SimpleNamespace(domains=["a", "b"]), BUDGET, tmp_path / "x", CONFIG, **QUIET)
     with pytest.raises(SystemExit):                                        # sweep: offline methods only
         main(["sweep", "--method", "doremi", "--data", str(data_dir), "--budget-tokens", "1", "--out", "x"])

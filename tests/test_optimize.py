@@ -152,9 +152,9 @@ def test_bounds_and_data_cap_bind():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(budgets=[0]), "--budget: must be a positive number"),
-        (dict(budgets=[-5e6]), "--budget: must be a positive number"),
-        (dict(budgets=[float("nan")]), "--budget: must be a positive number"),
+        (dict(budgets=[0]), "budgets: must be a positive number"),
+        (dict(budgets=[-5e6]), "budgets: must be a positive number"),
+        (dict(budgets=[float("nan")]), "budgets: must be a positive number"),
         (dict(budgets=[1e9], available={"if": 1e6, "math": 1e6, "code": 1e6}), "budget 1e\\+09"),
         (dict(budgets=[1e6], min_weight={"web": 0.1}), "unknown domain 'web'"),
         (dict(budgets=[1e6], min_weight={"if": 0.6, "math": 0.6}), "sum to 1.2 > 1"),

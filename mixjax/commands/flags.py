@@ -13,6 +13,7 @@ import dataclasses
 import typing
 from typing import Any, Callable
 
+from mixjax.commands.method_options import OPTION_TARGETS
 from mixjax.plan import parse_mesh  # the one --mesh parser (sizes >= 1, at most one -1); no jax import
 from mixjax.train.config import TrainConfig
 
@@ -74,12 +75,17 @@ SPECIAL: dict[str, Flags] = {
 }
 # Only `mixjax train` takes these; sweep and mix decide their runs' checkpoints themselves.
 CHECKPOINT_FIELDS = ("keep_best", "checkpoint_every", "resume")
-# Library arguments (not TrainConfig fields) whose flag is not --name.
-OTHER_FLAGS = {"out_dir": "--out"}
 
 
 def _own_flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+# Library arguments (not TrainConfig fields) whose flag is not --name: a run's folder, the budgets of
+# `fit` and `optimize`, and the methods' constructor keywords whose option has another name
+# (n_runs -> --runs, step -> --grid-step; read from method_options.OPTION_TARGETS).
+OTHER_FLAGS = {"out_dir": "--out", "budgets": "--budget",
+               **{keyword: _own_flag(dest) for dest, (_, keyword) in OPTION_TARGETS.items() if keyword != dest}}
 
 
 def _dest(flag: str) -> str:

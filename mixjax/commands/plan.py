@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 from pathlib import Path
 
 DESCRIPTION = """Compile the train step that `mixjax train` would run (same model, mesh, batch,
@@ -17,7 +18,17 @@ Exit status: 0 = planned (and fits, when --device-memory is given); 1 = does not
 stderr, the JSON is written anyway); 2 = bad input (one line on stderr)."""
 
 
+def _library_defaults() -> dict:
+    """The defaults of the plan functions' keyword arguments (stated there, in mixjax.plan)."""
+    from mixjax.plan import plan_step, plan_with_fit
+
+    return {name: param.default for function in (plan_step, plan_with_fit)
+            for name, param in inspect.signature(function).parameters.items()
+            if param.default is not inspect.Parameter.empty}
+
+
 def register(subparsers) -> None:
+    default = _library_defaults()
     p = subparsers.add_parser("plan", help="a train step's memory per device, compiled ahead of time",
                               description=DESCRIPTION)
     p.add_argument("--model", required=True, metavar="PRESET",
@@ -30,8 +41,10 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, required=True,
                    help="GLOBAL batch: micro-batch per device x data x fsdp (x grad-accum)")
     p.add_argument("--seq-len", type=int, required=True)
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (default 1)")
-    p.add_argument("--num-domains", type=int, default=3, help="domains in the batch (default 3)")
+    p.add_argument("--grad-accum", type=int, default=default["grad_accum"],
+                   help=f"micro-batches per step (default {default['grad_accum']})")
+    p.add_argument("--num-domains", type=int, default=default["num_domains"],
+                   help=f"domains in the batch (default {default['num_domains']})")
     p.add_argument("--bf16", action="store_true", help="bfloat16 compute (float32 master weights)")
     p.add_argument("--remat", default=None, metavar="POLICY",
                    help="none, dots or full: what the backward recomputes (default: the model's, none)")
@@ -43,8 +56,8 @@ def register(subparsers) -> None:
     p.add_argument("--device-memory", default=None, metavar="SIZE",
                    help="memory per device, e.g. 80GB (10^9 bytes), 80GiB (2^30), 512MB, or bytes: "
                         "say whether the step fits and search the largest batch that does")
-    p.add_argument("--max-probes", type=int, default=8,
-                   help="most extra compiles for the largest-batch search (default 8)")
+    p.add_argument("--max-probes", type=int, default=default["max_probes"],
+                   help=f"most extra compiles for the largest-batch search (default {default['max_probes']})")
     p.add_argument("--out", required=True, metavar="JSON", help="plan file to write")
     p.set_defaults(func=run)
 

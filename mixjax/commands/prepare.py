@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 
 def register(subparsers) -> None:
+    from mixjax.data.prepare import MAX_RECORD_BYTES, PrepareOptions  # the defaults, stated there
+    from mixjax.data.template import LOSS_ON
+
+    default = {f.name: f.default for f in dataclasses.fields(PrepareOptions)}
     p = subparsers.add_parser(
         "prepare", help="tokenise domain files into TFDS (array_record) datasets",
         description="Tokenise each domain's JSONL/Parquet files (chat template, loss mask), split "
@@ -23,14 +28,16 @@ def register(subparsers) -> None:
                    help="override format detection for one domain or all: messages, sharegpt, orca, "
                         "openmath, alpaca, prompt_response, text")
     p.add_argument("--out", required=True, help="output directory")
+    # "byte", not PrepareOptions' None (the same tokenizer): the fingerprints of prepared data hold "byte"
     p.add_argument("--tokenizer", default="byte", help="'byte' or a directory with tokenizer.json")
-    p.add_argument("--loss-on", choices=["assistant", "all"], default="assistant",
+    p.add_argument("--loss-on", choices=list(LOSS_ON), default=default["loss_on"],
                    help="train on assistant tokens only (SFT) or on all tokens (pre-training style)")
-    p.add_argument("--validation-fraction", type=float, default=0.05)
-    p.add_argument("--max-validation", type=int, default=1000, help="cap on validation examples per domain")
-    p.add_argument("--max-record-bytes", type=int, default=None, metavar="N",
+    p.add_argument("--validation-fraction", type=float, default=default["validation_fraction"])
+    p.add_argument("--max-validation", type=int, default=default["max_validation"],
+                   help="cap on validation examples per domain")
+    p.add_argument("--max-record-bytes", type=int, default=default["max_record_bytes"], metavar="N",
                    help="refuse a record (JSONL line, or a Parquet row's text) longer than N bytes; "
-                        "memory in prepare is about 100x the largest record (default 16 MiB)")
+                        f"memory in prepare is about 100x the largest record (default {MAX_RECORD_BYTES // 2**20} MiB)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -73,9 +80,7 @@ def run(args: argparse.Namespace) -> int:
                                 split_prefix_sep=args.split_prefix, format=default_format))
     options = PrepareOptions(tokenizer=args.tokenizer, loss_on=args.loss_on,
                              validation_fraction=args.validation_fraction,
-                             max_validation=args.max_validation)
-    if args.max_record_bytes is not None:
-        options.max_record_bytes = args.max_record_bytes
+                             max_validation=args.max_validation, max_record_bytes=args.max_record_bytes)
     manifest = prepare(specs, args.out, options, progress=not args.quiet)
     print(format_manifest(manifest))
     return 0

@@ -32,7 +32,7 @@ def names() -> list[str]:
 def _factory(name: str):
     """The class or factory function registered under `name`; a one-line error for an unknown name."""
     if name not in METHOD_FACTORIES:
-        raise MixjaxError(f"--method: unknown method '{name}'; known: {', '.join(names())}")
+        raise MixjaxError(f"`method`: unknown method '{name}'; known: {', '.join(names())}")
     module, attribute = METHOD_FACTORIES[name].split(":")
     return getattr(importlib.import_module(f"mixjax.methods.{module}"), attribute)
 
@@ -58,10 +58,10 @@ def get(name: str, num_domains: int | None = None, **options):
     factory = _factory(name)
     known = option_names(factory)
     if options and not known:
-        raise MixjaxError(f"--method {name}: takes no options (got {', '.join(options)})")
+        raise MixjaxError(f"`method` {name}: takes no options (got {', '.join(options)})")
     unknown = [option for option in options if option not in known]
     if unknown:
-        raise MixjaxError(f"--method {name}: unknown option '{unknown[0]}'")
+        raise MixjaxError(f"`method` {name}: unknown option '{unknown[0]}'")
     if hasattr(factory, "options_from"):  # a factory function: it takes the number of domains
         return factory(num_domains, **options)
     return factory(**options)

@@ -62,9 +62,9 @@ def run_adaptive_sweep(method, method_name: str, options: dict, data, budget_tok
     max_runs = method.max_runs if method.max_runs is not None else default_max_runs(len(domains))
     initial = adaptive.initial_runs(domains, budget_tokens, method.base_fraction)
     if max_runs < len(initial):
-        raise MixjaxError(f"--max-runs {max_runs}: the adaptive design starts with {len(initial)} runs "
+        raise MixjaxError(f"`max_runs` {max_runs}: the adaptive design starts with {len(initial)} runs "
                           f"(a spread-out start that identifies the li2025 law); give at least that")
-    check_run_names(initial, f"--method {method_name}")
+    check_run_names(initial, f"`method` {method_name}")
     # sweep.json holds the fixed part (settings and the initial runs); adaptive.json the growing list
     check_sweep_dir(out, describe_runs(method_name, options, initial, budget_tokens, data, config,
                                        method.run_selection()))
@@ -92,7 +92,7 @@ def run_adaptive_sweep(method, method_name: str, options: dict, data, budget_tok
             if not proposed:
                 stopped = "no candidate run left"
             else:
-                check_run_names(runs + proposed, f"--method {method_name}")
+                check_run_names(runs + proposed, f"`method` {method_name}")
                 entry["proposed"] = proposed[0].name
                 runs = runs + proposed
         if stopped:

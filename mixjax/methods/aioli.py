@@ -89,22 +89,22 @@ class Aioli:
         if k < 2:
             raise MixjaxError("aioli needs at least 2 domains")
         if not 0 < c.one_hot_factor <= 1 or (c.one_hot_factor == 1 / k and not c.diagonal):
-            raise MixjaxError("--one-hot-factor must be in (0, 1] and not 1/K (the mixtures would be equal)")
+            raise MixjaxError("`one_hot_factor` must be in (0, 1] and not 1/K (the mixtures would be equal)")
         self.lp_length = c.lp_rounds * k * c.lp_steps
         if self.lp_length >= c.update_steps:
-            raise MixjaxError(f"--update-steps {c.update_steps} must exceed LearnParams' "
+            raise MixjaxError(f"`update_steps` {c.update_steps} must exceed LearnParams' "
                               f"lp_rounds x K x lp_steps = {self.lp_length} steps")
         start = np.full(k, 1.0 / k) if c.prior_weights is None else np.asarray(c.prior_weights, np.float64)
         if c.prior_weights is not None and (start.shape != (k,) or abs(start.sum() - 1) > 1e-6 or start.min() < 0):
-            raise MixjaxError(f"--prior-weights must be {k} non-negative numbers summing to 1")
+            raise MixjaxError(f"`prior_weights` must be {k} non-negative numbers summing to 1")
         if c.prior_weights is None and c.prior_steps:
-            raise MixjaxError("--prior-steps needs --prior-weights")
+            raise MixjaxError("`prior_steps` needs `prior_weights`")
         if c.ema is not None and not 0 <= c.ema < 1:
-            raise MixjaxError(f"--ema {c.ema}: must be in [0, 1) (the weight of the old average)")
+            raise MixjaxError(f"`ema` {c.ema}: must be in [0, 1) (the weight of the old average)")
         if c.cumulative and c.ema is not None:
-            raise MixjaxError("--cumulative accumulates each round's A; it takes no --ema")
+            raise MixjaxError("`cumulative` accumulates each round's A; it takes no `ema`")
         if c.dynamic_start not in ("uniform", "prior"):
-            raise MixjaxError(f"--dynamic-start {c.dynamic_start!r}: must be uniform or prior")
+            raise MixjaxError(f"`dynamic_start` {c.dynamic_start!r}: must be uniform or prior")
         base = start if c.dynamic_start == "prior" else np.full(k, 1.0 / k)
         self.mixtures = smoothed_one_hot(k, c.one_hot_factor)
         self.state = {"start": start.tolist(), "base": base.tolist(), "weights": base.tolist(), "ema_a": None,

@@ -43,7 +43,7 @@ class DoReMi(ProxyMethod):
                  proxy_fraction: float = 1.0, reference: str | None = None, sampling: str = "reweight"):
         super().__init__(eta, update_every, proxy_fraction, sampling)
         if not 0 <= smoothing <= 1:
-            raise MixjaxError(f"--smoothing {smoothing}: must be in [0, 1]")
+            raise MixjaxError(f"`smoothing` {smoothing}: must be in [0, 1]")
         self.smoothing, self.reference = float(smoothing), reference
         self.reference_dir = None if reference is None else Path(reference)
 
@@ -55,8 +55,8 @@ class DoReMi(ProxyMethod):
             try:
                 find_checkpoint(self.reference)
             except MixjaxError:
-                raise MixjaxError(f"--reference: {self.reference} holds no mixjax checkpoint (train one "
-                                  "with --checkpoint-every, or leave --reference out)") from None
+                raise MixjaxError(f"`reference`: {self.reference} holds no mixjax checkpoint (train one "
+                                  "with `checkpoint_every`, or leave `reference` out)") from None
             return []
         return [ProposedRun("reference", as_weights(domains, uniform(len(domains))), self.proxy_tokens(budget_tokens))]
 
@@ -93,10 +93,10 @@ class DoReMiCallback(OnlineMethodCallback):
 
             ref_dir = self.method.reference_dir
             if ref_dir is None:
-                raise MixjaxError("doremi: no reference run (train it through run_mix, or give --reference)")
+                raise MixjaxError("doremi: no reference run (train it through run_mix, or give `reference`)")
             model = read_meta(ref_dir).get("model")
             if model != ctx.stepper.cfg.model.to_dict():
-                raise MixjaxError(f"--reference: {ref_dir} is a model of another shape than the proxy's")
+                raise MixjaxError(f"`reference`: {ref_dir} is a model of another shape than the proxy's")
             self.reference_params, _ = restore_params(ref_dir, ctx.stepper.abstract_params,
                                                       ctx.stepper.param_shardings)
         return self.reference_params

@@ -174,7 +174,7 @@ def run_mix(method_name: str, options: dict, data, budget_tokens: int, out, conf
     method = get(method_name, len(domains), **options)
     planned_spend(method, domains, budget_tokens)  # bad options / too few domains: fail before any file
     if hasattr(method, "prerequisite_runs"):  # folders MIX_DIR/prereq/<name> (a sweep checks its own)
-        check_run_names(method.prerequisite_runs(domains, budget_tokens), f"--method {method_name}")
+        check_run_names(method.prerequisite_runs(domains, budget_tokens), f"`method` {method_name}")
     check_sweep_dir(out, _describe_mix(method_name, options, budget_tokens, data, config),
                     filename="mix.json", what="a mix")
     if is_online(method_name):

@@ -81,22 +81,22 @@ class Li2025(_LawMethod):
                  max_runs: int | None = None, tolerance: float | None = None, **kwargs):
         super().__init__(**kwargs)
         if not adaptive and (max_runs is not None or tolerance is not None):
-            raise MixjaxError("--max-runs and --tolerance apply to li2025 with --adaptive")
+            raise MixjaxError("`max_runs` and `tolerance` apply to li2025 with `adaptive`")
         if max_runs is not None and (isinstance(max_runs, bool) or not isinstance(max_runs, (int, np.integer))
                                      or max_runs < 1):
-            raise MixjaxError(f"--max-runs: must be a whole number >= 1, got {max_runs!r}")
+            raise MixjaxError(f"`max_runs`: must be a whole number >= 1, got {max_runs!r}")
         if tolerance is not None and not (np.isfinite(tolerance) and tolerance > 0):
-            raise MixjaxError(f"--tolerance: must be a positive number, got {tolerance!r}")
+            raise MixjaxError(f"`tolerance`: must be a positive number, got {tolerance!r}")
         # adaptive design (mixjax.methods.adaptive_sweep): runs one at a time until the optimum is
         # known to `tolerance`, at most `max_runs` (default 1 + 4K, the fixed design's count)
         self.adaptive, self.max_runs, self.tolerance = bool(adaptive), max_runs, tolerance
         if not 0 < base_fraction:
-            raise MixjaxError("--base-fraction must be positive")
+            raise MixjaxError("`base_fraction` must be positive")
         if huber_delta is not None and not (np.isfinite(huber_delta) and huber_delta >= 0):
-            raise MixjaxError(f"--huber: must be a positive delta, or 0 for least squares; got {huber_delta:g}")
+            raise MixjaxError(f"`huber_delta`: must be a positive delta, or 0 for least squares; got {huber_delta:g}")
         if isinstance(perturbation_evals, bool) or not isinstance(perturbation_evals, (int, np.integer)) \
                 or perturbation_evals < 0:
-            raise MixjaxError(f"--perturbation-evals: must be a whole number >= 0 (0: the final loss); "
+            raise MixjaxError(f"`perturbation_evals`: must be a whole number >= 0 (0: the final loss); "
                               f"got {perturbation_evals}")
         self.base_fraction, self.factors, self.add_runs = base_fraction, tuple(factors), bool(add_runs)
         self.huber_delta = float(huber_delta) if huber_delta else None
@@ -165,7 +165,7 @@ class DataMixingLaws(_LawMethod):
         k = len(domains)
         n = self.n_runs or 2 * k + 2
         if n < k + 2:
-            raise MixjaxError(f"dml: --runs {n} is too few; the log-linear law needs at least K + 2 = {k + 2}")
+            raise MixjaxError(f"dml: `n_runs` {n} is too few; the log-linear law needs at least K + 2 = {k + 2}")
         return dirichlet_runs("dml", domains, n, budget_tokens, self.seed)
 
 
@@ -194,7 +194,7 @@ class RegMix:
         n = self.n_runs or 4 * k + 4
         n_features = k + k * (k + 1) // 2
         if n < n_features:
-            raise MixjaxError(f"regmix: --runs {n} is too few for {n_features} regression features")
+            raise MixjaxError(f"regmix: `n_runs` {n} is too few for {n_features} regression features")
         return dirichlet_runs("regmix", domains, n, int(self.budget_fraction * budget_tokens), self.seed)
 
     def recommend(self, observations, domains, budget_tokens):

@@ -20,19 +20,19 @@ class ProxyMethod:
 
     def __init__(self, eta: float | None, update_every: int, proxy_fraction: float, sampling: str = "reweight"):
         if eta is not None and not eta > 0:
-            raise MixjaxError(f"--eta {eta}: must be positive")
+            raise MixjaxError(f"`eta` {eta}: must be positive")
         if sampling not in ("reweight", "resample"):
-            raise MixjaxError(f"--proxy-sampling {sampling!r}: must be reweight or resample")
+            raise MixjaxError(f"`sampling` {sampling!r}: must be reweight or resample")
         if int(update_every) != update_every or update_every < 1:
-            raise MixjaxError(f"--update-every {update_every}: must be a positive integer")
+            raise MixjaxError(f"`update_every` {update_every}: must be a positive integer")
         if not 0 < proxy_fraction:
-            raise MixjaxError(f"--proxy-fraction {proxy_fraction}: must be positive")
+            raise MixjaxError(f"`proxy_fraction` {proxy_fraction}: must be positive")
         self.eta = None if eta is None else float(eta)
         self.update_every, self.proxy_fraction, self.sampling = int(update_every), float(proxy_fraction), sampling
 
     def check_domains(self, domains) -> None:
         if len(domains) < 2:
-            raise MixjaxError(f"--method {self.name} needs at least 2 domains (the data has {len(domains)})")
+            raise MixjaxError(f"`method` {self.name} needs at least 2 domains (the data has {len(domains)})")
 
     def proxy_tokens(self, budget_tokens: int) -> int:
         return int(self.proxy_fraction * budget_tokens)
@@ -41,7 +41,7 @@ class ProxyMethod:
     def begin(self, domains: list[str], num_steps: int) -> None:
         self.check_domains(domains)
         if self.update_every > num_steps:
-            raise MixjaxError(f"--update-every {self.update_every} exceeds the proxy run's {num_steps} steps: "
+            raise MixjaxError(f"`update_every` {self.update_every} exceeds the proxy run's {num_steps} steps: "
                               "the weights would never move; lower it or raise the budget")
         self.domains, self.num_steps, k = list(domains), int(num_steps), len(domains)
         self.state = {"weights": [1.0 / k] * k, "since": 0, "weighted_sum": [0.0] * k, "updates": 0}

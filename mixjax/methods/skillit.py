@@ -46,15 +46,15 @@ class SkillIt:
     def __init__(self, eta: float = 0.2, update_steps: int | None = None, window: int = 3,
                  single_fraction: float | None = None, evaluations: int | None = 20):
         if not eta > 0:
-            raise MixjaxError(f"--eta {eta}: must be positive")
+            raise MixjaxError(f"`eta` {eta}: must be positive")
         if update_steps is not None and (int(update_steps) != update_steps or update_steps < 1):
-            raise MixjaxError(f"--update-steps {update_steps}: must be a positive integer")
+            raise MixjaxError(f"`update_steps` {update_steps}: must be a positive integer")
         if int(window) != window or window < 1:
-            raise MixjaxError(f"--window {window}: must be a positive integer")
+            raise MixjaxError(f"`window` {window}: must be a positive integer")
         if single_fraction is not None and not single_fraction > 0:
-            raise MixjaxError(f"--single-fraction {single_fraction}: must be positive")
+            raise MixjaxError(f"`single_fraction` {single_fraction}: must be positive")
         if evaluations is not None and (int(evaluations) != evaluations or evaluations < 1):
-            raise MixjaxError(f"--evaluations {evaluations}: must be a positive integer")
+            raise MixjaxError(f"`evaluations` {evaluations}: must be a positive integer")
         self.eta, self.window = float(eta), int(window)
         self.update_steps = None if update_steps is None else int(update_steps)
         self.evaluations = None if evaluations is None else int(evaluations)
@@ -65,7 +65,7 @@ class SkillIt:
     def prerequisite_runs(self, domains, budget_tokens):
         """One run per domain on that domain alone."""
         if len(domains) < 2:
-            raise MixjaxError(f"--method skillit needs at least 2 domains (the data has {len(domains)})")
+            raise MixjaxError(f"`method` skillit needs at least 2 domains (the data has {len(domains)})")
         fraction = self.single_fraction if self.single_fraction is not None else 1 / len(domains)
         return [ProposedRun(f"single-{d}", {o: float(o == d) for o in domains}, int(fraction * budget_tokens))
                 for d in domains]

@@ -20,10 +20,10 @@ def simplex_grid(k: int, step: float, include_zero: bool = False) -> np.ndarray:
     inverse = Fraction(step).limit_denominator(10_000)
     units = int(round(1 / inverse)) if inverse.numerator == 1 else None
     if units is None or abs(units * step - 1) > 1e-9:
-        raise MixjaxError(f"--grid-step {step}: must be 1/n for an integer n")
+        raise MixjaxError(f"`step` {step}: must be 1/n for an integer n")
     low = 0 if include_zero else 1
     if units < low * k:
-        raise MixjaxError(f"--grid-step {step}: too coarse for {k} domains without zero weights")
+        raise MixjaxError(f"`step` {step}: too coarse for {k} domains without zero weights")
     points = [c + (units - sum(c),) for c in itertools.product(range(low, units + 1), repeat=k - 1)
               if units - sum(c) >= low]
     return np.array(points, np.float64) / units

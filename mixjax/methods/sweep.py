@@ -31,7 +31,7 @@ def parse_shard(text: str | None) -> tuple[int, int]:
         i, n = (int(x) for x in text.split("/"))
         assert 0 <= i < n
     except (ValueError, AssertionError):
-        raise MixjaxError(f"--shard: expected i/n with 0 <= i < n, got {text!r}") from None
+        raise MixjaxError(f"`shard`: expected i/n with 0 <= i < n, got {text!r}") from None
     return i, n
 
 
@@ -54,7 +54,7 @@ def _train_config_defaults() -> dict:
 
 def check_run_names(runs, where: str) -> None:
     """Every proposed run's name is one safe folder name and no two are the same (before any
-    folder is made from them); `where` names the flag (the method)."""
+    folder is made from them); `where` names the setting (the method)."""
     seen = set()
     for run in runs:
         check_run_name(run.name, where)
@@ -90,15 +90,15 @@ def read_run_list(path, domains) -> list:
     try:
         entries = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise MixjaxError(f"--run-list {path}: unreadable ({e})") from None
+        raise MixjaxError(f"`run_list` {path}: unreadable ({e})") from None
     if isinstance(entries, dict) and "runs" in entries:  # a sweep.json
         entries = entries["runs"]
     if not isinstance(entries, list) or not entries:
-        raise MixjaxError(f"--run-list {path}: expected a non-empty list of runs "
+        raise MixjaxError(f"`run_list` {path}: expected a non-empty list of runs "
                           '[{"name", "weights", "budget_tokens"}]')
     runs = []
     for i, entry in enumerate(entries):
-        where = f"--run-list {path}: run {i}"
+        where = f"`run_list` {path}: run {i}"
         if not isinstance(entry, dict) or set(entry) < {"name", "weights", "budget_tokens"}:
             raise MixjaxError(f"{where}: expected an object with name, weights and budget_tokens")
         check_run_name(entry["name"], where)
@@ -112,7 +112,7 @@ def read_run_list(path, domains) -> list:
             raise MixjaxError(f"{where} ({entry['name']}): budget_tokens must be a whole number > 0, got {budget!r}")
         total = float(sum(weights.values()))
         runs.append(ProposedRun(entry["name"], {d: float(weights[d]) / total for d in domains}, budget))
-    check_run_names(runs, f"--run-list {path}")
+    check_run_names(runs, f"`run_list` {path}")
     return runs
 
 
@@ -140,7 +140,7 @@ def check_sweep_dir(out: Path, description: dict, filename: str = "sweep.json", 
     path = out / filename
     description = json.loads(json.dumps(description))  # as it reads back from the file
     if out.exists() and not out.is_dir():
-        raise MixjaxError(f"--out: {out} is not a folder")
+        raise MixjaxError(f"`out`: {out} is not a folder")
     if path.is_file():
         old = read_record(path)
         if isinstance(old.get("train_config"), dict) and isinstance(description.get("train_config"), dict):
@@ -149,7 +149,7 @@ def check_sweep_dir(out: Path, description: dict, filename: str = "sweep.json", 
             old["train_config"] = {**added, **old["train_config"]}
         if old != description:
             differs = sorted(k for k in set(old) | set(description) if old.get(k) != description.get(k))
-            raise MixjaxError(f"--out: {out} holds {what} of another configuration ({', '.join(differs)} "
+            raise MixjaxError(f"`out`: {out} holds {what} of another configuration ({', '.join(differs)} "
                               "differ); use a new directory")
     else:
         out.mkdir(parents=True, exist_ok=True)
@@ -214,7 +214,7 @@ def run_sweep(method, method_name: str, options: dict, data, budget_tokens: int,
     """Train the method's proposed runs (this shard's, unfinished ones); returns (runs, observations)."""
     out = Path(out)
     runs = method.propose(list(data.domains), int(budget_tokens))
-    check_run_names(runs, f"--method {method_name}")
+    check_run_names(runs, f"`method` {method_name}")
     selection = method.run_selection() if hasattr(method, "run_selection") else None
     check_sweep_dir(out, describe_runs(method_name, options, runs, budget_tokens, data, config, selection))
     mine = [r for i, r in enumerate(runs) if i % shard[1] == shard[0]]

@@ -112,7 +112,7 @@ def resolve_attention(impl: str, backend: str | None = None, dtype=None) -> str:
     """
     backend = backend or jax.default_backend()
     if impl not in IMPLEMENTATIONS:
-        raise MixjaxError(f"--attention {impl!r}: expected one of {', '.join(IMPLEMENTATIONS)}")
+        raise MixjaxError(f"`attention` {impl!r}: expected one of {', '.join(IMPLEMENTATIONS)}")
     if impl == "auto":
         if backend == "gpu":
             half = dtype is not None and jnp.dtype(dtype) in _HALF
@@ -125,7 +125,7 @@ def resolve_attention(impl: str, backend: str | None = None, dtype=None) -> str:
         why = ""
         if impl == "cudnn" and backend == "gpu":
             why = f" ({_cudnn_status()})"
-        raise MixjaxError(f"--attention {impl} is not available on the {backend} backend{why} "
+        raise MixjaxError(f"`attention` {impl} is not available on the {backend} backend{why} "
                           f"(available: {', '.join(available)})")
     return impl
 
@@ -469,8 +469,8 @@ def packed_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segment_ids_BxL, *, impl: 
         if _CUDNN_IMPLEMENTATION == "cudnn":
             resolve_attention("cudnn", backend)
             if q_BxLxHxE.dtype not in _HALF:
-                raise MixjaxError(f"--attention cudnn needs bfloat16 or float16 compute (got {q_BxLxHxE.dtype}); "
-                                  "use --bf16, or --attention blockwise")
+                raise MixjaxError(f"`attention` cudnn needs bfloat16 or float16 compute (got {q_BxLxHxE.dtype}); "
+                                  "use `compute_dtype`, or `attention` blockwise")
         return _cudnn_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segment_ids_BxL, scale, _CUDNN_IMPLEMENTATION)
     if impl == "pallas":
         resolve_attention("pallas", backend)

@@ -14,11 +14,11 @@ SCAN_ABOVE_LAYERS = 4  # scan_layers=None: unroll up to this many layers (compil
 
 
 def check_execution(attention: str | None = None, remat: str | None = None) -> None:
-    """One-line errors for an unknown --attention or --remat (None: not given)."""
+    """One-line errors for an unknown `attention` or `remat` (None: not given)."""
     if attention is not None and attention not in ATTENTION_IMPLS:
-        raise MixjaxError(f"--attention {attention!r}: expected one of {', '.join(ATTENTION_IMPLS)}")
+        raise MixjaxError(f"`attention` {attention!r}: expected one of {', '.join(ATTENTION_IMPLS)}")
     if remat is not None and remat not in REMAT_POLICIES:
-        raise MixjaxError(f"--remat {remat!r}: expected one of {', '.join(REMAT_POLICIES)}")
+        raise MixjaxError(f"`remat` {remat!r}: expected one of {', '.join(REMAT_POLICIES)}")
 
 
 @dataclasses.dataclass(frozen=True)
