@@ -22,6 +22,7 @@ import common  # noqa: E402
 GRID_EXPERIMENTS = (("li2025_grid", "balanced: 3 bundled domains of ~2 MB"),
                     ("li2025_grid-skewed", "skewed: dialogue, code, docs at natural 0.78/0.17/0.05"))
 GRID_METHODS = ("natural", "li2025", "dml", "regmix", "aioli", "doge", "doremi", "skillit")
+COMPACT = ("natural", "li2025", "dml", "regmix")  # --compact: the README's rows of the grid settings
 
 
 def _se(d: dict) -> str:
@@ -35,12 +36,12 @@ def _gap(g: dict) -> str:
     return out + (f" ({g['n']} of {len(g['per_seed'])} seeds)" if g["n"] < len(g["per_seed"]) else "")
 
 
-def grid_rows(payload: dict, setting: str, link: str) -> list[str]:
+def grid_rows(payload: dict, setting: str, link: str, methods=GRID_METHODS) -> list[str]:
     rows = payload["rows"]
     strat = rows["stratified"]["regret_per_seed"]
     seeds = len(strat)
     out = [f"| {setting} | stratified | 0 (its regret {common.mean_std(strat)[0]:+.4f} nats) | - | 1 | {seeds} | {link} |"]
-    for m in GRID_METHODS:
+    for m in methods:
         if m not in rows:
             continue
         regret = rows[m]["regret_per_seed"]
@@ -88,10 +89,11 @@ def adaptive_rows(payload: dict, link: str) -> list[str]:
     return out
 
 
-def table(results: Path) -> str:
+def table(results: Path, compact: bool = False) -> str:
     lines = ["| setting | method | gap recovered (stratified = 0, grid's best = 1) | total loss minus stratified "
              "(nats, paired by seed) | runs | seeds | detail |", "|---|---|---|---|---|---|---|"]
-    readers = [*((name, setting, grid_rows) for name, setting in GRID_EXPERIMENTS),
+    grid = (lambda p, setting, link: grid_rows(p, setting, link, COMPACT)) if compact else grid_rows
+    readers = [*((name, setting, grid) for name, setting in GRID_EXPERIMENTS),
                ("adaptive_real", None, adaptive_rows), ("aioli_long", None, aioli_rows),
                ("reweight_collection", None, collection_rows)]
     for name, setting, reader in readers:
@@ -99,7 +101,7 @@ def table(results: Path) -> str:
         if not path.is_file():
             continue
         payload = json.loads(path.read_text())
-        link = f"[{name}.md]({name}.md)"
+        link = f"[{name}.md]({'results/' if compact else ''}{name}.md)"  # the README links from the root
         lines += reader(payload, setting, link) if setting else reader(payload, link)
     return "\n".join(lines)
 
@@ -109,14 +111,19 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", default=str(common.ROOT / "results"))
+    p.add_argument("--compact", action="store_true",
+                   help=f"grid settings: only {', '.join(COMPACT)}, stratified and the grid (the README's table); "
+                        "printed with links from the repository root; results/summary.md is not written")
     args = p.parse_args(argv)
     from mixjax.io import write_text_atomic
 
-    md = table(Path(args.results))
+    md = table(Path(args.results), args.compact)
     note = ("Gap recovered: 1 - regret / stratified's regret against the best grid mixture of the same seed, "
             "mean ± standard error over the seeds where stratified is behind it. Runs: every run a method "
             "trained, its final run included. Links are relative to results/.")
     print(md + "\n\n" + note)
+    if args.compact:
+        return 0
     write_text_atomic(Path(args.results) / "summary.md",
                       f"<!-- made by `python experiments/summary.py`; edit the script, not this file -->\n"
                       f"{md}\n\n{note}\n")
