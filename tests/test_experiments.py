@@ -282,3 +282,18 @@ def test_summary_table_reads_the_gap_from_each_seeds_regrets(tmp_path, capsys):
     # seeds 0 and 1 have a gap: shares 0.5 and 1.0; seed 2 (stratified ahead of the grid) is left out
     assert "| 0.75 ± 0.25 (2 of 3 seeds) |" in line
     assert f"| {np.mean([-0.01, -0.04, 0.01]):+.4f} ± {np.std([-0.01, -0.04, 0.01], ddof=1) / np.sqrt(3):.4f} |" in line
+
+
+def test_skewed_setting_has_skewed_natural_proportions_and_refuses_data(tmp_path, capsys):
+    import common
+    import li2025_grid
+
+    data = common.skewed_data(tmp_path, common.QUICK)
+    natural = common.natural_weights(data)
+    assert sorted(natural) == ["code", "dialogue", "docs"]
+    assert natural["dialogue"] > 0.5 and natural["docs"] < natural["code"] < natural["dialogue"]
+    assert common.skewed_data(tmp_path, common.QUICK).directory == data.directory  # built once, then reused
+    assert li2025_grid.main(["--quick", "--quiet", "--setting", "skewed", "--data", str(data.directory),
+                             "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "--setting skewed" in err and len(err.strip().splitlines()) == 1
