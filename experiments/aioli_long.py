@@ -16,7 +16,7 @@ Metric: average validation perplexity over the setting's domains (the Aioli pape
 held-out batches per domain, and the total validation loss; every arm minus stratified, paired by
 seed, mean ± standard error.
 
-    python experiments/aioli_long.py            # ~50 min on 2 CPU cores (base model cached)
+    python experiments/aioli_long.py            # ~25 min on 2 CPU cores (base model and li2025 runs cached)
     python experiments/aioli_long.py --quick    # a minute: checks the script end to end
 """
 
@@ -71,11 +71,7 @@ def run_arm(arm: str, data, config, scale, seed: int, out: Path, prior: dict | N
     if arm == "stratified":
         return common.method_result("stratified", data, scale.budget, cfg, out)
     if arm == "li2025":
-        from mixjax.starter import cached_run
-
-        r = cached_run(cfg, data, prior, scale.budget, out / "final")
-        return {"weights": prior, "val_loss": r["val_loss"], "runs": 1, "tokens": scale.budget,
-                "seconds": r["timings"]["total_s"]}
+        return common.fixed_weights_result(data, prior, scale.budget, cfg, out)
     options = aioli_options(steps, quick)
     if arm == "aioli from li2025":
         options.update(prior_weights=[prior[d] for d in data.domains], dynamic_start="prior")

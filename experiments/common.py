@@ -231,6 +231,16 @@ def setup(work: Path, scale: Scale, domains=None, progress: bool = False, data_n
     return data, config
 
 
+def fixed_weights_result(data, weights: dict, budget: int, config, out: Path) -> dict:
+    """One run at fixed `weights` (OUT/final, reused when finished), as a method's result:
+    {"weights", "val_loss", "runs", "tokens", "seconds"} (seconds: the run's own timing)."""
+    from mixjax.starter import cached_run
+
+    final = cached_run(config, data, weights, int(budget), Path(out) / "final")
+    return {"weights": dict(weights), "val_loss": final["val_loss"], "runs": 1, "tokens": int(budget),
+            "seconds": final["timings"]["total_s"]}
+
+
 def method_result(name: str, data, budget: int, config, out: Path, options: dict | None = None,
                   eval_batches: int = 2) -> dict:
     """One method at one budget and seed: {"weights", "val_loss", "runs", "tokens", "seconds"}
@@ -251,11 +261,7 @@ def method_result(name: str, data, budget: int, config, out: Path, options: dict
     options = dict(options or {})
     domains = list(data.domains)
     if name in BASELINES:
-        from mixjax.starter import cached_run
-
-        weights = natural_weights(data)
-        final = cached_run(config, data, weights, int(budget), out / "final")
-        summary = {"weights": weights, "val_loss": final["val_loss"], "runs": 1, "tokens": int(budget)}
+        summary = fixed_weights_result(data, natural_weights(data), budget, config, out)
     elif name == "grid":
         from mixjax.methods.static import Grid
         from mixjax.methods.sweep import run_sweep

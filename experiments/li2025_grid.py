@@ -16,7 +16,7 @@ method's share of the stratified-to-grid-best gap it recovers is 1 - regret / st
 per seed (paired), then mean ± standard error.
 
     python experiments/li2025_grid.py            # ~1 h on 2 CPU cores; reruns resume from --work
-    python experiments/li2025_grid.py --setting skewed --methods stratified,natural,li2025,dml,regmix
+    python experiments/li2025_grid.py --setting skewed --methods stratified,natural,li2025,dml,regmix  # ~55 min
     python experiments/li2025_grid.py --quick    # a minute: checks the script end to end
 """
 
@@ -196,15 +196,15 @@ def run(args, argv) -> int:
                        + " ".join(f"{w:.3f}" for w in r["weights"].values())
                        + f"  ({r['runs']} runs, {time.perf_counter() - t0:.0f} s)")
     rows = summarise(per_seed, domains, scale.budget)
-    md = markdown(rows, domains, scale, len(scale.seeds), args.setting if not args.data else "",
-                  common.natural_weights(data))
+    natural = common.natural_weights(data)
+    md = markdown(rows, domains, scale, len(scale.seeds), args.setting if not args.data else "", natural)
     minutes = common.method_minutes(r for by_m in per_seed.values() for r in by_m.values())
     md += (f"\n\nTraining all of it took {minutes:.0f} min of wall time (every method and seed, "
            "on 2 CPU cores shared with other jobs).")
     print(md)
     seconds = time.perf_counter() - started
     payload = {"scale": common.dataclasses.asdict(scale), "setting": args.setting if not args.data else None,
-               "domains": domains, "natural_weights": common.natural_weights(data), "rows": rows,
+               "domains": domains, "natural_weights": natural, "rows": rows,
                "per_seed": {str(s): v for s, v in per_seed.items()}}
     name = "li2025_grid" + ("-skewed" if skewed else "") + ("_quick" if args.quick else "")
     common.write_results(Path(args.results), name, payload, md, figures(per_seed, rows, domains), seconds,

@@ -274,8 +274,7 @@ def run(args) -> int:
                               progress=not args.quiet)
     domains = list(data.domains)
     train_tokens = data.train_tokens()
-    total = sum(train_tokens.values())
-    natural = {d: train_tokens[d] / total for d in domains}
+    natural = common.natural_weights(data)
     design = Li2025(base_fraction=args.base_fraction)
     proposed = design.propose(domains, scale.budget)
     print(f"{len(domains)} domains from {collection} by '{field}':")

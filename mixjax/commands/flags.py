@@ -30,11 +30,14 @@ class Flags:
     value: Callable[[argparse.Namespace], Any] | None = None
 
 
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
 def _switch(flag: str, help: str, value: Any) -> Flags:
     """A flag without a value that gives the field `value` (left out: the field's default)."""
-    dest = flag.lstrip("-").replace("-", "_")
     return Flags({flag: {"action": "store_true", "help": help}},
-                 lambda args: value if getattr(args, dest) else UNSET)
+                 lambda args: value if getattr(args, _dest(flag)) else UNSET)
 
 
 def execution_overrides(args) -> dict:
@@ -86,10 +89,6 @@ def _own_flag(name: str) -> str:
 # (n_runs -> --runs, step -> --grid-step; read from method_options.OPTION_TARGETS).
 OTHER_FLAGS = {"out_dir": "--out", "budgets": "--budget",
                **{keyword: _own_flag(dest) for dest, (_, keyword) in OPTION_TARGETS.items() if keyword != dest}}
-
-
-def _dest(flag: str) -> str:
-    return flag.lstrip("-").replace("-", "_")
 
 
 def flags_of(field: dataclasses.Field) -> Flags:
