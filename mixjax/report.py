@@ -13,7 +13,10 @@ def format_manifest(manifest: dict) -> str:
                     f"{v['examples']:>7,} {v['tokens']:>9,}")
     last = manifest.get("last_prepare", {})
     rebuilt = last.get("rebuilt") or []
-    rows.append(f"rebuilt: {', '.join(rebuilt) if rebuilt else 'nothing (inputs unchanged)'}")
+    if last.get("first_build"):
+        rows.append(f"built: {', '.join(rebuilt)}")
+    else:
+        rows.append(f"rebuilt: {', '.join(rebuilt) if rebuilt else 'nothing (inputs unchanged)'}")
     return "\n".join(rows)
 
 

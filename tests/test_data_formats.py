@@ -19,6 +19,8 @@ CASES = [
                                     {"from": "human", "value": "q2"}, {"from": "gpt", "value": "a2"}]},
      [(U, "q1"), (A, "a1"), (U, "q2"), (A, "a2")]),
     ("prompt_response", {"prompt": "p", "response": "r"}, [(U, "p"), (A, "r")]),
+    ("prompt_completion", {"prompt": "p", "completion": "c"}, [(U, "p"), (A, "c")]),
+    ("question_answer", {"question": "2+2?", "answer": "4"}, [(U, "2+2?"), (A, "4")]),
     ("alpaca", {"instruction": "sort", "input": "[3,1]", "output": "[1,3]"}, [(U, "sort\n\n[3,1]"), (A, "[1,3]")]),
     ("alpaca", {"instruction": "say hi", "input": "", "output": "hi"}, [(U, "say hi"), (A, "hi")]),
     ("openmath", {"problem": "1+1?", "generated_solution": "1+1=2 \\boxed{2}", "expected_answer": "2"},

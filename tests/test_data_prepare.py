@@ -147,9 +147,24 @@ def test_cli_prepare_prints_table(sources, tmp_path, capsys):
     assert main(["prepare", "--domain", f"a={sources['a']}", "--domain", f"b={sources['b']}",
                  "--format", "a=messages", "--out", str(tmp_path / "out"), "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "rebuilt: a, b" in printed
+    assert printed.splitlines()[-1] == "built: a, b"  # a first build, not a rebuild
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["domains"]["a"]["sources"] == {str(sources["a"]): "messages"}
+    assert main(["prepare", "--domain", f"a={sources['a']}", "--domain", f"b={sources['b']}",
+                 "--format", "a=messages", "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "rebuilt: nothing (inputs unchanged)"
+
+
+def test_cli_prepare_detects_prompt_completion_and_question_answer(tmp_path, capsys):
+    """Two common SFT layouts beyond the chat formats: OpenAI/TRL's prompt/completion and QA sets'."""
+    pc = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": f"say {i}", "completion": f"{i} said"} for i in range(6)])
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": f"{i}+1?", "answer": str(i + 1)} for i in range(6)])
+    assert main(["prepare", "--domain", f"pc={pc}", "--domain", f"qa={qa}", "--out", str(tmp_path / "out"),
+                 "--quiet"]) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["domains"]["pc"]["sources"] == {str(pc): "prompt_completion"}
+    assert manifest["domains"]["qa"]["sources"] == {str(qa): "question_answer"}
+    assert manifest["domains"]["qa"]["train"]["loss_tokens"] > 0
 
 
 def test_not_prepared_directory(tmp_path):

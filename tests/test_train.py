@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mixjax.cli import main
+from mixjax.errors import MixjaxError
 from mixjax.train import Callback, TrainConfig, run_training
 from mixjax.train.metrics import read_metrics
 from mixjax.train.optim import learning_rate
@@ -45,6 +46,61 @@ def test_cli_train_writes_result(data_dir, tmp_path, capsys):
     assert res["config"]["batch_size"] == 8 and res["timings"]["total_s"] > 0
     lines = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in lines if "loss" in r] == list(range(1, 7))
+
+
+def test_cli_train_takes_the_weights_of_its_budget_and_says_so(data_dir, tmp_path, capsys):
+    """A weights file of several budgets (`mixjax optimize --budget A --budget B`) gives train the
+    result of --budget-tokens, printed and recorded; a budget it lacks is a one-line refusal."""
+    weights = tmp_path / "weights.json"
+    results = [{"budget": 4 * BATCH, "weights": {"a": 0.5, "b": 0.25, "c": 0.25}},
+               {"budget": 2 * BATCH, "weights": {"a": 0.125, "b": 0.125, "c": 0.75}}]
+    weights.write_text(json.dumps({"law": "li2025", "domains": ["a", "b", "c"], "results": results}))
+    common = ["--batch-size", "8", "--seq-len", "64", "--quiet", "--model", "tiny", "--eval-max-batches", "1"]
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["train", "--data", str(data_dir), "--weights", str(weights), "--budget-tokens", str(2 * BATCH),
+                 "--out", str(out), *common]) == 0
+    printed = capsys.readouterr().out
+    assert f"weights: a=0.1250, b=0.1250, c=0.7500 (from {weights}, optimised for 1,024 tokens)" in printed
+    res = json.loads((out / "result.json").read_text())
+    assert res["weights"] == results[1]["weights"] and res["tokens"]["c"] == 1.5 * BATCH
+    assert res["weights_from"] == {"file": str(weights), "budget": 2 * BATCH}
+
+    assert main(["train", "--data", str(data_dir), "--weights", str(weights), "--budget-tokens", str(3 * BATCH),
+                 "--out", str(tmp_path / "other"), *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"mixjax train: error: --weights: {weights}: no result for 1,536 tokens; it has budgets "
+                   f"2,048, 1,024 (train at one of them, or pick one as FILE@BUDGET)")
+    assert not (tmp_path / "other").exists()
+
+
+def test_weights_file_at_budget_and_a_single_result_of_another_budget():
+    from mixjax.commands.train import result_for_budget, weights_and_source
+
+    obj = {"results": [{"budget": 5_000_000, "weights": {"a": 0.3, "b": 0.7}},
+                       {"budget": 20_000_000, "weights": {"a": 0.6, "b": 0.4}}]}
+    warnings = []
+    assert result_for_budget(obj, 20_000_000, "w.json", warn=warnings.append) == ({"a": 0.6, "b": 0.4}, 20_000_000)
+    one = {"results": obj["results"][:1]}
+    assert result_for_budget(one, 8000, "w.json", warn=warnings.append) == ({"a": 0.3, "b": 0.7}, 5_000_000)
+    assert warnings == ["warning: w.json: weights optimised for 5,000,000 tokens, training 8,000"]
+    with pytest.raises(MixjaxError, match=r"^w.json: holds results for budgets 5,000,000, 20,000,000; name one"):
+        result_for_budget(obj, None, "w.json")
+    with pytest.raises(MixjaxError, match=r"^w.json: no result for 8,000 tokens; it has budgets 5,000,000 "):
+        result_for_budget(one, 8000, "w.json", exact=True)
+    assert result_for_budget({"a": 0.5, "b": 0.5}, 8000, "w.json") == ({"a": 0.5, "b": 0.5}, None)
+
+
+def test_weights_file_at_budget_on_the_command_line(tmp_path):
+    from mixjax.commands.train import weights_and_source
+
+    path = tmp_path / "weights.json"
+    path.write_text(json.dumps({"results": [{"budget": 5_000_000, "weights": {"a": 0.3, "b": 0.7}},
+                                            {"budget": 20_000_000, "weights": {"a": 0.6, "b": 0.4}}]}))
+    assert weights_and_source(f"{path}@20M", budget=8000) == (
+        {"a": 0.6, "b": 0.4}, {"file": str(path), "budget": 20_000_000})
+    with pytest.raises(MixjaxError, match=r"no result for 7,000,000 tokens; it has budgets 5,000,000, 20,000,000"):
+        weights_and_source(f"{path}@7M", budget=5_000_000)
 
 
 def test_training_reduces_validation_loss_and_reports_domain_losses(data):

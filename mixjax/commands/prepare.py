@@ -8,6 +8,7 @@ import dataclasses
 
 def register(subparsers) -> None:
     from mixjax.data.prepare import MAX_RECORD_BYTES, PrepareOptions  # the defaults, stated there
+    from mixjax.data.formats import FORMATS
     from mixjax.data.template import LOSS_ON
 
     default = {f.name: f.default for f in dataclasses.fields(PrepareOptions)}
@@ -25,8 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("--split-prefix", metavar="SEP",
                    help="use only the text before SEP of the split field (OpenOrca ids: '.')")
     p.add_argument("--format", action="append", default=[], metavar="[NAME=]FORMAT",
-                   help="override format detection for one domain or all: messages, sharegpt, orca, "
-                        "openmath, alpaca, prompt_response, text")
+                   help="override format detection for one domain or all: " + ", ".join(FORMATS))
     p.add_argument("--out", required=True, help="output directory")
     # "byte", not PrepareOptions' None (the same tokenizer): the fingerprints of prepared data hold "byte"
     p.add_argument("--tokenizer", default="byte", help="'byte' or a directory with tokenizer.json")

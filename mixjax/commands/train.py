@@ -9,23 +9,38 @@ from pathlib import Path
 from mixjax.commands.config_file import add_config_argument, write_resolved
 from mixjax.commands.flags import add_checkpoint_arguments, add_train_arguments, config_values
 from mixjax.errors import MixjaxError
+from mixjax.io import write_json_atomic
 from mixjax.observations import weights_in_file
 
 
-def parse_weights(text: str | None, flag: str = "--weights") -> dict[str, float] | None:
-    """NAME=W,NAME=W,... summing to 1, or a weights JSON file (`mixjax optimize` output, first
-    result, or a plain {name: weight} object). The sampler checks the weights (sum, sign, names)."""
+def parse_weights(text: str | None, flag: str = "--weights", budget: int | None = None,
+                  warn=print) -> dict[str, float] | None:
+    """NAME=W,NAME=W,... summing to 1, or a weights JSON file: a plain {name: weight} object or the
+    output of `mixjax optimize`/`mix`, whose result for `budget` tokens is taken (FILE@BUDGET names
+    one). The sampler checks the weights (sum, sign, names)."""
+    return weights_and_source(text, flag, budget, warn)[0]
+
+
+def weights_and_source(text: str | None, flag: str = "--weights", budget: int | None = None,
+                       warn=print) -> tuple[dict[str, float] | None, dict | None]:
+    """(weights, where they come from: {"file", "budget"} for a weights file, else None)."""
     if text is None:
-        return None
-    path = Path(text)
+        return None, None
+    file_text, at, budget_text = (text.rpartition("@") if "@" in text and not Path(text).is_file()
+                                  else (text, "", ""))
+    path = Path(file_text)
+    source = None
     if path.suffix == ".json" or path.is_file():
         try:
             obj = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise MixjaxError(f"{flag}: cannot read {text}: {e}") from None
-        weights = weights_in_file(obj, f"{flag}: {text}")
+            raise MixjaxError(f"{flag}: cannot read {file_text}: {e}") from None
+        chosen = parse_tokens(budget_text, f"{flag} {text}") if at else None
+        weights, result_budget = result_for_budget(obj, chosen or budget, f"{flag}: {file_text}",
+                                                   exact=chosen is not None, warn=warn)
+        source = {"file": str(path), "budget": result_budget}
         if not isinstance(weights, dict):
-            raise MixjaxError(f"{flag}: {text} holds no weights object")
+            raise MixjaxError(f"{flag}: {file_text} holds no weights object")
     else:
         weights = {}
         for part in filter(None, (p.strip() for p in text.split(","))):
@@ -42,7 +57,54 @@ def parse_weights(text: str | None, flag: str = "--weights") -> dict[str, float]
         raise MixjaxError(f"{flag}: weights must be numbers") from None
     if not weights:
         raise MixjaxError(f"{flag}: no weights given")
-    return weights
+    return weights, source
+
+
+def _tokens_text(budget) -> str:
+    return f"{int(budget):,}" if float(budget).is_integer() else f"{float(budget):,g}"
+
+
+def result_for_budget(obj, budget: int | None, where: str, *, exact: bool = False,
+                      warn=print) -> tuple[dict, float | None]:
+    """(weights, the result's budget) of a parsed weights file for `budget` tokens. A file of
+    results (`mixjax optimize`/`mix`) gives the result whose budget equals `budget`; with none, a
+    file of several results (or `exact`) is a one-line error listing its budgets, and a file of one
+    result is used with a one-line warning naming both budgets (a researcher training a little
+    off the optimised budget usually means it). A plain {domain: weight} object has no budget."""
+    if not (isinstance(obj, dict) and isinstance(obj.get("results"), list) and obj["results"]):
+        return weights_in_file(obj, where), None
+    results = obj["results"]
+    budgets = [r.get("budget") if isinstance(r, dict) else None for r in results]
+    known = [b for b in budgets if isinstance(b, (int, float)) and not isinstance(b, bool)]
+    listed = ", ".join(_tokens_text(b) for b in known) or "none"
+    if budget is None:
+        if len(results) > 1:
+            raise MixjaxError(f"{where}: holds results for budgets {listed}; name one as FILE@BUDGET")
+        index = 0
+    else:
+        matches = [i for i, b in enumerate(budgets) if b in known and math.isclose(b, budget, rel_tol=1e-9)]
+        if matches:
+            index = matches[0]
+        elif exact or len(results) > 1:
+            raise MixjaxError(f"{where}: no result for {_tokens_text(budget)} tokens; it has budgets {listed} "
+                              f"(train at one of them, or pick one as FILE@BUDGET)")
+        else:
+            index = 0
+            if budgets[0] in known:
+                warn(f"warning: {where}: weights optimised for {_tokens_text(budgets[0])} tokens, "
+                     f"training {_tokens_text(budget)}")
+    weights = weights_in_file({"results": [results[index]]}, where)
+    return weights, (budgets[index] if budgets[index] in known else None)
+
+
+def describe_weights(weights: dict[str, float], source: dict | None) -> str:
+    """One line: the weights a run trains with and where they come from."""
+    shown = ", ".join(f"{d}={w:.4f}" for d, w in weights.items())
+    if source is None:
+        return f"weights: {shown}"
+    origin = source["file"] + (f", optimised for {_tokens_text(source['budget'])} tokens"
+                               if source.get("budget") is not None else "")
+    return f"weights: {shown} (from {origin})"
 
 
 def parse_tokens(text: str, flag: str) -> int:
@@ -104,8 +166,9 @@ def register(subparsers) -> None:
                     "with several tasks); jax.distributed.initialize() is then called.")
     p.add_argument("--data", required=True, help="prepared data directory (`mixjax prepare`)")
     p.add_argument("--weights", default=None, metavar="NAME=W,...",
-                   help="domain weights summing to 1 (domains left out get 0), or a weights JSON file; "
-                        "default uniform")
+                   help="domain weights summing to 1 (domains left out get 0), or a weights JSON file "
+                        "(`mixjax optimize`'s: its result for --budget-tokens; FILE@BUDGET picks "
+                        "another); default uniform")
     p.add_argument("--budget-tokens", required=True, help="training tokens (e.g. 5e6 or 5M)")
     p.add_argument("--out", required=True, metavar="RUN_DIR")
     add_train_arguments(p)
@@ -137,7 +200,7 @@ def run(args) -> int:
     if args.export_hf:
         check_output_dir(args.export_hf, "--export-hf")
     budget = parse_tokens(args.budget_tokens, "--budget-tokens")
-    weights = parse_weights(args.weights)
+    weights, source = weights_and_source(args.weights, budget=budget)
     cfg = train_config_from_args(args)
     if args.export_hf and not (cfg.keep_best or cfg.checkpoint_every):
         cfg.checkpoint_every = FINAL_CHECKPOINT_ONLY  # a final checkpoint to export from
@@ -145,9 +208,15 @@ def run(args) -> int:
     enable_compilation_cache()
     if weights is None:
         weights = {d: 1.0 / len(data.domains) for d in data.domains}
+        print(describe_weights(weights, None) + " (uniform: no --weights)")
+    else:
+        print(describe_weights(weights, source))
     # RUN_DIR's result.json or checkpoints of another run (weights, budget, data, settings) are
     # refused; the same command again resumes its checkpoints, or reports the finished run.
     result = run_training(cfg, data, weights, budget, out_dir=args.out, check_result=True)
+    if source is not None and result.get("weights_from") != source:  # result.json says which file's result
+        result["weights_from"] = source
+        write_json_atomic(Path(args.out) / "result.json", result)
     if args.export_hf:
         from mixjax.train import export_hf
         export_hf(args.out, args.export_hf)

@@ -68,6 +68,20 @@ def _from_prompt_response(record: dict) -> Messages:
     ]
 
 
+def _from_prompt_completion(record: dict) -> Messages:
+    return [
+        {"role": "user", "content": _text(_field(record, "prompt"), "prompt")},
+        {"role": "assistant", "content": _text(_field(record, "completion"), "completion")},
+    ]
+
+
+def _from_question_answer(record: dict) -> Messages:
+    return [
+        {"role": "user", "content": _text(_field(record, "question"), "question")},
+        {"role": "assistant", "content": _text(_field(record, "answer"), "answer")},
+    ]
+
+
 def _from_alpaca(record: dict) -> Messages:
     instruction = _text(_field(record, "instruction"), "instruction")
     extra = record.get("input") or ""
@@ -107,6 +121,8 @@ FORMATS: dict[str, tuple[tuple[str, ...], Callable[[dict], Messages]]] = {
     "openmath": (("problem", "generated_solution"), _from_openmath),
     "alpaca": (("instruction", "output"), _from_alpaca),
     "prompt_response": (("prompt", "response"), _from_prompt_response),
+    "prompt_completion": (("prompt", "completion"), _from_prompt_completion),   # OpenAI/TRL SFT
+    "question_answer": (("question", "answer"), _from_question_answer),          # GSM8K, QA sets
     "text": (("text",), _from_text),
 }
 

@@ -414,7 +414,7 @@ def _prepare_locked(specs: list[SourceSpec], out: Path, options: PrepareOptions,
             "options": dataclasses.asdict(options),
             "domains": domains,
             "source_groups": groups,
-            "last_prepare": {"rebuilt": rebuilt, "seconds": round(seconds, 3),
+            "last_prepare": {"rebuilt": rebuilt, "first_build": old is None, "seconds": round(seconds, 3),
                              "tokens_per_second": round(total_tokens / seconds, 1) if rebuilt else None},
         }
         if old is not None and not rebuilt and _same_layout(old, manifest):
