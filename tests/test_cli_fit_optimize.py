@@ -39,8 +39,13 @@ def test_fit_then_optimize_round_trip(runs_csv, tmp_path, capsys):
     assert set(law["params"]) == {"C", "k", "alpha", "beta", "E"}
     d = law["diagnostics"]
     assert d["under_determined"] is False and "leave_one_out" in d and len(d["bootstrap"]["results"]) == 2
+    # 13 runs: 13 LOO + 20 bootstrap refits -> 40 slots x 8 starts, as `fit --help` says
+    assert d["fit"]["starts_per_domain"] == 320
     out = capsys.readouterr().out
     assert "LOO RMSE" in out and "bootstrap interval" in out
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    assert "e.g. 320 for 13 runs and 20 bootstraps" in " ".join(capsys.readouterr().out.split())
 
     rc = main(["optimize", "--law-file", str(law_file), "--budget", "5e6", "--budget", "2e7",
                "--out", str(weights_file), "--plot", str(tmp_path / "plots"),

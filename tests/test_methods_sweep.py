@@ -158,3 +158,23 @@ def test_mix_li2025_least_squares_and_evaluation_flags(data_dir, tmp_path):
     final = json.loads((out / "final" / "result.json").read_text())
     assert final["config"]["eval_every"] == 0 and not final["config"]["select_best"]
     assert [h["step"] for h in final["val_history"]] == [final["val_loss_step"]] == [4]
+
+
+def test_sweep_help_offers_only_the_options_sweep_takes(capsys):
+    """`sweep` takes offline methods only: its help lists no option of an online method (which it
+    would then reject), while `mix --help` lists them all."""
+    from mixjax.commands.method_options import OPTION_TARGETS
+    from mixjax.methods import OFFLINE
+
+    def help_of(command):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        return capsys.readouterr().out
+
+    sweep, mix = help_of("sweep"), help_of("mix")
+    for dest, (methods, _) in OPTION_TARGETS.items():
+        flag = "--" + dest.replace("_", "-")
+        assert flag in mix
+        assert (flag in sweep) == any(m in OFFLINE for m in methods), flag
+    assert "--online-eval-batches" in mix and "--online-eval-batches" not in sweep
+    assert "--eta" not in sweep and "--grid-step" in sweep

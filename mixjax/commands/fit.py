@@ -23,7 +23,11 @@ def register(subparsers) -> None:
                         help="tokens per unit inside the law (default 1e6, as in the paper)")
     parser.add_argument("--budget", action="append", default=[], metavar="N",
                         help="budget (tokens) for bootstrap intervals of the optimal weights; repeatable")
-    parser.add_argument("--starts", type=int, default=32, help="random starts per domain (default 32)")
+    parser.add_argument("--starts", type=int, default=32, metavar="N",
+                        help="random starts per domain, at least (default 32); they are solved in one batch "
+                             "with the leave-one-out and bootstrap refits, 8 per refit (refits rounded up "
+                             "to a multiple of 8), so the law file's fit.starts_per_domain records the "
+                             "starts used: max(N, 8 x refits), e.g. 320 for 13 runs and 20 bootstraps")
     parser.add_argument("--bootstrap", type=int, default=20,
                         help="resamples of the runs for the weight intervals (default 20; 0 = off)")
     parser.add_argument("--no-loo", action="store_true", help="skip leave-one-run-out refits")

@@ -46,9 +46,26 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+ONLINE_ONLY = {"online_eval_batches": ("aioli", "doremi", "doge", "skillit")}
+
+
+class _OptionsOf:
+    """An argument group that offers only the options of `methods` (`sweep --help` lists no option
+    of an online method, which `sweep` does not take)."""
+
+    def __init__(self, group, methods):
+        self.group, self.methods = group, set(methods)
+
+    def add_argument(self, flag: str, **kwargs) -> None:
+        dest = flag.lstrip("-").replace("-", "_")
+        targets = OPTION_TARGETS.get(dest, (ONLINE_ONLY.get(dest),))[0]
+        if targets is None or self.methods & set(targets):
+            self.group.add_argument(flag, **kwargs)
+
+
 def add_method_arguments(p: argparse.ArgumentParser, methods: list[str]) -> None:
     p.add_argument("--method", required=True, choices=methods)
-    g = p.add_argument_group("method options (defaults: the papers' settings)")
+    g = _OptionsOf(p.add_argument_group("method options (defaults: the papers' settings)"), methods)
     g.add_argument("--grid-step", type=float, help="grid: weight step, e.g. 0.125 (the paper's 21 mixtures)")
     g.add_argument("--factors", type=_floats, help="li2025: perturbation factors (default 0.25,0.5,2,3)")
     g.add_argument("--base-fraction", type=float,
