@@ -9,9 +9,11 @@ Implementations (`packed_attention(impl=...)`), and where each runs:
 
 * ``blockwise``: pure JAX, flash-attention-2 style, any backend and dtype, partitioned by XLA like
   any other JAX code. A `jax.custom_vjp` whose forward keeps only O and the per-row logsumexp; the
-  backward recomputes each score tile. Tiles above the causal diagonal are skipped (loops with
-  dynamic trip counts), so the work is about half the square. Memory O(L) per (batch, head) plus
-  one [B, H, block_q, block_k] tile.
+  backward recomputes each score tile. Each pass is one scan over a static list of the tiles on
+  or below the causal diagonal (`visible_tiles`), so the work is about half the square and every
+  loop has a trip count XLA knows (a GPU runs a loop without one by syncing with the host every
+  iteration; tests/test_lowering.py checks the CUDA lowering). Memory O(L) per (batch, head)
+  plus one [B, H, block_q, block_k] tile.
 * ``pallas``: on GPU the Pallas Triton flash-attention kernel
   (`jax.experimental.pallas.ops.gpu.attention.mha`, segment ids and causal natively; GQA by
   repeating the K/V heads, which is linear memory). On TPU the splash-attention kernel (MQA
@@ -35,6 +37,7 @@ single device, else 'blockwise'.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -51,6 +54,8 @@ IMPLEMENTATIONS = ("auto", "plain", "blockwise", "cudnn", "pallas")
 # path's exact call with jax.nn's XLA implementation, which any backend has.
 _PALLAS_INTERPRET: str | None = None
 _CUDNN_IMPLEMENTATION = "cudnn"
+# The platform being traced for when it is not the one running (`lowering_for`).
+_TARGET_PLATFORM: str | None = None
 
 # Large, finite: a row whose keys in a tile are all masked gets no inf - inf (NaN); the online
 # softmax's rescaling removes what such a tile added once the row's visible keys arrive.
@@ -59,6 +64,28 @@ _HALF = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
 # ------------------------------------------------------------------------------------ selection
+
+
+def target_backend() -> str:
+    """The backend the code being traced will run on: `jax.default_backend()`, or the platform
+    of an enclosing `lowering_for`. Code that takes a backend-specific form asks this."""
+    return _TARGET_PLATFORM or jax.default_backend()
+
+
+@contextlib.contextmanager
+def lowering_for(platform: str):
+    """Trace for `platform` ("gpu" or "tpu") on this machine, for `jax.export.export(...,
+    platforms=["cuda"|"tpu"])`: the model takes that backend's forms and Pallas kernels lower
+    for it (not interpreted). A jitted function traced before, for this backend, keeps its
+    cached trace: export a fresh one."""
+    global _TARGET_PLATFORM
+    if platform not in ("gpu", "tpu", "cpu"):
+        raise ValueError(f"lowering_for: platform {platform!r} (gpu, tpu or cpu)")
+    previous, _TARGET_PLATFORM = _TARGET_PLATFORM, platform
+    try:
+        yield
+    finally:
+        _TARGET_PLATFORM = previous
 
 
 def _cudnn_status() -> str | None:
@@ -110,7 +137,7 @@ def resolve_attention(impl: str, backend: str | None = None, dtype=None) -> str:
     device, else 'blockwise' (see the module docstring for why). An explicit implementation the
     backend cannot run raises a one-line MixjaxError naming what it has.
     """
-    backend = backend or jax.default_backend()
+    backend = backend or target_backend()
     if impl not in IMPLEMENTATIONS:
         raise MixjaxError(f"`attention` {impl!r}: expected one of {', '.join(IMPLEMENTATIONS)}")
     if impl == "auto":
@@ -201,9 +228,16 @@ def _tile_scores(q_BxKxMxE, k_BxKxCxE, segq_BxQ, segk_BxC, i, j, scale: float):
     return jnp.where(visible_Bx1x1xQxC, s_BxKxGxQxC, _MASK_VALUE).reshape(b, kv, m, bk)
 
 
-def _key_blocks_seen(i, bq: int, bk: int, nk: int):
-    """Number of key blocks query block i meets: those starting at or before its last position."""
-    return jnp.minimum(nk, ((i + 1) * bq + bk - 1) // bk)
+def visible_tiles(nq: int, nk: int, bq: int, bk: int, key_major: bool = False) -> np.ndarray:
+    """[2, T] int32: (query block i, key block j) of every tile on or below the causal diagonal
+    (key block j starts at or before query block i's last position), query-major (all of i's
+    tiles in order of j, then i + 1's) or, with `key_major`, key-major. A static list: the loops
+    over it have a trip count XLA knows (on GPU a loop without one syncs with the host every
+    iteration), and tiles above the diagonal are never visited."""
+    pairs = [(i, j) for i in range(nq) for j in range(min(nk, ((i + 1) * bq + bk - 1) // bk))]
+    if key_major:
+        pairs.sort(key=lambda ij: (ij[1], ij[0]))
+    return np.asarray(pairs, np.int32).reshape(-1, 2).T
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
@@ -213,45 +247,45 @@ def _flash(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segq_BxL, segk_BxS, scale, bq, bk):
 
 
 def _flash_fwd(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segq_BxL, segk_BxS, scale, bq, bk):
-    b, l, h, e = q_BxLxHxE.shape
+    """One scan over the visible tiles (query-major), carrying every query block's running
+    output, row maximum and row sum (float32) and updating block i's in place."""
     kv = k_BxSxKxE.shape[2]
-    m = (h // kv) * bq
     k_NxBxKxCxE, v_NxBxKxCxE = _kv_blocks(k_BxSxKxE, bk), _kv_blocks(v_BxSxKxE, bk)
     segk_NxBxC = _seg_blocks(segk_BxS, bk)
-    nk = k_NxBxKxCxE.shape[0]
-
-    def query_block(_, xs):
-        q_BxKxMxE, segq_BxQ, i = xs
-
-        def key_block(j, carry):
-            o_BxKxMxE, m_BxKxM, l_BxKxM = carry
-            v_BxKxCxE = v_NxBxKxCxE[j]
-            s_BxKxMxC = _tile_scores(q_BxKxMxE, k_NxBxKxCxE[j], segq_BxQ, segk_NxBxC[j], i, j, scale)
-            m_new = jnp.maximum(m_BxKxM, s_BxKxMxC.max(axis=-1))
-            rescale_BxKxM = jnp.exp(m_BxKxM - m_new)
-            p_BxKxMxC = jnp.exp(s_BxKxMxC - m_new[..., None])
-            l_new = l_BxKxM * rescale_BxKxM + p_BxKxMxC.sum(axis=-1)
-            pv_BxKxMxE = jnp.einsum("bkmc,bkce->bkme", p_BxKxMxC.astype(v_BxKxCxE.dtype), v_BxKxCxE,
-                                    preferred_element_type=jnp.float32)
-            return o_BxKxMxE * rescale_BxKxM[..., None] + pv_BxKxMxE, m_new, l_new
-
-        init = (jnp.zeros((b, kv, m, e), jnp.float32), jnp.full((b, kv, m), _MASK_VALUE, jnp.float32),
-                jnp.zeros((b, kv, m), jnp.float32))
-        o_BxKxMxE, m_BxKxM, l_BxKxM = jax.lax.fori_loop(0, _key_blocks_seen(i, bq, bk, nk), key_block, init)
-        o_BxKxMxE = (o_BxKxMxE / l_BxKxM[..., None]).astype(q_BxLxHxE.dtype)
-        return None, (o_BxKxMxE, m_BxKxM + jnp.log(l_BxKxM))
-
     q_NxBxKxMxE = _q_blocks(q_BxLxHxE, kv, bq)
-    nq = q_NxBxKxMxE.shape[0]
-    _, (o_NxBxKxMxE, lse_NxBxKxM) = jax.lax.scan(
-        query_block, None, (q_NxBxKxMxE, _seg_blocks(segq_BxL, bq), jnp.arange(nq)))
-    o_BxLxHxE = _q_unblocks(o_NxBxKxMxE, bq)
+    segq_NxBxQ = _seg_blocks(segq_BxL, bq)
+    nq, nk = q_NxBxKxMxE.shape[0], k_NxBxKxCxE.shape[0]
+
+    def tile(carry, ij):
+        o_NxBxKxMxE, m_NxBxKxM, l_NxBxKxM = carry
+        i, j = ij[0], ij[1]
+        v_BxKxCxE = v_NxBxKxCxE[j]
+        s_BxKxMxC = _tile_scores(q_NxBxKxMxE[i], k_NxBxKxCxE[j], segq_NxBxQ[i], segk_NxBxC[j], i, j, scale)
+        m_BxKxM = m_NxBxKxM[i]
+        m_new = jnp.maximum(m_BxKxM, s_BxKxMxC.max(axis=-1))
+        rescale_BxKxM = jnp.exp(m_BxKxM - m_new)
+        p_BxKxMxC = jnp.exp(s_BxKxMxC - m_new[..., None])
+        l_new = l_NxBxKxM[i] * rescale_BxKxM + p_BxKxMxC.sum(axis=-1)
+        pv_BxKxMxE = jnp.einsum("bkmc,bkce->bkme", p_BxKxMxC.astype(v_BxKxCxE.dtype), v_BxKxCxE,
+                                preferred_element_type=jnp.float32)
+        o_new = o_NxBxKxMxE[i] * rescale_BxKxM[..., None] + pv_BxKxMxE
+        return (o_NxBxKxMxE.at[i].set(o_new), m_NxBxKxM.at[i].set(m_new), l_NxBxKxM.at[i].set(l_new)), None
+
+    stats_shape = q_NxBxKxMxE.shape[:-1]
+    init = (jnp.zeros(q_NxBxKxMxE.shape, jnp.float32), jnp.full(stats_shape, _MASK_VALUE, jnp.float32),
+            jnp.zeros(stats_shape, jnp.float32))
+    (o_NxBxKxMxE, m_NxBxKxM, l_NxBxKxM), _ = jax.lax.scan(
+        tile, init, jnp.asarray(visible_tiles(nq, nk, bq, bk).T))
+    o_BxLxHxE = _q_unblocks((o_NxBxKxMxE / l_NxBxKxM[..., None]).astype(q_BxLxHxE.dtype), bq)
+    lse_NxBxKxM = m_NxBxKxM + jnp.log(l_NxBxKxM)
     # Residuals: the inputs, the output (the same buffer the caller gets) and the float32
     # logsumexp per row: O(L), no score-sized array.
     return o_BxLxHxE, (q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segq_BxL, segk_BxS, o_BxLxHxE, lse_NxBxKxM)
 
 
 def _flash_bwd(scale, bq, bk, res, do_BxLxHxE):
+    """One scan over the visible tiles (key-major), accumulating dQ, dK and dV (float32) of the
+    tile's blocks in place; each tile recomputes its scores from Q, K and the logsumexp."""
     q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segq_BxL, segk_BxS, o_BxLxHxE, lse_NxBxKxM = res
     f32 = jnp.float32
     kv = k_BxSxKxE.shape[2]
@@ -261,38 +295,32 @@ def _flash_bwd(scale, bq, bk, res, do_BxLxHxE):
     # softmax backward: dS = P * (dP - rowsum(dP * P)), and rowsum(dP * P) = rowsum(dO * O)
     delta_NxBxKxM = jnp.sum(do_NxBxKxMxE.astype(f32) * _q_blocks(o_BxLxHxE, kv, bq).astype(f32), axis=-1)
     segq_NxBxQ = _seg_blocks(segq_BxL, bq)
-    nq = q_NxBxKxMxE.shape[0]
+    k_NxBxKxCxE, v_NxBxKxCxE = _kv_blocks(k_BxSxKxE, bk), _kv_blocks(v_BxSxKxE, bk)
+    segk_NxBxC = _seg_blocks(segk_BxS, bk)
+    nq, nk = q_NxBxKxMxE.shape[0], k_NxBxKxCxE.shape[0]
 
-    def key_block(dq_NxBxKxMxE, xs):
-        k_BxKxCxE, v_BxKxCxE, segk_BxC, j = xs
+    def tile(carry, ij):
+        dq_NxBxKxMxE, dk_NxBxKxCxE, dv_NxBxKxCxE = carry
+        i, j = ij[0], ij[1]
+        q_BxKxMxE, do_BxKxMxE = q_NxBxKxMxE[i], do_NxBxKxMxE[i]
+        k_BxKxCxE, v_BxKxCxE = k_NxBxKxCxE[j], v_NxBxKxCxE[j]
+        s_BxKxMxC = _tile_scores(q_BxKxMxE, k_BxKxCxE, segq_NxBxQ[i], segk_NxBxC[j], i, j, scale)
+        p_BxKxMxC = jnp.exp(s_BxKxMxC - lse_NxBxKxM[i][..., None])
+        dv_BxKxCxE = jnp.einsum("bkmc,bkme->bkce", p_BxKxMxC.astype(dt), do_BxKxMxE, preferred_element_type=f32)
+        dp_BxKxMxC = jnp.einsum("bkme,bkce->bkmc", do_BxKxMxE, v_BxKxCxE, preferred_element_type=f32)
+        ds_BxKxMxC = (p_BxKxMxC * (dp_BxKxMxC - delta_NxBxKxM[i][..., None]) * scale).astype(dt)
+        dk_BxKxCxE = jnp.einsum("bkmc,bkme->bkce", ds_BxKxMxC, q_BxKxMxE, preferred_element_type=f32)
+        dq_BxKxMxE = jnp.einsum("bkmc,bkce->bkme", ds_BxKxMxC, k_BxKxCxE, preferred_element_type=f32)
+        return (dq_NxBxKxMxE.at[i].add(dq_BxKxMxE), dk_NxBxKxCxE.at[j].add(dk_BxKxCxE),
+                dv_NxBxKxCxE.at[j].add(dv_BxKxCxE)), None
 
-        def query_block(i, carry):
-            dk_BxKxCxE, dv_BxKxCxE, dq_acc = carry
-            q_BxKxMxE, do_BxKxMxE = q_NxBxKxMxE[i], do_NxBxKxMxE[i]
-            s_BxKxMxC = _tile_scores(q_BxKxMxE, k_BxKxCxE, segq_NxBxQ[i], segk_BxC, i, j, scale)
-            p_BxKxMxC = jnp.exp(s_BxKxMxC - lse_NxBxKxM[i][..., None])
-            dv_BxKxCxE = dv_BxKxCxE + jnp.einsum("bkmc,bkme->bkce", p_BxKxMxC.astype(dt), do_BxKxMxE,
-                                                 preferred_element_type=f32)
-            dp_BxKxMxC = jnp.einsum("bkme,bkce->bkmc", do_BxKxMxE, v_BxKxCxE, preferred_element_type=f32)
-            ds_BxKxMxC = (p_BxKxMxC * (dp_BxKxMxC - delta_NxBxKxM[i][..., None]) * scale).astype(dt)
-            dk_BxKxCxE = dk_BxKxCxE + jnp.einsum("bkmc,bkme->bkce", ds_BxKxMxC, q_BxKxMxE,
-                                                 preferred_element_type=f32)
-            dq_acc = dq_acc.at[i].add(jnp.einsum("bkmc,bkce->bkme", ds_BxKxMxC, k_BxKxCxE,
-                                                 preferred_element_type=f32))
-            return dk_BxKxCxE, dv_BxKxCxE, dq_acc
-
-        zeros = jnp.zeros(k_BxKxCxE.shape, f32)
-        # Query blocks that end before key block j starts see none of it: start at the first
-        # that reaches it.
-        dk, dv, dq_NxBxKxMxE = jax.lax.fori_loop((j * bk) // bq, nq, query_block, (zeros, zeros, dq_NxBxKxMxE))
-        return dq_NxBxKxMxE, (dk.astype(k_BxSxKxE.dtype), dv.astype(v_BxSxKxE.dtype))
-
-    nk = k_BxSxKxE.shape[1] // bk
-    xs = (_kv_blocks(k_BxSxKxE, bk), _kv_blocks(v_BxSxKxE, bk), _seg_blocks(segk_BxS, bk), jnp.arange(nk))
-    dq_NxBxKxMxE, (dk_NxBxKxCxE, dv_NxBxKxCxE) = jax.lax.scan(
-        key_block, jnp.zeros(q_NxBxKxMxE.shape, f32), xs)
+    init = (jnp.zeros(q_NxBxKxMxE.shape, f32), jnp.zeros(k_NxBxKxCxE.shape, f32),
+            jnp.zeros(k_NxBxKxCxE.shape, f32))
+    (dq_NxBxKxMxE, dk_NxBxKxCxE, dv_NxBxKxCxE), _ = jax.lax.scan(
+        tile, init, jnp.asarray(visible_tiles(nq, nk, bq, bk, key_major=True).T))
     dq_BxLxHxE = _q_unblocks(dq_NxBxKxMxE, bq).astype(dt)
-    return dq_BxLxHxE, _kv_unblocks(dk_NxBxKxCxE), _kv_unblocks(dv_NxBxKxCxE), None, None
+    return (dq_BxLxHxE, _kv_unblocks(dk_NxBxKxCxE).astype(k_BxSxKxE.dtype),
+            _kv_unblocks(dv_NxBxKxCxE).astype(v_BxSxKxE.dtype), None, None)
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
@@ -460,7 +488,7 @@ def packed_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segment_ids_BxL, *, impl: 
         raise ValueError(f"packed_attention: q {q_BxLxHxE.shape}, k {k_BxSxKxE.shape}, "
                          f"v {v_BxSxKxE.shape}, segment ids {segment_ids_BxL.shape} do not fit")
     scale = 1.0 / math.sqrt(e) if scale is None else float(scale)
-    backend = jax.default_backend()
+    backend = target_backend()
     if impl == "reference":
         return reference_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segment_ids_BxL, scale)
     if impl == "blockwise":

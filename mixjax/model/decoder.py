@@ -136,7 +136,9 @@ def project(x_BxLxD, w_Dx_):
     TPU handle transposed operands natively) it is plain autodiff."""
     b, l, d = x_BxLxD.shape
     x_NxD, w_DxF = x_BxLxD.reshape(b * l, d), w_Dx_.reshape(d, -1)
-    out = _matmul_transposed_wgrad(x_NxD, w_DxF) if jax.default_backend() == "cpu" else x_NxD @ w_DxF
+    from mixjax.model.attention import target_backend
+
+    out = _matmul_transposed_wgrad(x_NxD, w_DxF) if target_backend() == "cpu" else x_NxD @ w_DxF
     # named so that remat policy "dots" keeps it (a policy on dot primitives would miss the CPU
     # path's custom VJP)
     out = checkpoint_name(out, "projection")
@@ -201,7 +203,9 @@ def attend(q_BxKxMxE, k_BxKxSxE, v_BxKxSxE, keep_Bx1xSxM):
     -> [B, K, M, E]; `keep` [B, 1, S, M] says which key each query sees. Queries must be scaled.
 
     On CPU the gradient goes through `_attend_row_major`; elsewhere it is plain autodiff."""
-    fn = _attend_row_major if jax.default_backend() == "cpu" else _attend_plain
+    from mixjax.model.attention import target_backend
+
+    fn = _attend_row_major if target_backend() == "cpu" else _attend_plain
     return fn(q_BxKxMxE, k_BxKxSxE, v_BxKxSxE, keep_Bx1xSxM)
 
 
