@@ -67,7 +67,7 @@ def test_sweep_bad_input(data_dir, tmp_path, capsys, argv, message):
     assert message in err and "\n" not in err
 
 
-def test_mix_offline_and_online(data_dir, tmp_path):
+def test_mix_offline_and_online(data_dir, tmp_path, capsys):
     assert main(["mix", "--method", "grid", "--grid-step", "0.5", "--data", str(data_dir),
                  "--budget-tokens", "256", "--out", str(tmp_path / "g"), *TRAIN]) == 0
     weights = json.loads((tmp_path / "g" / "weights.json").read_text())
@@ -79,9 +79,25 @@ def test_mix_offline_and_online(data_dir, tmp_path):
                  "--data", str(data_dir), "--budget-tokens", "768", "--out", str(tmp_path / "o"), *TRAIN]) == 0
     trajectory = json.loads((tmp_path / "o" / "trajectory.json").read_text())["trajectory"]
     assert [t["step"] for t in trajectory[:3]] == [0, 1, 2]                # the two LearnParams intervals
-    assert {tuple(t["weights"].values()) for t in trajectory[:2]} == {(0.625, 0.375), (0.375, 0.625)}
+    assert {tuple(t["learnparams"].values()) for t in trajectory[:2]} == {(0.625, 0.375), (0.375, 0.625)}
+    assert [t["weights"] for t in trajectory[:2]] == [{"a": 0.5, "b": 0.5}] * 2  # the method's, still uniform
+    reported = json.loads((tmp_path / "o" / "weights.json").read_text())["results"][0]["weights"]
+    assert trajectory[-1]["weights"] == reported and "learnparams" not in trajectory[2]
     result = json.loads((tmp_path / "o" / "final" / "result.json").read_text())
     assert result["steps"] == 6 and sum(result["tokens"].values()) == 768
+    assert "before its first weight update" not in capsys.readouterr().out
+
+    # 2 steps, the first update due after step 2: a one-line word at start, and the trajectory's
+    # weights are the uniform ones it reports (the probes sit beside them)
+    assert main(["mix", "--method", "aioli", "--lp-rounds", "1", "--lp-steps", "1", "--update-steps", "3",
+                 "--data", str(data_dir), "--budget-tokens", "256", "--out", str(tmp_path / "short"), *TRAIN]) == 0
+    printed = capsys.readouterr().out
+    assert ("aioli: 2 steps end before its first weight update (step 2: --prior-steps + lp_rounds x K x "
+            "lp_steps = 0 + 1 x 2 x 1); it only runs LearnParams and its weights stay at uniform") in printed
+    reported = json.loads((tmp_path / "short" / "weights.json").read_text())["results"][0]["weights"]
+    trajectory = json.loads((tmp_path / "short" / "trajectory.json").read_text())["trajectory"]
+    assert reported == {"a": 0.5, "b": 0.5} and all(t["weights"] == reported for t in trajectory)
+    assert [t["learnparams"]["a"] for t in trajectory] in ([0.625, 0.375], [0.375, 0.625])
 
 
 def test_a_sweep_written_before_a_training_setting_existed_still_resumes(data_dir, tmp_path, capsys):

@@ -107,6 +107,12 @@ class Aioli:
             raise MixjaxError(f"`dynamic_start` {c.dynamic_start!r}: must be uniform or prior")
         base = start if c.dynamic_start == "prior" else np.full(k, 1.0 / k)
         self.mixtures = smoothed_one_hot(k, c.one_hot_factor)
+        first_update = c.prior_steps + self.lp_length  # the step of the first round's update
+        self.note = None if num_steps > first_update else (
+            f"aioli: {num_steps:,} steps end before its first weight update (step {first_update:,}: "
+            f"--prior-steps + lp_rounds x K x lp_steps = {c.prior_steps} + {c.lp_rounds} x {k} x {c.lp_steps}); "
+            f"it only runs LearnParams and its weights stay at {'the prior' if c.dynamic_start == 'prior' else 'uniform'} "
+            "(raise the budget, or lower --lp-rounds/--lp-steps)")
         self.state = {"start": start.tolist(), "base": base.tolist(), "weights": base.tolist(), "ema_a": None,
                       "loss_prev": None, "drops": np.zeros((k, k)).tolist(),
                       "trajectory": [[0, start.tolist()]], "raw_a": [], "a": []}
@@ -126,6 +132,15 @@ class Aioli:
             return np.asarray(self.state["start"])
         if offset < self.lp_length:
             return self.mixtures[self._order(r)[offset // self.config.lp_steps]]
+        return np.asarray(self.state["weights"])
+
+    def probing(self, step: int) -> bool:
+        """Whether batch `step` is a LearnParams interval: it samples a probe mixture, not the weights."""
+        r, offset = self._round_offset(step)
+        return r is not None and offset < self.lp_length
+
+    def current_weights(self) -> np.ndarray:
+        """The weights the method holds now (those it recommends), whatever the batch samples."""
         return np.asarray(self.state["weights"])
 
     def eval_due(self, step: int) -> bool:

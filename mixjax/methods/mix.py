@@ -148,7 +148,7 @@ def _online(method, method_name, options, data, budget_tokens, out, config, eval
         log(f"{method_name}: {'proxy' if proxy else 'online'} run done already ({run_dir})")
     else:
         make = getattr(method, "make_callback", None)
-        callback = make(eval_max_batches) if make else OnlineMethodCallback(method, eval_max_batches=eval_max_batches)
+        callback = make(eval_max_batches) if make else OnlineMethodCallback(method, eval_max_batches=eval_max_batches, log=log)
         log(f"{method_name}: {'proxy' if proxy else 'one'} run of {tokens:,} tokens, weights set while it trains")
         result = run_training(config, data, {d: 1 / len(domains) for d in domains}, tokens,
                               out_dir=run_dir, callbacks=[callback])

@@ -18,8 +18,8 @@ from mixjax.train.loop import Callback
 
 
 class OnlineMethodCallback(Callback):
-    def __init__(self, method, eval_max_batches: int | None = 4):
-        self.method = method
+    def __init__(self, method, eval_max_batches: int | None = 4, log=print):
+        self.method, self.log = method, log
         self.eval_max_batches = eval_max_batches
         self.trajectory: list[tuple[int, list[float]]] = []
         self.evaluations = 0
@@ -34,12 +34,24 @@ class OnlineMethodCallback(Callback):
                               "hold no loss tokens; evaluate more batches (eval_max_batches)")
         return np.array([val[d] for d in ctx.domains], np.float64)
 
+    def _record(self, step: int, weights: np.ndarray) -> None:
+        """A trajectory point where the method's weights change. A method that probes other
+        mixtures (`probing`, Aioli's LearnParams) records its own weights, the probe beside them,
+        so the trajectory's weights end at the weights it reports."""
+        probe = None
+        if getattr(self.method, "probing", lambda step: False)(step):
+            probe, weights = weights.tolist(), np.asarray(self.method.current_weights(), np.float64)
+        point = (step, weights.tolist()) if probe is None else (step, weights.tolist(), probe)
+        last = self.trajectory[-1] if self.trajectory else None
+        if last is None or len(last) != len(point) or any(
+                not np.allclose(old, new, rtol=0, atol=1e-12) for old, new in zip(last[1:], point[1:])):
+            self.trajectory.append(point)
+
     def _set_weights(self, ctx, step: int) -> None:
         """The method's weights for batch `step`: the sampler's, or, for a method that samples at
         other proportions (`sampling_weights`, the reweighted proxies), the trainer's loss weights."""
         weights = np.asarray(self.method.weights(step), np.float64)
-        if not self.trajectory or not np.allclose(self.trajectory[-1][1], weights, rtol=0, atol=1e-12):
-            self.trajectory.append((step, weights.tolist()))
+        self._record(step, weights)
         sampling = getattr(self.method, "sampling_weights", lambda step: None)(step)
         if sampling is None:
             ctx.sampler.set_weights(weights / weights.sum())
@@ -50,6 +62,8 @@ class OnlineMethodCallback(Callback):
     def on_train_start(self, ctx) -> None:
         self.domains, self.num_steps = list(ctx.domains), int(ctx.num_steps)
         self.method.begin(self.domains, self.num_steps)
+        if getattr(self.method, "note", None):
+            self.log(self.method.note)
         if self.method.eval_due(0):
             self.method.observe_eval(0, self._evaluate(ctx))
         self._set_weights(ctx, 0)
@@ -71,8 +85,13 @@ class OnlineMethodCallback(Callback):
         return {"online": {"method": self.method.name, "evaluations": self.evaluations,
                            "weights": dict(zip(self.domains, self.recommended_weights().tolist())),
                            "state": self.method.state_dict(),
-                           "trajectory": [{"step": s, "weights": dict(zip(self.domains, w))}
-                                          for s, w in self.trajectory]}}
+                           "trajectory": [self._point(*p) for p in self.trajectory]}}
+
+    def _point(self, step: int, weights: list[float], probe: list[float] | None = None) -> dict:
+        point = {"step": step, "weights": dict(zip(self.domains, weights))}
+        if probe is not None:
+            point["learnparams"] = dict(zip(self.domains, probe))  # the mixture this step sampled
+        return point
 
     def state_dict(self) -> dict:
         return {"domains": self.domains, "num_steps": self.num_steps, "method": self.method.state_dict(),
@@ -82,5 +101,5 @@ class OnlineMethodCallback(Callback):
         self.domains, self.num_steps = state["domains"], state["num_steps"]
         self.method.begin(self.domains, self.num_steps)
         self.method.load_state_dict(state["method"])
-        self.trajectory = [(s, list(w)) for s, w in state["trajectory"]]
+        self.trajectory = [(p[0], list(p[1]), *(list(x) for x in p[2:])) for p in state["trajectory"]]
         self.evaluations = state["evaluations"]
