@@ -105,12 +105,11 @@ def identification_problems(observations, law) -> list[str]:
     return _design_problems(observations.domains, observations.tokens, observations.observed, law)
 
 
-def _design_problems(domains, tokens_RxK, observed_RxK, law) -> list[str]:
-    """`identification_problems` of a design: tokens (R, K) and which losses are measured (R, K)."""
-    n_free = law.n_free(len(domains))
-    problems = []
+def _design_counts(domains, tokens_RxK, observed_RxK, law):
+    """Per domain: (distinct own tokens, distinct totals of the others, distinct settings) of the
+    runs that measure it."""
     for j, d in enumerate(domains):
-        tokens = np.asarray(tokens_RxK, np.float64)[np.asarray(observed_RxK)[:, j]]
+        tokens = np.asarray(tokens_RxK, np.float64).reshape(-1, len(domains))[np.asarray(observed_RxK)[:, j]]
         own = _distinct(tokens[:, j])
         others = _distinct(tokens.sum(axis=1) - tokens[:, j])
         if law.uses_proportions:
@@ -118,6 +117,23 @@ def _design_problems(domains, tokens_RxK, observed_RxK, law) -> list[str]:
             settings = len({tuple(np.round(p, 9)) for p in props})
         else:
             settings = len({tuple(np.round(t / max(tokens.max(initial=0.0), 1.0), 9)) for t in tokens})
+        yield d, own, others, settings
+
+
+def _design_deficit(domains, tokens_RxK, observed_RxK, law) -> int:
+    """How many distinct values and settings the runs lack before they identify `law`: 0 when
+    `_design_problems` has none."""
+    n_free, observed = law.n_free(len(domains)), observed_RxK
+    token_law = not law.uses_proportions
+    return sum(max(0, n_free + 1 - settings) + token_law * (max(0, 3 - own) + max(0, 2 - others))
+               for _, own, others, settings in _design_counts(domains, tokens_RxK, observed, law))
+
+
+def _design_problems(domains, tokens_RxK, observed_RxK, law) -> list[str]:
+    """`identification_problems` of a design: tokens (R, K) and which losses are measured (R, K)."""
+    n_free = law.n_free(len(domains))
+    problems = []
+    for d, own, others, settings in _design_counts(domains, tokens_RxK, observed_RxK, law):
         hints = []
         if not law.uses_proportions and own < 3:
             hints.append(f"add runs that vary domain {d}'s tokens ({own} distinct value(s); e.g. {d} x0.5 and x2)")
@@ -542,6 +558,45 @@ def initial_runs(domains, budget_tokens, base_fraction: float = 0.25, factors=No
         raise MixjaxError(f"no identifiable start for law {law.name} in {len(pool_runs)} spread-out runs; "
                           "give a larger pool")
     return runs
+
+
+def identifying_runs(observations, law, budget_tokens, base_fraction: float = 0.25) -> list[ProposedRun]:
+    """The runs to add to `observations` so that they identify `law`: greedily, the run of the
+    adaptive design's start (`initial_runs`: the uniform base run, then spread-out mixtures; then
+    the rest of its pool) that most reduces what the runs lack (distinct own tokens, others'
+    totals and settings per domain), until nothing is; ties go to the start's order. [] when
+    the runs identify it already."""
+    domains = list(observations.domains)
+    table = [list(map(float, row)) for row in np.asarray(observations.tokens, np.float64)]
+    mask = [list(map(bool, row)) for row in np.asarray(observations.observed)]
+    every = [True] * len(domains)
+    if not identification_problems(observations, law):
+        return []
+    start = initial_runs(domains, budget_tokens, base_fraction, law=law)
+    pool = start + [run_from_tokens(t) for t in spread_tokens(domains, base_fraction * float(budget_tokens), 32, 0)]
+    have = {tuple(np.round(r, 6)) for r in table}
+    names, left = set(), []
+    for run in pool:
+        row = tuple(np.round([run_tokens(run)[d] for d in domains], 6))
+        if run.name not in names and row not in have:
+            names.add(run.name)
+            left.append(run)
+    chosen = []
+    deficit = _design_deficit(domains, table, mask, law)
+    while deficit and left:
+        after = [_design_deficit(domains, table + [[run_tokens(r)[d] for d in domains]], mask + [every], law)
+                 for r in left]
+        best = int(np.argmin(after))
+        if after[best] >= deficit:
+            break
+        run = left.pop(best)
+        chosen.append(run)
+        table.append([run_tokens(run)[d] for d in domains])
+        mask.append(every)
+        deficit = after[best]
+    if deficit:
+        raise MixjaxError(f"no runs of the adaptive design's start identify law {law.name} with these runs")
+    return chosen
 
 
 def _check_candidates(candidates, domains) -> None:

@@ -303,6 +303,33 @@ def test_mixjax_next_end_to_end(truth, start_obs, tmp_path, capsys):
     assert rc == 2 and "--tolerance" in err and err.count("\n") == 1
 
 
+def test_mixjax_next_on_too_few_runs_proposes_the_runs_that_identify_the_law(truth, tmp_path, capsys):
+    """Too few runs to fit is when a user asks what to train next: `next` says why there are no
+    weights yet and proposes runs (from the adaptive design's start) after which the fit runs."""
+    start = adaptive.initial_runs(truth.domains, BUDGET)
+    first = _simulate(truth, start[:3])
+    assert adaptive.identification_problems(first, LAW)
+    csv, out = tmp_path / "first.csv", tmp_path / "runs.json"
+    write_csv(first, csv)
+    assert main(["next", str(csv), "--budget-tokens", "5M", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("law li2025 on 3 runs: not identified yet, so no optimal weights - ")
+    assert "distinct run(s) for 5 free parameters" in text and "stop: no - train these" in text
+    proposed = json.loads(out.read_text())
+    assert proposed and all(r["name"] not in first.runs and r["name"] in text for r in proposed)
+    runs = [adaptive.ProposedRun(r["name"], r["weights"], r["budget_tokens"]) for r in proposed]
+    both = first.concat(_simulate(truth, runs))
+    assert adaptive.identification_problems(both, LAW) == []
+    # fewest: dropping any proposed run leaves the law unidentified
+    for skip in range(len(runs)):
+        fewer = first.concat(_simulate(truth, runs[:skip] + runs[skip + 1:])) if len(runs) > 1 else first
+        assert adaptive.identification_problems(fewer, LAW), skip
+    write_csv(both, csv)
+    assert main(["next", str(csv), "--budget-tokens", "5M", "--tolerance", "0.9", "--samples", "20",
+                 "--out", str(out)]) == 0
+    assert "optimal weights at 5,000,000 tokens" in capsys.readouterr().out
+
+
 # -- the experiment ----------------------------------------------------------------------------------
 
 def test_adaptive_design_quick_runs(tmp_path):

@@ -46,7 +46,6 @@ def run(args) -> int:
     from mixjax.commands.train import parse_tokens
     from mixjax.errors import MixjaxError
     from mixjax.fit import FitOptions
-    from mixjax.io import write_json_atomic
     from mixjax.observations import read_csv
 
     check_output_path(args.out, "--out")
@@ -60,6 +59,10 @@ def run(args) -> int:
         obs = obs.concat(read_csv(path))
     if not (math.isfinite(args.huber) and args.huber >= 0):
         raise MixjaxError(f"--huber: must be a delta > 0, or 0 for least squares; got {args.huber:g}")
+    if not (args.base_fraction > 0):
+        raise MixjaxError(f"--base-fraction: must be positive, got {args.base_fraction:g}")
+    if adaptive.identification_problems(obs, law):
+        return _propose_identifying(obs, law, budget, args)
     a = adaptive.assess(obs, law, budget, n_boot=args.samples, seed=args.seed, method=args.uncertainty,
                         fit_options=FitOptions(huber_delta=args.huber or None))
     stop = adaptive.should_stop(a.widths, args.tolerance)
@@ -79,7 +82,30 @@ def run(args) -> int:
         for r in proposed:
             mix = ", ".join(f"{d} {w:.3f}" for d, w in r.weights.items())
             print(f"next: {r.name}  ({r.budget_tokens:,} tokens: {mix})")
-    write_json_atomic(args.out, [{"name": r.name, "weights": r.weights, "budget_tokens": r.budget_tokens}
-                                 for r in proposed])
-    print(f"wrote {args.out} ({len(proposed)} run(s))")
+    return _write_runs(args.out, proposed)
+
+
+def _write_runs(out, proposed) -> int:
+    from mixjax.io import write_json_atomic
+
+    write_json_atomic(out, [{"name": r.name, "weights": r.weights, "budget_tokens": r.budget_tokens}
+                            for r in proposed])
+    print(f"wrote {out} ({len(proposed)} run(s))")
     return 0
+
+
+def _propose_identifying(obs, law, budget, args) -> int:
+    """Runs too few or too alike to fit the law: no weights yet, but the runs that would identify it
+    (from the adaptive design's start), and why."""
+    from mixjax import adaptive
+
+    problems = adaptive.identification_problems(obs, law)
+    proposed = adaptive.identifying_runs(obs, law, budget, args.base_fraction)
+    print(f"law {law.name} on {len(obs.runs)} runs: not identified yet, so no optimal weights - "
+          + " | ".join(problems))
+    print(f"stop: no - train these {len(proposed)} run(s) first (from the adaptive design's start; together "
+          "with the runs so far they identify the law), then run `mixjax next` again")
+    for r in proposed:
+        mix = ", ".join(f"{d} {w:.3f}" for d, w in r.weights.items())
+        print(f"next: {r.name}  ({r.budget_tokens:,} tokens: {mix})")
+    return _write_runs(args.out, proposed)
