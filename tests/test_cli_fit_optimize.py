@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from mixjax.cli import main
 from mixjax.laws import FittedLaw
@@ -61,6 +62,51 @@ def test_fit_then_optimize_round_trip(runs_csv, tmp_path, capsys):
     assert (tmp_path / "plots" / "fit.png").stat().st_size > 1000
     table = capsys.readouterr().out
     assert "budget" in table and "5e+06" in table
+
+    # export: the weights of the budget named, in each trainer's form, domain order kept
+    second = result["results"][1]["weights"]
+    assert main(["export", str(weights_file), "--to", "levanter", "--budget-tokens", "20M"]) == 0
+    block = yaml.safe_load(capsys.readouterr().out)
+    assert list(block["data"]["train_weights"]) == DOMAINS
+    assert block["data"]["train_weights"] == pytest.approx(second, abs=1e-12)
+    snippet = tmp_path / "mix.py"
+    assert main(["export", f"{weights_file}@2e7", "--to", "datasets", "--out", str(snippet)]) == 0
+    assigned = _assignments(snippet.read_text())
+    assert assigned["domains"] == DOMAINS and sum(assigned["probabilities"]) == pytest.approx(1.0, abs=1e-12)
+    assert assigned["probabilities"] == pytest.approx([second[d] for d in DOMAINS], abs=1e-12)
+    assert main(["export", str(weights_file), "--to", "levanter"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"mixjax export: error: WEIGHTS: {weights_file}: holds results for budgets 5,000,000, 20,000,000; "
+        "name one (--budget-tokens, or FILE@BUDGET)")
+
+
+def _assignments(source: str) -> dict:
+    """The literal top-level assignments of a Python snippet (it must parse)."""
+    import ast
+
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(source).body
+            if isinstance(node, ast.Assign) and isinstance(node.value, (ast.List, ast.Constant))}
+
+
+def test_export_to_datasets_turns_token_fractions_into_example_probabilities(tmp_path, capsys):
+    """interleave_datasets samples examples: probability_i ~ weight_i / mean example tokens_i, read
+    from the prepared data's manifest (a MIX_DIR stands for its weights.json)."""
+    from tests.data_fixtures import prepared_domains
+
+    data = prepared_domains(tmp_path, "ab")
+    mix_dir = tmp_path / "mix"
+    mix_dir.mkdir()
+    (mix_dir / "weights.json").write_text(json.dumps(
+        {"method": "li2025", "domains": ["a", "b"], "results": [{"budget": 4096, "weights": {"a": 0.25, "b": 0.75}}]}))
+    assert main(["export", str(mix_dir), "--to", "datasets", "--data", str(data)]) == 0
+    assigned = _assignments(capsys.readouterr().out)
+    train = {d: json.loads((data / "manifest.json").read_text())["domains"][d]["train"] for d in "ab"}
+    per_example = np.array([0.25 * train["a"]["examples"] / train["a"]["tokens"],
+                            0.75 * train["b"]["examples"] / train["b"]["tokens"]])
+    assert assigned["domains"] == ["a", "b"]
+    np.testing.assert_allclose(assigned["probabilities"], per_example / per_example.sum(), rtol=1e-12)
+    assert main(["export", str(mix_dir), "--to", "datasets", "--data", str(tmp_path)]) == 2
+    assert "is not a prepared data directory" in capsys.readouterr().err
 
 
 def test_hand_written_law_file_with_paper_parameters(hand_written_law, tmp_path, capsys):

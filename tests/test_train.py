@@ -84,7 +84,7 @@ def test_weights_file_at_budget_and_a_single_result_of_another_budget():
     one = {"results": obj["results"][:1]}
     assert result_for_budget(one, 8000, "w.json", warn=warnings.append) == ({"a": 0.3, "b": 0.7}, 5_000_000)
     assert warnings == ["warning: w.json: weights optimised for 5,000,000 tokens, training 8,000"]
-    with pytest.raises(MixjaxError, match=r"^w.json: holds results for budgets 5,000,000, 20,000,000; name one"):
+    with pytest.raises(MixjaxError, match=r"^w.json: holds results for budgets 5,000,000, 20,000,000; name one \(--budget-tokens"):
         result_for_budget(obj, None, "w.json")
     with pytest.raises(MixjaxError, match=r"^w.json: no result for 8,000 tokens; it has budgets 5,000,000 "):
         result_for_budget(one, 8000, "w.json", exact=True)

@@ -4,4 +4,4 @@ A module's `register` adds its parser and sets `func` to a function taking the p
 returning an exit code. Heavy imports (jax, tfds) stay inside those functions so `--help` is fast.
 """
 
-COMMAND_MODULES = ["prepare", "data", "fit", "optimize", "train", "sweep", "mix", "demo", "plan", "next"]
+COMMAND_MODULES = ["prepare", "data", "fit", "optimize", "train", "sweep", "mix", "demo", "plan", "next", "export"]

@@ -79,7 +79,8 @@ def result_for_budget(obj, budget: int | None, where: str, *, exact: bool = Fals
     listed = ", ".join(_tokens_text(b) for b in known) or "none"
     if budget is None:
         if len(results) > 1:
-            raise MixjaxError(f"{where}: holds results for budgets {listed}; name one as FILE@BUDGET")
+            raise MixjaxError(f"{where}: holds results for budgets {listed}; name one "
+                              "(--budget-tokens, or FILE@BUDGET)")
         index = 0
     else:
         matches = [i for i, b in enumerate(budgets) if b in known and math.isclose(b, budget, rel_tol=1e-9)]
