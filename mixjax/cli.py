@@ -63,6 +63,33 @@ def error_line(command: str, e: MixjaxError) -> str:
     return f"mixjax {command}: error: {e.render(flag_name)}"
 
 
+# Commands that compile train steps: on a GPU they start XLA with its GPU flags (`start_xla`).
+XLA_COMMANDS = ("train", "sweep", "mix", "plan")
+
+
+def recorded_choices(args) -> dict:
+    """What this machine made of the run's automatic settings, for its settings.json ("recorded",
+    which --config does not read back): the backend, the compute dtype 'auto' resolved to, and
+    the XLA_FLAGS in force on GPU (None elsewhere)."""
+    import jax
+
+    from mixjax.commands.flags import config_values
+    from mixjax.train.step import resolve_compute_dtype
+
+    dtype = config_values(args).get("compute_dtype", "auto")
+    return {"backend": jax.default_backend(), "compute_dtype": resolve_compute_dtype(dtype),
+            "xla_flags": getattr(args, "_xla_flags", None)}
+
+
+def start_xla(args) -> None:
+    """Before JAX starts its backend: on a GPU, the default GPU flags after the user's XLA_FLAGS
+    (`mixjax.train.mesh.apply_gpu_xla_flags`); and the record of the automatic choices."""
+    from mixjax.train.mesh import apply_gpu_xla_flags
+
+    args._xla_flags = apply_gpu_xla_flags()
+    args._recorded = lambda: recorded_choices(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     from mixjax.commands.config_file import apply_config, config_path
 
@@ -79,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args._parser = command
     try:
+        if args.command in XLA_COMMANDS:
+            start_xla(args)
         return int(args.func(args) or 0)
     except MixjaxError as e:
         print(error_line(args.command, e), file=sys.stderr)

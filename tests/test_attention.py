@@ -171,16 +171,31 @@ def test_resolve_explicit_and_errors(monkeypatch):
 def test_resolve_auto(monkeypatch):
     assert A.resolve_attention("auto", "cpu") == "plain"
     monkeypatch.setattr(A, "_cudnn_status", lambda: None)
-    assert A.resolve_attention("auto", "gpu", dtype=jnp.bfloat16) == "cudnn"
+    for dtype in (jnp.bfloat16, jnp.float32, None):  # the Triton kernel (cuDNN only when asked for)
+        assert A.resolve_attention("auto", "gpu", dtype=dtype) == "pallas"
     assert A.resolve_attention("cudnn", "gpu") == "cudnn"
-    assert A.resolve_attention("auto", "gpu", dtype=jnp.float32) == "blockwise"  # cuDNN takes half only
-    assert A.resolve_attention("auto", "gpu") == "blockwise"
-    monkeypatch.setattr(A, "_cudnn_status", lambda: "no GPU")
-    assert A.resolve_attention("auto", "gpu", dtype=jnp.bfloat16) == "blockwise"
     monkeypatch.setattr(A, "_device_count", lambda backend: 1)
     assert A.resolve_attention("auto", "tpu") == "pallas"
     monkeypatch.setattr(A, "_device_count", lambda backend: 8)  # not partitioned by XLA: not on a mesh
     assert A.resolve_attention("auto", "tpu") == "blockwise"
+
+
+def test_check_attention_refuses_what_cudnn_cannot_run_before_compiling(monkeypatch):
+    """cuDNN in float32, or with a tensor axis that does not divide the kv heads (q and k/v would be
+    split differently, which cuDNN's partitioner refuses at compile time): one line naming the
+    setting to change."""
+    monkeypatch.setattr(A, "_cudnn_status", lambda: None)
+    with A.lowering_for("gpu"):
+        assert A.check_attention("auto", jnp.float32, 2, {"tensor": 4}) == "pallas"
+        assert A.check_attention("cudnn", jnp.bfloat16, 8, {"data": 1, "fsdp": 2, "tensor": 4}) == "cudnn"
+        with pytest.raises(MixjaxError) as info:
+            A.check_attention("cudnn", jnp.float32, 2, {})
+        assert str(info.value) == ("attention cudnn needs bfloat16 or float16 compute (got float32); "
+                                   "use compute_dtype bfloat16, or attention pallas")
+        with pytest.raises(MixjaxError) as info:
+            A.check_attention("cudnn", jnp.bfloat16, 2, {"data": 1, "fsdp": 2, "tensor": 4})
+        assert str(info.value) == ("attention cudnn: the mesh's tensor axis (4) must divide the model's 2 kv heads; "
+                                   "choose mesh_shape with a tensor size that does, or attention pallas")
 
 
 def test_packed_attention_refuses_what_the_backend_lacks():

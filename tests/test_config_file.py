@@ -59,6 +59,8 @@ def test_train_writes_settings_json_and_reruns_it_as_is(data, tmp_path, capsys):
     written = json.loads((run / "settings.json").read_text())
     assert written["data"] == {"data": str(data), "weights": "a=0.5,b=0.25,c=0.25", "budget_tokens": "768"}
     assert written["optimizer"]["batch_size"] == 8 and written["optimizer"]["lr"] == 1e-3
+    assert written["model"]["compute_dtype"] == "auto"  # as given; what it became here is recorded
+    assert written["recorded"] == {"backend": "cpu", "compute_dtype": "float32", "xla_flags": None}
     first = json.loads((run / "result.json").read_text())
     capsys.readouterr()
     assert main(["train", "--config", str(run / "settings.json")]) == 0  # the same run again, accepted
@@ -150,7 +152,7 @@ def test_library_errors_name_settings_and_the_command_line_shows_flags():
 
     e = MixjaxError("`loss_chunk` 5 must divide `seq_len` 32; or set `compute_dtype`, `out_dir`")
     assert str(e) == "loss_chunk 5 must divide seq_len 32; or set compute_dtype, out_dir"
-    assert e.render(flag_name) == "--loss-chunk 5 must divide --seq-len 32; or set --bf16, --out"
+    assert e.render(flag_name) == "--loss-chunk 5 must divide --seq-len 32; or set --compute-dtype, --out"
     assert e.setting == "loss_chunk" and MixjaxError("no setting").setting is None
     with pytest.raises(MixjaxError) as caught:
         with about("init"):

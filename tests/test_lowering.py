@@ -22,17 +22,24 @@ TRITON = "__gpu$xla.gpu.triton"
 
 
 def export_train_step(impl: str, platform: str = "cuda", seq_len: int = 256):
-    """The train step of QWEN_LIKE with attention `impl`, exported for `platform` (StableHLO text)."""
-    cfg = QWEN_LIKE.replace(attention=impl)
-    st = Stepper(StepConfig(cfg, 8, seq_len, 3, compute_dtype="bfloat16"), make_mesh((1, 8, 1)))
-    state = abstract_arrays(st.abstract_state, st.state_shardings)
-    batch = {k: jax.ShapeDtypeStruct((8, seq_len), jnp.int32, sharding=st.batch_sharding) for k in BATCH_KEYS}
-    scalar, weights = jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((3,), jnp.float32)
-    checks = [jax.export.DisabledSafetyCheck.custom_call(TRITON)]
+    """The train step of QWEN_LIKE with attention `impl` and the default compute dtype ('auto'),
+    exported for `platform`: its StableHLO text."""
     with A.lowering_for("gpu" if platform == "cuda" else platform):
+        st = Stepper(StepConfig(QWEN_LIKE.replace(attention=impl), 8, seq_len, 3), make_mesh((1, 8, 1)))
+        assert st.compute_dtype == "bfloat16"  # 'auto' on an accelerator
+        state = abstract_arrays(st.abstract_state, st.state_shardings)
+        batch = {k: jax.ShapeDtypeStruct((8, seq_len), jnp.int32, sharding=st.batch_sharding) for k in BATCH_KEYS}
+        scalar, weights = jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((3,), jnp.float32)
+        checks = [jax.export.DisabledSafetyCheck.custom_call(TRITON)]
         exported = jax.export.export(st.train_step, platforms=[platform], disabled_checks=checks)(
             state, batch, scalar, weights)
-    return exported.mlir_module()
+    # float32 master weights and optimizer state in and out, whatever the compute dtype
+    n_state = len(jax.tree.leaves(state))
+    floats = [a.dtype for a in exported.in_avals[:n_state] + exported.out_avals[:n_state] if a.ndim > 0]
+    assert floats and all(d == jnp.float32 for d in floats if jnp.issubdtype(d, jnp.floating))
+    module = exported.mlir_module()
+    assert "bf16" in module
+    return module
 
 
 def _functions(module: str) -> list[str]:
@@ -129,3 +136,53 @@ def test_cudnn_cannot_lower_here_and_says_so():
 
     with pytest.raises(MixjaxError, match=r"^attention cudnn is not available on the gpu backend \(no GPU\)"):
         export_train_step("cudnn")
+
+
+def test_compute_dtype_auto_is_bfloat16_on_accelerators_only():
+    from mixjax.errors import MixjaxError
+    from mixjax.train.step import resolve_compute_dtype
+
+    assert [resolve_compute_dtype("auto", b) for b in ("cpu", "gpu", "tpu")] == ["float32", "bfloat16", "bfloat16"]
+    assert resolve_compute_dtype("float32", "gpu") == "float32" and resolve_compute_dtype("bfloat16", "cpu") == "bfloat16"
+    assert resolve_compute_dtype("auto") == "float32"  # this machine
+    with pytest.raises(MixjaxError, match="^compute_dtype 'fp8': expected auto, float32, bfloat16$"):
+        resolve_compute_dtype("fp8")
+
+
+def test_gpu_xla_flags_follow_the_users_and_never_override_them(monkeypatch):
+    from jax._src import xla_bridge
+
+    from mixjax.train import mesh
+
+    defaults = mesh.GPU_XLA_FLAGS
+    assert mesh.merge_xla_flags("") == " ".join(defaults)
+    user = "--xla_gpu_enable_latency_hiding_scheduler=false --xla_dump_to=/tmp/d --xla_disable_hlo_passes"
+    merged = mesh.merge_xla_flags(user).split()
+    assert merged[:3] == user.split()  # the user's first, as given
+    assert merged[3:] == [f for f in defaults if not f.startswith(("--xla_gpu_enable_latency_hiding_scheduler=",
+                                                                   "--xla_disable_hlo_passes="))]
+    assert mesh.merge_xla_flags(" ".join(merged)) == " ".join(merged)  # applying twice changes nothing
+    # only where JAX will start a CUDA backend, and only before it starts
+    env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": user}
+    assert mesh.apply_gpu_xla_flags(env) is None and env["XLA_FLAGS"] == user
+    monkeypatch.setattr(mesh, "gpu_expected", lambda environ: True)
+    monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+    env = {"XLA_FLAGS": user}
+    assert mesh.apply_gpu_xla_flags(env) == env["XLA_FLAGS"] == " ".join(merged)
+    env = {"XLA_FLAGS": user, "MIXJAX_XLA_DEFAULTS": "0"}
+    assert mesh.apply_gpu_xla_flags(env) == user
+
+
+def test_every_default_gpu_flag_is_known_to_this_jaxlib():
+    """XLA parses its GPU flags on any backend and aborts on an unknown one (flags are renamed and
+    removed between releases): start the CPU backend with all of them."""
+    import os
+    import subprocess
+    import sys
+
+    from mixjax.train.mesh import GPU_XLA_FLAGS
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": " ".join(GPU_XLA_FLAGS)}
+    done = subprocess.run([sys.executable, "-c", "import jax; print(jax.devices()[0].platform)"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "cpu", done.stderr[-1000:]

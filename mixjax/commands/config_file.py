@@ -47,6 +47,7 @@ def _sections() -> dict[str, tuple[str, ...]]:
 SECTIONS = _sections()  # section -> the flags' dests in it
 NOT_SETTINGS = {"func", "command", "config", "help"}
 FILE_NAME = "settings.json"  # not config.json: a folder with one reads as a Hugging Face model
+RECORDED = "recorded"  # settings.json's record of the automatic choices (backend, dtype, XLA flags): not settings
 
 
 def add_config_argument(p: argparse.ArgumentParser) -> None:
@@ -146,7 +147,9 @@ def apply_config(parser: argparse.ArgumentParser, path: str) -> None:
     path = Path(path)
     actions = {a.dest: a for a in parser._actions if a.dest not in NOT_SETTINGS and a.option_strings}
     defaults = {}
-    for dest, (value, key) in _flatten(_read(path), path).items():
+    obj = _read(path)
+    obj.pop(RECORDED, None)
+    for dest, (value, key) in _flatten(obj, path).items():
         where = f"--config {path}: {key}"
         action = actions.get(dest)
         if action is None:
@@ -199,4 +202,7 @@ def write_resolved(args, folder) -> None:
         return
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(folder / FILE_NAME, json.loads(json.dumps(resolved(args, parser), default=str)))
+    doc = resolved(args, parser)
+    if getattr(args, "_recorded", None) is not None:  # what 'auto' became here (not read back)
+        doc[RECORDED] = args._recorded()
+    write_json_atomic(folder / FILE_NAME, json.loads(json.dumps(doc, default=str)))

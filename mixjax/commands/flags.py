@@ -1,8 +1,8 @@
 """The flags of the library's settings, in one place.
 
 `train`, `sweep` and `mix` take a flag for each `TrainConfig` field, made from the field: its name
-(--batch-size), type, default, choices and help. SPECIAL holds the few that differ (--bf16 for
-compute_dtype, --mesh D,F,T, --quiet, ...). `flag_name` is the flag an error's setting is shown as
+(--batch-size), type, default, choices and help. SPECIAL holds the few that differ (--bf16 besides
+--compute-dtype, --mesh D,F,T, --quiet, ...). `flag_name` is the flag an error's setting is shown as
 (library errors name settings, `mixjax.errors`).
 """
 
@@ -28,6 +28,7 @@ class Flags:
 
     options: dict[str, dict]
     value: Callable[[argparse.Namespace], Any] | None = None
+    shown_as: str | None = None  # the flag errors name when there are several (None: the setting's name)
 
 
 def _dest(flag: str) -> str:
@@ -57,7 +58,9 @@ SPECIAL: dict[str, Flags] = {
     "init": Flags({"--init": {"metavar": "CKPT"}}),
     "b1": NO_FLAG, "b2": NO_FLAG, "eps": NO_FLAG,
     "clip_norm": Flags({"--clip-norm": {}}, lambda args: args.clip_norm or None),  # 0: off
-    "compute_dtype": _switch("--bf16", "bfloat16 compute (float32 master weights)", "bfloat16"),
+    "compute_dtype": Flags({"--compute-dtype": {}, "--bf16": {"action": "store_true",
+                                                              "help": "the same as --compute-dtype bfloat16"}},
+                           lambda args: "bfloat16" if args.bf16 else args.compute_dtype, "--compute-dtype"),
     "select_best": NO_FLAG,
     "resume": _switch("--no-resume", "ignore checkpoints already in RUN_DIR", False),
     "mesh_shape": Flags({"--mesh": {"default": None, "metavar": "D,F,T",
@@ -152,5 +155,5 @@ def flag_name(setting: str) -> str:
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     if setting in fields:
         flags = list(flags_of(fields[setting]).options)
-        return flags[0] if len(flags) == 1 else setting
+        return flags[0] if len(flags) == 1 else (flags_of(fields[setting]).shown_as or setting)
     return OTHER_FLAGS.get(setting, _own_flag(setting))

@@ -29,10 +29,12 @@ Implementations (`packed_attention(impl=...)`), and where each runs:
 * ``reference``: the textbook form (`reference_attention`), for tests.
 
 'auto' (see `resolve_attention`): cpu -> 'plain' (the decoder's own CPU path, not in this file);
-gpu -> 'cudnn' when cuDNN is usable (CUDA, compute capability >= 8.0) and the compute dtype is
-bfloat16/float16, else 'blockwise' (the Triton kernel stays opt-in: its resource limits and speed
-on the target GPUs are unmeasured here and it is not partitioned); tpu -> 'pallas' (splash) on a
-single device, else 'blockwise'.
+gpu -> 'pallas' (the Triton kernel: segment ids natively, no score-sized array in either pass,
+run on each device's share under shard_map, and its CUDA lowering is tested on every commit,
+tests/test_lowering.py; 'cudnn' stays explicit: with packed segments its public API takes a
+dense [B, 1, L, S] mask whose bias gradient it computes every layer, and it cannot be lowered
+here without cuDNN); tpu -> 'pallas' (splash) on a single device, else 'blockwise'. Which is
+fastest on an H100 is unmeasured: `benchmarks/bench_gpu.py` times all of them first.
 """
 
 from __future__ import annotations
@@ -132,18 +134,17 @@ def _available(backend: str) -> tuple[str, ...]:
 def resolve_attention(impl: str, backend: str | None = None, dtype=None) -> str:
     """`--attention` value -> the implementation to run on `backend` (None: jax.default_backend()).
 
-    'auto': cpu -> 'plain'; gpu -> 'cudnn' if cuDNN is usable and `dtype` (the compute dtype, if
-    the caller knows it) is bfloat16/float16, else 'blockwise'; tpu -> 'pallas' (splash) on one
-    device, else 'blockwise' (see the module docstring for why). An explicit implementation the
-    backend cannot run raises a one-line MixjaxError naming what it has.
+    'auto': cpu -> 'plain'; gpu -> 'pallas'; tpu -> 'pallas' (splash) on one device, else
+    'blockwise' (see the module docstring for why). `dtype` (the compute dtype) is checked by
+    `check_attention`. An explicit implementation the backend cannot run raises a one-line
+    MixjaxError naming what it has.
     """
     backend = backend or target_backend()
     if impl not in IMPLEMENTATIONS:
         raise MixjaxError(f"`attention` {impl!r}: expected one of {', '.join(IMPLEMENTATIONS)}")
     if impl == "auto":
         if backend == "gpu":
-            half = dtype is not None and jnp.dtype(dtype) in _HALF
-            return "cudnn" if half and _cudnn_status() is None else "blockwise"
+            return "pallas"
         if backend == "tpu":
             return "pallas" if _device_count(backend) == 1 else "blockwise"
         return "plain"
@@ -155,6 +156,24 @@ def resolve_attention(impl: str, backend: str | None = None, dtype=None) -> str:
         raise MixjaxError(f"`attention` {impl} is not available on the {backend} backend{why} "
                           f"(available: {', '.join(available)})")
     return impl
+
+
+def check_attention(impl: str, dtype, n_kv_heads: int, mesh_sizes: dict | None = None) -> str:
+    """The implementation `impl` resolves to for a step computing in `dtype` on a mesh of
+    `mesh_sizes` ({axis: size}), or a one-line error naming the setting, before anything compiles:
+    an implementation the backend lacks, cuDNN in float32, or cuDNN with a `tensor` axis that does
+    not divide the kv heads (q would be split over heads and k/v not, which cuDNN's partitioner
+    refuses at compile time)."""
+    resolved = resolve_attention(impl, dtype=dtype)
+    if resolved == "cudnn" and _CUDNN_IMPLEMENTATION == "cudnn":
+        if jnp.dtype(dtype) not in _HALF:
+            raise MixjaxError(f"`attention` cudnn needs bfloat16 or float16 compute (got {jnp.dtype(dtype).name}); "
+                              "use `compute_dtype` bfloat16, or `attention` pallas")
+        t = (mesh_sizes or {}).get("tensor", 1)
+        if t > 1 and n_kv_heads % t:
+            raise MixjaxError(f"`attention` cudnn: the mesh's tensor axis ({t}) must divide the model's {n_kv_heads} "
+                              "kv heads; choose `mesh_shape` with a tensor size that does, or `attention` pallas")
+    return resolved
 
 
 # ------------------------------------------------------------------------------------ reference
@@ -495,10 +514,7 @@ def packed_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segment_ids_BxL, *, impl: 
         return _blockwise_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segment_ids_BxL, scale, block_q, block_k)
     if impl == "cudnn":
         if _CUDNN_IMPLEMENTATION == "cudnn":
-            resolve_attention("cudnn", backend)
-            if q_BxLxHxE.dtype not in _HALF:
-                raise MixjaxError(f"`attention` cudnn needs bfloat16 or float16 compute (got {q_BxLxHxE.dtype}); "
-                                  "use `compute_dtype`, or `attention` blockwise")
+            check_attention("cudnn", q_BxLxHxE.dtype, kv)
         return _cudnn_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segment_ids_BxL, scale, _CUDNN_IMPLEMENTATION)
     if impl == "pallas":
         resolve_attention("pallas", backend)

@@ -15,6 +15,7 @@ from mixjax.errors import MixjaxError
 
 SECTIONS = ("model", "optimizer", "eval", "checkpoint", "execution")
 SCHEDULES = ("cosine", "linear", "constant")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 FINAL_CHECKPOINT_ONLY = 10**12  # a checkpoint_every no run reaches: the last step is saved, nothing before
 
 
@@ -49,7 +50,9 @@ class TrainConfig:
     eps: float = setting(1e-8, "optimizer")
     clip_norm: float | None = setting(1.0, "optimizer", "gradient clipping (0 = off)")  # None: off
     grad_accum: int = setting(1, "optimizer", "micro-batches per step")
-    compute_dtype: str = setting("float32", "model", "float32 | bfloat16 (float32 master weights either way)")
+    compute_dtype: str = setting("auto", "model", "auto | float32 | bfloat16: the matmuls' dtype, float32 master "
+                                                  "weights and optimizer state either way (auto: bfloat16 on "
+                                                  "GPU and TPU, float32 on CPU)", choices=COMPUTE_DTYPES)
     loss_chunk: int | None = setting(
         None, "model", "cross-entropy over this many positions at a time, so a big vocabulary's logits "
                        "never exist for the whole sequence (must divide --seq-len)")

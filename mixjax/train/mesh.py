@@ -47,6 +47,78 @@ def maybe_initialize_distributed() -> bool:
     return _distributed_done
 
 
+# XLA's GPU flags for training a scanned, FSDP-sharded transformer, from maxtext's H100 (A3) recipes
+# (MaxText/configs/a3/llama_2_7b/*.sh; NVIDIA JAX-Toolbox's GPU_performance.md explains each), less
+# the flags this jaxlib no longer has (xla_gpu_graph_level, xla_gpu_enable_triton_softmax_fusion:
+# an unknown flag is fatal) and the dump flags. What they do:
+GPU_XLA_FLAGS = (
+    # overlap communication with computation: schedule collectives early, their waits late, on a
+    # high-priority stream
+    "--xla_gpu_enable_latency_hiding_scheduler=true",
+    "--xla_gpu_enable_highest_priority_async_stream=true",
+    # FSDP under a scanned layer loop: start layer i+1's weight all-gather (and finish layer i's
+    # gradient reduce-scatter) during layer i's compute, not exposed at each iteration's edge
+    "--xla_gpu_enable_pipelined_all_gather=true",
+    "--xla_gpu_enable_pipelined_reduce_scatter=true",
+    "--xla_gpu_enable_pipelined_all_reduce=true",
+    "--xla_gpu_enable_while_loop_double_buffering=true",
+    # combine small collectives (per-parameter gathers, reductions) into few large ones
+    "--xla_gpu_all_reduce_combine_threshold_bytes=536870912",
+    "--xla_gpu_all_gather_combine_threshold_bytes=134217728",
+    "--xla_gpu_reduce_scatter_combine_threshold_bytes=67108864",
+    "--xla_gpu_enable_all_gather_combine_by_dim=false",
+    "--xla_gpu_enable_reduce_scatter_combine_by_dim=false",
+    # cuBLAS for matmuls (no Triton GEMM autotuning: faster compiles, as fast at these shapes)
+    "--xla_gpu_enable_triton_gemm=false",
+    # the model's own remat policy decides what is recomputed; XLA's pass would add more under
+    # memory pressure instead of failing visibly
+    "--xla_disable_hlo_passes=rematerialization",
+)
+
+
+def _flag_name(flag: str) -> str:
+    return flag.split("=", 1)[0]
+
+
+def merge_xla_flags(user: str, defaults=GPU_XLA_FLAGS) -> str:
+    """The user's XLA_FLAGS as they are, then each default whose flag the user did not set (by
+    name, whatever its value): XLA takes the last of repeated flags, so a user's never loses."""
+    user_flags = user.split()
+    given = {_flag_name(f) for f in user_flags}
+    return " ".join(user_flags + [f for f in defaults if _flag_name(f) not in given])
+
+
+def gpu_expected(environ=os.environ) -> bool:
+    """Whether JAX will start a CUDA backend: a CUDA plugin is installed and JAX_PLATFORMS (when
+    set) names cuda or gpu. Known without starting a backend."""
+    import importlib.util
+    import pkgutil
+
+    platforms = environ.get("JAX_PLATFORMS", "").lower()
+    if platforms and not any(p in platforms for p in ("cuda", "gpu")):
+        return False
+    try:
+        plugins = importlib.util.find_spec("jax_plugins")
+        names = [m.name for m in pkgutil.iter_modules(plugins.submodule_search_locations)] if plugins else []
+    except (ImportError, ValueError):
+        names = []
+    return any("cuda" in n for n in names)
+
+
+def apply_gpu_xla_flags(environ=os.environ) -> str | None:
+    """On a GPU machine, before JAX starts its backend: XLA_FLAGS becomes `merge_xla_flags` of the
+    user's and GPU_XLA_FLAGS (MIXJAX_XLA_DEFAULTS=0 leaves it alone). Returns the XLA_FLAGS in
+    force on GPU (None elsewhere), for the run's settings.json."""
+    if not gpu_expected(environ):
+        return None
+    if environ.get("MIXJAX_XLA_DEFAULTS", "1").lower() not in ("0", "false", "no"):
+        from jax._src import xla_bridge  # no public way to ask whether a backend has started
+
+        if not xla_bridge.backends_are_initialized():
+            environ["XLA_FLAGS"] = merge_xla_flags(environ.get("XLA_FLAGS", ""))
+    return environ.get("XLA_FLAGS", "")
+
+
 def make_mesh(shape: tuple[int, int, int] | None = None, devices=None) -> Mesh:
     """A (data, fsdp, tensor) mesh. `shape` may hold one -1 (the rest); default: all data."""
     devices = list(devices if devices is not None else jax.devices())

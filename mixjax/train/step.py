@@ -24,6 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mixjax.data.batch import PackedBatch, next_token_targets
 from mixjax.errors import MixjaxError
+from mixjax.model.attention import check_attention
 from mixjax.model.config import ModelConfig
 from mixjax.model.decoder import Decoder, init_params
 from mixjax.train import mesh as meshlib
@@ -32,6 +33,19 @@ from mixjax.train.optim import adamw_direction
 
 BATCH_KEYS = ("tokens", "segment_ids", "positions", "loss_mask", "domain_ids")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def resolve_compute_dtype(name: str, backend: str | None = None) -> str:
+    """`compute_dtype` -> "float32" or "bfloat16". "auto": bfloat16 on GPU and TPU (their matmul
+    units run it at several times float32's rate), float32 on CPU (where bfloat16 is slower,
+    benchmarks/README.md). Master weights and optimizer state stay float32 either way."""
+    from mixjax.model.attention import target_backend
+
+    if name == "auto":
+        return "bfloat16" if (backend or target_backend()) in ("gpu", "tpu") else "float32"
+    if name not in DTYPES:
+        raise MixjaxError(f"`compute_dtype` {name!r}: expected auto, {', '.join(DTYPES)}")
+    return name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +120,9 @@ class Stepper:
             raise MixjaxError(f"`seq_len` {cfg.seq_len} exceeds the model's max_seq_len {cfg.model.max_seq_len}")
         if cfg.loss_chunk is not None and (cfg.loss_chunk < 1 or cfg.seq_len % cfg.loss_chunk):
             raise MixjaxError(f"`loss_chunk` {cfg.loss_chunk} must be a positive divisor of `seq_len` {cfg.seq_len}")
+        self.compute_dtype = resolve_compute_dtype(cfg.compute_dtype)
+        self.attention = check_attention(cfg.model.attention, DTYPES[self.compute_dtype], cfg.model.n_kv_heads,
+                                         dict(mesh.shape))
         abstract = nnx.eval_shape(lambda: Decoder(cfg.model, rngs=nnx.Rngs(0)))
         self.graphdef, self._abstract_state = nnx.split(abstract, nnx.Param)
         abs_pure = nnx.to_pure_dict(self._abstract_state)
@@ -192,7 +209,7 @@ class Stepper:
     # -- the jitted functions -----------------------------------------------------------------
     def _sums(self, params, b):
         """(sum of token losses, per-domain loss sums [K], per-domain target counts [K])."""
-        dtype = DTYPES[self.cfg.compute_dtype]
+        dtype = DTYPES[self.compute_dtype]
         if dtype != jnp.float32:
             params = jax.tree.map(lambda p: p.astype(dtype), params)
         model = self.merge(params)
