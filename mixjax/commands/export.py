@@ -38,10 +38,10 @@ def _weights_path(text: str) -> str:
 
 
 def _describe(source: dict | None, weights_text: str) -> str:
-    from mixjax.commands.train import _tokens_text
+    from mixjax.commands.train import tokens_text
 
     budget = source.get("budget") if source else None
-    return f"mixjax export of {weights_text}" + (f" (optimised for {_tokens_text(budget)} tokens)" if budget else "")
+    return f"mixjax export of {weights_text}" + (f" (optimised for {tokens_text(budget)} tokens)" if budget else "")
 
 
 def levanter_block(weights: dict[str, float], header: str) -> str:

@@ -60,7 +60,7 @@ def weights_and_source(text: str | None, flag: str = "--weights", budget: int | 
     return weights, source
 
 
-def _tokens_text(budget) -> str:
+def tokens_text(budget) -> str:
     return f"{int(budget):,}" if float(budget).is_integer() else f"{float(budget):,g}"
 
 
@@ -76,7 +76,7 @@ def result_for_budget(obj, budget: int | None, where: str, *, exact: bool = Fals
     results = obj["results"]
     budgets = [r.get("budget") if isinstance(r, dict) else None for r in results]
     known = [b for b in budgets if isinstance(b, (int, float)) and not isinstance(b, bool)]
-    listed = ", ".join(_tokens_text(b) for b in known) or "none"
+    listed = ", ".join(tokens_text(b) for b in known) or "none"
     if budget is None:
         if len(results) > 1:
             raise MixjaxError(f"{where}: holds results for budgets {listed}; name one "
@@ -87,13 +87,13 @@ def result_for_budget(obj, budget: int | None, where: str, *, exact: bool = Fals
         if matches:
             index = matches[0]
         elif exact or len(results) > 1:
-            raise MixjaxError(f"{where}: no result for {_tokens_text(budget)} tokens; it has budgets {listed} "
+            raise MixjaxError(f"{where}: no result for {tokens_text(budget)} tokens; it has budgets {listed} "
                               f"(train at one of them, or pick one as FILE@BUDGET)")
         else:
             index = 0
             if budgets[0] in known:
-                warn(f"warning: {where}: weights optimised for {_tokens_text(budgets[0])} tokens, "
-                     f"training {_tokens_text(budget)}")
+                warn(f"warning: {where}: weights optimised for {tokens_text(budgets[0])} tokens, "
+                     f"training {tokens_text(budget)}")
     weights = weights_in_file({"results": [results[index]]}, where)
     return weights, (budgets[index] if budgets[index] in known else None)
 
@@ -103,7 +103,7 @@ def describe_weights(weights: dict[str, float], source: dict | None) -> str:
     shown = ", ".join(f"{d}={w:.4f}" for d, w in weights.items())
     if source is None:
         return f"weights: {shown}"
-    origin = source["file"] + (f", optimised for {_tokens_text(source['budget'])} tokens"
+    origin = source["file"] + (f", optimised for {tokens_text(source['budget'])} tokens"
                                if source.get("budget") is not None else "")
     return f"weights: {shown} (from {origin})"
 
