@@ -85,7 +85,9 @@ def test_mix_offline_and_online(data_dir, tmp_path, capsys):
     assert trajectory[-1]["weights"] == reported and "learnparams" not in trajectory[2]
     result = json.loads((tmp_path / "o" / "final" / "result.json").read_text())
     assert result["steps"] == 6 and sum(result["tokens"].values()) == 768
-    assert "before its first weight update" not in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "before its first weight update" not in printed
+    assert printed.count("model: tiny from random weights (no --init)") == 2  # once per mix, at its start
 
     # 2 steps, the first update due after step 2: a one-line word at start, and the trajectory's
     # weights are the uniform ones it reports (the probes sit beside them)

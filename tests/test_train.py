@@ -62,6 +62,7 @@ def test_cli_train_takes_the_weights_of_its_budget_and_says_so(data_dir, tmp_pat
                  "--out", str(out), *common]) == 0
     printed = capsys.readouterr().out
     assert f"weights: a=0.1250, b=0.1250, c=0.7500 (from {weights}, optimised for 1,024 tokens)" in printed
+    assert "model: tiny from random weights (no --init); to fine-tune a pre-trained model pass --init" in printed
     res = json.loads((out / "result.json").read_text())
     assert res["weights"] == results[1]["weights"] and res["tokens"]["c"] == 1.5 * BATCH
     assert res["weights_from"] == {"file": str(weights), "budget": 2 * BATCH}
@@ -342,6 +343,9 @@ def test_schedules_are_the_closed_forms(schedule, num_steps, warmup):
     (["--weights", "a=-0.5,b=1.5"], "--weights: negative weight for a"),
     (["--data", "/nonexistent"], "not a prepared data directory"),
     (["--model", "llama-3.2-3b", "--init", "{hf}"], "does not match"),
+    (["--model", "qwen2.5-0.5b"], "--model qwen2.5-0.5b: its vocabulary has 151,936 tokens but the data was "
+                                  "prepared with the byte-level tokenizer of 259; prepare the data with the "
+                                  "model's tokenizer (mixjax prepare --tokenizer HF_DIR)"),
     (["--seq-len", "4096", "--budget-tokens", "7e4"], "--seq-len 4096 exceeds the model's max_seq_len 2048"),
     (["--attention", "flash"], "--attention 'flash': expected one of auto, plain, blockwise, cudnn, pallas"),
     (["--attention", "cudnn"], "--attention cudnn is not available on the cpu backend"),
@@ -361,3 +365,11 @@ def test_bad_input_is_one_line_error(data_dir, tmp_path, capsys, argv, message):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_random_start_note_only_without_pretrained_weights(tmp_path):
+    from mixjax.commands.train import random_start_note
+
+    assert random_start_note(TrainConfig(model="small")).startswith("model: small from random weights")
+    assert random_start_note(TrainConfig(init=str(tmp_path))) is None          # a run or HF directory
+    assert random_start_note(TrainConfig(model=str(tmp_path))) is None         # --model HF_DIR loads its weights

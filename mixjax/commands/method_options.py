@@ -50,8 +50,8 @@ ONLINE_ONLY = {"online_eval_batches": ("aioli", "doremi", "doge", "skillit")}
 
 
 class _OptionsOf:
-    """An argument group that offers only the options of `methods` (`sweep --help` lists no option
-    of an online method, which `sweep` does not take)."""
+    """An argument group whose help lists only the options of `methods` (`sweep --help` lists no
+    option of an online method, which `sweep` does not take)."""
 
     def __init__(self, group, methods):
         self.group, self.methods = group, set(methods)
@@ -59,8 +59,9 @@ class _OptionsOf:
     def add_argument(self, flag: str, **kwargs) -> None:
         dest = flag.lstrip("-").replace("-", "_")
         targets = OPTION_TARGETS.get(dest, (ONLINE_ONLY.get(dest),))[0]
-        if targets is None or self.methods & set(targets):
-            self.group.add_argument(flag, **kwargs)
+        if targets is not None and not self.methods & set(targets):
+            kwargs["help"] = argparse.SUPPRESS  # still parsed, so using it says which methods take it
+        self.group.add_argument(flag, **kwargs)
 
 
 def add_method_arguments(p: argparse.ArgumentParser, methods: list[str]) -> None:

@@ -26,7 +26,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from mixjax.commands.fit import check_output_path
     from mixjax.commands.method_options import method_options
-    from mixjax.commands.train import enable_compilation_cache, parse_tokens, train_config_from_args
+    from mixjax.commands.train import (enable_compilation_cache, parse_tokens, random_start_note,
+                                       train_config_from_args)
     from mixjax.data.prepared import PreparedData
     from mixjax.methods.mix import run_mix
 
@@ -36,6 +37,8 @@ def run(args) -> int:
     config = train_config_from_args(args)
     enable_compilation_cache()
     data = PreparedData(args.data)
+    if random_start_note(config):
+        print(random_start_note(config))
     summary = run_mix(args.method, options, data, budget, args.out, config,
                       eval_max_batches=args.online_eval_batches)
     from mixjax.commands.config_file import write_resolved

@@ -30,7 +30,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from mixjax.commands.fit import check_output_path
     from mixjax.commands.method_options import method_options
-    from mixjax.commands.train import enable_compilation_cache, parse_tokens, train_config_from_args
+    from mixjax.commands.train import (enable_compilation_cache, parse_tokens, random_start_note,
+                                       train_config_from_args)
     from mixjax.data.prepared import PreparedData
     from mixjax.errors import MixjaxError
     from mixjax.methods import get
@@ -43,6 +44,8 @@ def run(args) -> int:
     config = train_config_from_args(args)
     enable_compilation_cache()
     data = PreparedData(args.data)
+    if random_start_note(config):
+        print(random_start_note(config))
     method = get(args.method, len(data.domains), **options)
     if args.run_list:
         if getattr(method, "adaptive", False):

@@ -180,6 +180,16 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def random_start_note(cfg) -> str | None:
+    """One line when the model starts from random weights (no --init, --model not a Hugging Face
+    directory): fine-tuning usually means a pre-trained base, and nothing else would say so."""
+    if cfg.init or (cfg.model and (Path(cfg.model).is_dir() or "/" in cfg.model)):
+        return None
+    return (f"model: {cfg.model or 'tiny'} from random weights (no --init); to fine-tune a pre-trained model "
+            "pass --init HF_DIR (data prepared with --tokenizer HF_DIR), or --init mixjax_demo/base after "
+            "`mixjax demo` on the bundled data")
+
+
 def enable_compilation_cache() -> None:
     """Keep compiled steps on disk (MIXJAX_JAX_CACHE, default ~/.cache/mixjax/jax; empty = off),
     so repeated `mixjax train` runs of one shape skip most of the compilation."""
@@ -207,6 +217,8 @@ def run(args) -> int:
         cfg.checkpoint_every = FINAL_CHECKPOINT_ONLY  # a final checkpoint to export from
     data = PreparedData(args.data)
     enable_compilation_cache()
+    if random_start_note(cfg):
+        print(random_start_note(cfg))
     if weights is None:
         weights = {d: 1.0 / len(data.domains) for d in data.domains}
         print(describe_weights(weights, None) + " (uniform: no --weights)")

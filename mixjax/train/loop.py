@@ -91,8 +91,24 @@ class Callback:
         pass
 
 
-def resolve_model_config(cfg: TrainConfig, vocab_size: int | None):
-    """(ModelConfig, where its weights come from: ('hf', dir) | ('ckpt', dir) | None)."""
+def check_vocabulary(cfg: TrainConfig, model_vocab: int, data_vocab: int | None, tokenizer: dict | None) -> None:
+    """A model whose vocabulary is far larger than the data's tokenizer's (more than max(1024, 5%)
+    over: real models pad theirs by a few hundred at most) was made for another tokenizer: a random
+    494M Qwen on byte-level data trains, slowly, on nothing it knows. One line, before any work."""
+    if data_vocab is None or model_vocab - data_vocab <= max(1024, 0.05 * model_vocab):
+        return
+    setting = "`model`" if cfg.model is not None else "`init`"
+    name = cfg.model if cfg.model is not None else cfg.init
+    kind = "the byte-level tokenizer" if (tokenizer or {}).get("kind") == "byte" else "a tokenizer"
+    raise MixjaxError(f"{setting} {name}: its vocabulary has {model_vocab:,} tokens but the data was prepared "
+                      f"with {kind} of {data_vocab:,}; prepare the data with the model's tokenizer "
+                      "(mixjax prepare --tokenizer HF_DIR) or train a preset that takes the data's "
+                      "vocabulary (tiny, small, base, 1b)")
+
+
+def resolve_model_config(cfg: TrainConfig, vocab_size: int | None, tokenizer: dict | None = None):
+    """(ModelConfig, where its weights come from: ('hf', dir) | ('ckpt', dir) | None). `tokenizer`:
+    the prepared data's tokenizer spec (its manifest's), for the error of a mismatched vocabulary."""
     from mixjax.model import get_config, is_hf_dir, load_hf_config
     from mixjax.train.checkpoint import read_meta
     from mixjax.model.config import ModelConfig
@@ -128,6 +144,7 @@ def resolve_model_config(cfg: TrainConfig, vocab_size: int | None):
     if vocab_size is not None and vocab_size > mcfg.vocab_size:
         raise MixjaxError(f"model vocab_size {mcfg.vocab_size} is smaller than the data's {vocab_size} "
                           f"(prepare the data with the model's tokenizer)")
+    check_vocabulary(cfg, mcfg.vocab_size, vocab_size, tokenizer)
     return mcfg, init_src
 
 
@@ -380,7 +397,8 @@ def _run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out
 
     t_start, cfg, domains = time.perf_counter(), config, list(data.domains)
     meshlib.maybe_initialize_distributed()
-    mcfg, init_src = resolve_model_config(cfg, getattr(data, "vocab_size", None))
+    mcfg, init_src = resolve_model_config(cfg, getattr(data, "vocab_size", None),
+                                          getattr(data, "manifest", {}).get("tokenizer"))
     if sampler is None:
         from mixjax.data.sampler import MixtureSampler
         sampler = MixtureSampler(data, weights, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
