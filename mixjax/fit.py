@@ -181,6 +181,31 @@ def token_scale(tokens_RxK: np.ndarray) -> float:
     return float(np.median(totals) / tokens_RxK.shape[1])
 
 
+def bind_fixed(law: Law, domains: list[str], fixed: dict | None, scale: float) -> Law:
+    """The law the fit moves: `law` itself, or, for a law with fields it does not fit, the law
+    bound to their values (in `domains` order; token counts in the fit's internal unit `scale`)."""
+    if law.bind is None:
+        if fixed:
+            raise MixjaxError(f"`fixed`: law {law.name} fits all its fields; it takes no {', '.join(fixed)}")
+        return law
+    values = {}
+    for name, value in (fixed or {}).items():
+        if value is None:
+            continue
+        if not isinstance(value, dict) and np.ndim(value) == 0:
+            value = float(value)
+        if isinstance(value, dict):
+            missing = [d for d in domains if d not in value]
+            if missing:
+                raise MixjaxError(f"`fixed`: {name} has no value for domain(s) {', '.join(missing)}")
+            value = [value[d] for d in domains]
+        array = np.broadcast_to(np.asarray(value, np.float64), (len(domains),))
+        if not np.all(np.isfinite(array)) or np.any(array <= 0):
+            raise MixjaxError(f"`fixed`: {name} must be positive numbers, got {array.tolist()}")
+        values[name] = array
+    return law.bind(values, scale)
+
+
 def _checked_inputs(law: Law, obs: Observations, token_unit: float, options: FitOptions, budgets) -> np.ndarray:
     """One-line errors for a bad token unit, Huber delta, budget or too few runs; the budgets."""
     if not np.isfinite(token_unit) or token_unit <= 0:
@@ -226,15 +251,20 @@ def fit(
     token_unit: float = 1e6,
     budgets=(),
     options: FitOptions | None = None,
+    fixed: dict | None = None,
 ) -> FittedLaw:
-    """Fit `law` to `obs` and diagnose the fit; `budgets` (tokens) get bootstrap weight intervals."""
+    """Fit `law` to `obs` and diagnose the fit; `budgets` (tokens) get bootstrap weight intervals.
+    `fixed`: values of the law's fields the fit does not move (li2025-repeat: "unique", each
+    domain's training tokens, and optionally "R_star"), each {domain: value} or one number."""
     import jax
     import jax.numpy as jnp
 
     options = options or FitOptions()
+    registry_law = law
+    scale = token_scale(obs.tokens)
+    law = bind_fixed(law, obs.domains, fixed, scale)
     budgets_B = _checked_inputs(law, obs, token_unit, options, budgets)
     K, R = len(obs.domains), len(obs.runs)
-    scale = token_scale(obs.tokens)
     tokens_np, losses_np, observed_RxK = _padded_table(obs, scale)
     R_pad = tokens_np.shape[0]
     pad_rows = R_pad - R
@@ -281,7 +311,7 @@ def fit(
             diagnostics["leave_one_out"] = _loo_report(law, obs, tokens, loo_raw, loo_runs)
         params = law.rescale(jax.tree.map(np.asarray, params_internal), scale / token_unit)
         params = law.params_type(*(np.asarray(x, dtype=np.float64) for x in params))
-        fitted = FittedLaw(law, list(obs.domains), float(token_unit), params, diagnostics)
+        fitted = FittedLaw(registry_law, list(obs.domains), float(token_unit), params, diagnostics)
         if refit is not None and n_boot and budgets_B.size:
             boot_raw = refit[len(loo_runs) : len(loo_runs) + n_boot]
             diagnostics["bootstrap"] = _bootstrap_report(

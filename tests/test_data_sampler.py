@@ -224,3 +224,27 @@ def test_pack_rows_cuts_nothing_that_fits():
     assert first.tokens_per_domain.tolist() == [20] and second.tokens_per_domain.tolist() == [1]
     with pytest.raises(ValueError):
         pack_stream(pieces, batch=1, seq=8, num_domains=1)
+
+
+def test_train_subset_draws_a_seeded_nested_part_of_each_domain_and_repeats_it(data):
+    """train_subset f: one epoch of a domain is the tokens of round(f x examples) seeded examples
+    (independently summed here), nested across fractions, and the run repeats exactly them."""
+    from mixjax.data.sampler import subset_indices
+
+    source = data.split("a", "train")
+    quarter, half = subset_indices(len(source), 0.25, 7, 0), subset_indices(len(source), 0.5, 7, 0)
+    assert len(quarter) == round(0.25 * len(source)) and set(quarter) <= set(half)
+    np.testing.assert_array_equal(quarter, subset_indices(len(source), 0.25, 7, 0))
+    assert not np.array_equal(quarter, subset_indices(len(source), 0.25, 8, 0))
+    expected = np.bincount(np.concatenate([source[int(i)]["tokens"] for i in quarter]), minlength=259)
+    n = int(expected.sum())
+    s = MixtureSampler(data, {"a": 1.0}, batch_size=1, seq_len=n, budget_tokens=2 * n, seed=7,
+                       train_subset=0.25)
+    assert s.unique_tokens["a"] == n < data.train_tokens()["a"] / 2
+    for _ in range(2):  # two passes over the subset, nothing else
+        np.testing.assert_array_equal(np.bincount(s.next_batch().tokens_BxL.ravel(), minlength=259), expected)
+    with pytest.raises(MixjaxError, match=rf"budget_tokens: domain 'a' needs .* has {n:,} training tokens in its train_subset=0.25 x max_epochs=2"):
+        MixtureSampler(data, {"a": 1.0}, batch_size=1, seq_len=n, budget_tokens=3 * n, seed=7,
+                       train_subset=0.25, max_epochs=2)
+    with pytest.raises(MixjaxError, match=r"^train_subset: must be a fraction in \(0, 1\], got 0"):
+        _sampler(data, {"a": 1.0}, train_subset=0)

@@ -25,6 +25,16 @@ def random_params(law, rng, K=K):
             beta=rng.uniform(0.05, 1.0, K),
             E=rng.uniform(0.1, 2, K),
         )
+    if law.name == "li2025-repeat":
+        return law.params_type(
+            C=rng.uniform(0.5, 5, K),
+            k=rng.uniform(0.05, 2, K),
+            alpha=rng.uniform(0.05, 0.95, K),
+            beta=rng.uniform(0.05, 1.0, K),
+            E=rng.uniform(0.1, 2, K),
+            R_star=rng.uniform(0.5, 30, K),
+            unique=np.exp(rng.uniform(np.log(0.01), np.log(3), K)),
+        )
     if law.name == "li2025-pairwise":
         return law.params_type(
             C=rng.uniform(0.5, 5, K),
@@ -37,7 +47,7 @@ def random_params(law, rng, K=K):
 
 
 def test_registry_knows_every_law_and_rejects_unknown_names():
-    assert set(ALL_LAWS) == {"li2025", "li2025-pairwise", "loglinear", "linear"}
+    assert set(ALL_LAWS) == {"li2025", "li2025-pairwise", "li2025-repeat", "loglinear", "linear"}
     for name in ALL_LAWS:
         assert laws.get(name).name == name
     with pytest.raises(MixjaxError, match="unknown law 'chinchilla'") as e:
@@ -67,6 +77,8 @@ def test_transfer_never_exceeds_the_real_data_and_is_nan_free_at_zero():
 @pytest.mark.parametrize("name", ALL_LAWS)
 def test_pack_unpack_round_trip(name):
     law = laws.get(name)
+    if law.bind is not None:  # the law the fit moves, its fixed fields set
+        law = law.bind({"unique": np.array([0.5, 1.0, 2.0])}, 1.0)
     rng = np.random.default_rng(0)
     with jax.enable_x64(True):
         raw = jnp.asarray(rng.normal(0, 0.5, (K, law.n_free(K))))
@@ -123,7 +135,7 @@ def test_domain_params_slices_every_field():
     assert p1.k.shape == (K,) and np.ndim(p1.C) == 0
 
 
-@pytest.mark.parametrize("name", ["li2025", "li2025-pairwise"])
+@pytest.mark.parametrize("name", ["li2025", "li2025-pairwise", "li2025-repeat"])
 def test_objective_is_convex_on_the_simplex(name):
     """Random instances and budgets: midpoint convexity on random chords, and a PSD Hessian
     restricted to the simplex's tangent space (sum of directions = 0) at random points."""
@@ -153,3 +165,50 @@ def test_objective_is_convex_on_the_simplex(name):
     finite = np.isfinite(min_eig)
     assert finite.mean() > 0.95
     assert np.all(min_eig[finite] >= -1e-8 * scale.mean()), min_eig[finite].min()
+
+
+def test_li2025_repeat_matches_muennighoff_effective_data():
+    """Below one pass the law is li2025; beyond it the own tokens count as Muennighoff et al.'s
+    D' = U + U R* (1 - exp(-R / R*)), R = n / U - 1 repetitions; transfer uses the raw tokens."""
+    from mixjax.laws.li2025_repeat import Li2025RepeatParams
+
+    C, k, alpha, beta, E, r_star, U = 3.0, 0.5, 0.5, 0.3, 1.0, 4.0, 2.0
+    p = Li2025RepeatParams(*(np.array([v, v]) for v in (C, k, alpha, beta, E, r_star, U)))
+    law = laws.get("li2025-repeat")
+    for own, other in ((1.5, 5.0), (2.0, 5.0), (9.0, 5.0), (500.0, 0.5)):
+        with jax.enable_x64(True):
+            got = float(predict(law, p, jnp.array([own, other]))[0])
+        R = own / U - 1
+        D = own if R <= 0 else U + U * r_star * (1 - np.exp(-R / r_star))
+        want = C * (D + min(k * other**alpha, other)) ** -beta + E
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    # saturation: infinitely many passes are worth U (1 + R*)
+    with jax.enable_x64(True):
+        far = float(predict(law, p, jnp.array([1e12, 0.0]))[0])
+    np.testing.assert_allclose(far, C * (U * (1 + r_star)) ** -beta + E, rtol=1e-9)
+
+
+def test_li2025_repeat_law_file_round_trip_and_needs_unique_tokens_to_fit():
+    from mixjax.laws import FittedLaw
+    from mixjax.observations import Observations
+    from mixjax.fit import fit
+
+    obj = {"law": "li2025-repeat", "domains": ["a", "b"], "token_unit": 1e6,
+           "params": {"C": [3, 2], "k": [0.5, 0.2], "alpha": [0.5, 0.7], "beta": [0.3, 0.4],
+                      "E": [1, 0.8], "R_star": [15, 15], "unique": [0.25, 4.0]}}
+    fitted = FittedLaw.from_json(obj)
+    assert FittedLaw.from_json(fitted.to_json()).params.unique.tolist() == [0.25, 4.0]
+    bad = {**obj, "params": {**obj["params"], "unique": [0.0, 4.0]}}
+    with pytest.raises(MixjaxError, match=r"params.unique must be > 0"):
+        FittedLaw.from_json(bad)
+    no_unique = {**obj, "params": {f: v for f, v in obj["params"].items() if f != "unique"}}
+    with pytest.raises(MixjaxError, match="need field 'unique'"):
+        FittedLaw.from_json(no_unique)
+    obs = Observations([f"r{i}" for i in range(8)], ["a", "b"], np.arange(1, 17).reshape(8, 2) * 1e5,
+                       np.full((8, 2), 2.0))
+    with pytest.raises(MixjaxError, match=r"^law li2025-repeat needs each domain's unique training tokens"):
+        fit(laws.get("li2025-repeat"), obs)
+    with pytest.raises(MixjaxError, match=r"^fixed: unique has no value for domain\(s\) b"):
+        fit(laws.get("li2025-repeat"), obs, fixed={"unique": {"a": 1e6}})
+    with pytest.raises(MixjaxError, match="law li2025 fits all its fields; it takes no unique"):
+        fit(laws.get("li2025"), obs, fixed={"unique": {"a": 1e6, "b": 1e6}})

@@ -118,3 +118,96 @@ def test_regmix_finds_the_minimum_of_a_quadratic_total_loss():
     np.testing.assert_allclose([got[d] for d in "abc"], target, atol=0.03)
     with pytest.raises(MixjaxError, match="too few"):
         RegMix(n_runs=3).propose(list("abc"), 4000)
+
+
+def _repeat_truth(r_star=3.0, unique_math=1.0):
+    from mixjax.laws import FittedLaw
+    from tests.law_fixtures import PAPER_LIKE
+
+    params = dict(PAPER_LIKE["params"], R_star=[r_star] * 3, unique=[100.0, unique_math, 100.0])
+    return FittedLaw.from_json({**PAPER_LIKE, "law": "li2025-repeat", "params": params})
+
+
+def test_li2025_repeat_law_recovers_r_star_and_the_optimum_from_runs_that_repeat():
+    """Noise-free runs of which some repeat math (1M unique tokens; math-x3 is 2 passes): the
+    li2025-repeat fit, given the unique tokens, finds R* = 3 and the truth's optimum at 20M, where
+    math at its optimal weight is repeated several times; law.json keeps the unique tokens."""
+    import dataclasses
+
+    from mixjax.fit import FitOptions
+    from mixjax.methods.offline import Li2025
+    from mixjax.optimize import optimize
+
+    truth, budget = _repeat_truth(), 20_000_000
+    true_weights = optimize(truth, [budget]).weights[0]
+    available = {"if": 100e6, "math": 1e6, "code": 100e6}
+    method = Li2025(base_fraction=0.1, law="li2025-repeat", available=available, max_epochs=1e6,
+                    fit_options=FitOptions(n_bootstrap=0, leave_one_out=False, fast_compile=True))
+    got = method.recommend(_observe(truth, method.propose(truth.domains, budget), 0.0, 0), truth.domains, budget)
+    np.testing.assert_allclose([got[d] for d in truth.domains], true_weights, atol=1e-3)
+    assert true_weights[1] * budget / 1e6 > 3                         # math repeated > 3 times there
+    np.testing.assert_allclose(method.fitted.params.R_star[1], 3.0, rtol=1e-3)
+    np.testing.assert_allclose(method.fitted.params.unique, [100.0, 1.0, 100.0])  # token unit 1e6
+    # repetition-matched runs at 1/16 of the target (none repeats math on all the data) identify R*
+    # once the fit knows each run's cut (its total / target of every domain's unique tokens)
+    matched = Li2025(law="li2025-repeat", target_budget=budget, available=available, max_epochs=1e6,
+                     fit_options=FitOptions(n_bootstrap=0, leave_one_out=False, fast_compile=True))
+    runs = matched.propose(truth.domains, budget // 16)
+    cut_truth = [truth.params._replace(unique=truth.params.unique * r.budget_tokens / budget) for r in runs]
+    observed = Observations([r.name for r in runs], truth.domains, _observe(truth, runs, 0.0, 0).tokens,
+                            [_observe(dataclasses.replace(truth, params=p), [r], 0.0, 0).losses[0]
+                             for p, r in zip(cut_truth, runs)])
+    got = matched.recommend(observed, truth.domains, budget)
+    np.testing.assert_allclose([got[d] for d in truth.domains], true_weights, atol=1e-3)
+    np.testing.assert_allclose(matched.fitted.params.R_star[1], 3.0, rtol=1e-3)
+    with pytest.raises(MixjaxError, match=r"^law li2025-repeat needs each domain's training tokens"):
+        Li2025(law="li2025-repeat").recommend(_observe(truth, method.propose(truth.domains, budget), 0.0, 0),
+                                              truth.domains, budget)
+
+
+def test_li2025_repetition_options_shape_the_runs_and_refuse_bad_input():
+    import dataclasses
+
+    from mixjax.methods.offline import Li2025
+    from mixjax.train import TrainConfig
+
+    domains, budget = ["a", "b"], 80_000
+    two_sizes = Li2025(scales=(1, 0.25)).propose(domains, budget)
+    assert len(two_sizes) == 18 and two_sizes[9].name == "base-s0.25"
+    assert two_sizes[9].budget_tokens == two_sizes[0].budget_tokens // 4
+    matched = Li2025(target_budget=800_000)
+    config = TrainConfig(batch_size=2, seq_len=100)
+    run = matched.propose(domains, budget)[0]
+    cut = matched.run_config(config, run)
+    assert cut.train_subset == run.budget_tokens / 800_000 and cut.select_best    # best of 10 evaluations kept
+    along = Li2025(along_run=4).run_config(config, run)                            # 100 steps
+    assert (along.schedule, along.eval_every, along.select_best) == ("constant", 25, False)
+    assert dataclasses.replace(along, schedule="cosine", eval_every=0, select_best=False) == config
+    with pytest.raises(MixjaxError, match=r"^target_budget 60,000 is smaller than the run budget 80,000"):
+        Li2025(target_budget=60_000).propose(domains, budget)
+    for kwargs, message in (({"law": "loglinear"}, "^law: li2025 fits"), ({"r_star": 15}, "^r_star: a positive"),
+                            ({"target_budget": 10**6, "along_run": 4}, "^target_budget: the evaluations along a run"),
+                            ({"along_run": 1}, "^along_run: evaluations per run"),
+                            ({"scales": (1, 1)}, "^scales: distinct positive"),
+                            ({"adaptive": True, "along_run": 4}, "^adaptive: the adaptive design")):
+        with pytest.raises(MixjaxError, match=message):
+            Li2025(**kwargs)
+
+
+def test_along_run_rows_are_each_evaluation_at_the_tokens_trained_by_then(tmp_path):
+    import json
+
+    from mixjax.methods.base import ProposedRun
+    from mixjax.methods.sweep import observations_from_results
+
+    history = [{"step": s, "val_loss": {"a": 3.0 - s / 100, "b": 2.0}} for s in (25, 50, 75, 100)]
+    result = {"tokens": {"a": 15_000, "b": 5_000}, "val_loss": history[-1]["val_loss"], "steps": 100,
+              "val_history": history}
+    (tmp_path / "runs" / "base").mkdir(parents=True)
+    (tmp_path / "runs" / "base" / "result.json").write_text(json.dumps(result))
+    runs = [ProposedRun("base", {"a": 0.75, "b": 0.25}, 20_000)]
+    obs = observations_from_results(tmp_path, runs, ["a", "b"], along_run=True)
+    assert obs.runs == ["base.step25", "base.step50", "base.step75", "base"]
+    np.testing.assert_allclose(obs.tokens[:, 0], [3750, 7500, 11250, 15000])
+    np.testing.assert_allclose(obs.losses[:, 0], [2.75, 2.5, 2.25, 2.0])
+    assert observations_from_results(tmp_path, runs, ["a", "b"]).runs == ["base"]

@@ -59,6 +59,7 @@ def test_sweep_refuses_a_directory_of_another_configuration(data_dir, tmp_path, 
     (["--method", "li2025", "--huber", "-1"], "--huber: must be a positive delta, or 0 for least squares; got -1"),
     (["--method", "li2025", "--perturbation-evals", "-2"], "--perturbation-evals: must be a whole number >= 0"),
     (["--method", "dml", "--huber", "1e-3"], "--huber does not apply to --method dml (only li2025)"),
+    (["--method", "li2025", "--target-budget", "200"], "--target-budget 200 is smaller than the run budget 256"),
 ])
 def test_sweep_bad_input(data_dir, tmp_path, capsys, argv, message):
     assert main(["sweep", *argv, "--data", str(data_dir), "--budget-tokens", "256",
@@ -196,3 +197,27 @@ def test_sweep_help_offers_only_the_options_sweep_takes(capsys):
         assert (flag in sweep) == any(m in OFFLINE for m in methods), flag
     assert "--online-eval-batches" in mix and "--online-eval-batches" not in sweep
     assert "--eta" not in sweep and "--grid-step" in sweep
+
+
+def test_li2025_repetition_matched_runs_and_observations_along_each_run(data_dir, tmp_path):
+    """--target-budget T: each run trains on its budget / T of every domain's examples (result.json
+    says how many tokens that left); --along-run 2: constant learning rate, and each run's
+    evaluation half-way is an observation too, at half the run's tokens."""
+    common = ["--method", "li2025", "--base-fraction", "1", "--factors", "2", "--data", str(data_dir),
+              "--budget-tokens", "512", *TRAIN]
+    assert main(["sweep", *common, "--target-budget", "4096", "--out", str(tmp_path / "m")]) == 0
+    from mixjax.data.prepared import PreparedData
+
+    train_tokens = PreparedData(data_dir).train_tokens()
+    for run in ("base", "a-x2"):
+        result = json.loads((tmp_path / "m" / "runs" / run / "result.json").read_text())
+        assert result["config"]["train_subset"] == result["budget_tokens"] / 4096
+        assert 0 < result["unique_tokens"]["a"] < train_tokens["a"] / 2
+    assert main(["sweep", *common, "--along-run", "2", "--out", str(tmp_path / "r")]) == 0
+    lines = (tmp_path / "r" / "observations.csv").read_text().splitlines()
+    rows = {l.split(",")[0]: [float(x) for x in l.split(",")[1:]] for l in lines[1:]}
+    assert list(rows) == ["base.step2", "base", "a-x2.step3", "a-x2", "b-x2.step3", "b-x2"]
+    assert rows["base.step2"][:2] == [128, 128] and rows["base"][:2] == [256, 256]
+    result = json.loads((tmp_path / "r" / "runs" / "base" / "result.json").read_text())
+    assert result["config"]["schedule"] == "constant"
+    assert rows["base.step2"][2:] == [result["val_history"][0]["val_loss"][d] for d in ("a", "b")]

@@ -17,6 +17,11 @@ OPTION_TARGETS = {
     "adaptive": (("li2025",), "adaptive"),
     "max_runs": (("li2025",), "max_runs"),
     "tolerance": (("li2025",), "tolerance"),
+    "law": (("li2025",), "law"),
+    "r_star": (("li2025",), "r_star"),
+    "target_budget": (("li2025",), "target_budget"),
+    "along_run": (("li2025",), "along_run"),
+    "scales": (("li2025",), "scales"),
     "runs": (("dml", "regmix"), "n_runs"),
     "eta": (("aioli", "doremi", "doge", "skillit"), "eta"),
     "lp_rounds": (("aioli",), "lp_rounds"),
@@ -64,6 +69,15 @@ class _OptionsOf:
         self.group.add_argument(flag, **kwargs)
 
 
+def _tokens(text: str) -> int:
+    from mixjax.commands.train import parse_tokens
+
+    try:
+        return parse_tokens(text, "tokens")
+    except MixjaxError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_method_arguments(p: argparse.ArgumentParser, methods: list[str]) -> None:
     p.add_argument("--method", required=True, choices=methods)
     g = _OptionsOf(p.add_argument_group("method options (defaults: the papers' settings)"), methods)
@@ -88,6 +102,21 @@ def add_method_arguments(p: argparse.ArgumentParser, methods: list[str]) -> None
                    help="li2025 --adaptive: at most N runs in all (default 1 + 4K, the fixed design's count)")
     g.add_argument("--tolerance", type=float,
                    help="li2025 --adaptive: stop when every weight's 90%% interval is narrower (default 0.02)")
+    g.add_argument("--law", choices=("li2025", "li2025-pairwise", "li2025-repeat"),
+                   help="li2025: the law fitted (default li2025); li2025-repeat counts a domain's repeated "
+                        "tokens as Muennighoff et al.'s effective data, from the data's training tokens")
+    g.add_argument("--r-star", type=float, metavar="R",
+                   help="li2025 --law li2025-repeat: fix R* (repetitions at which a repeated token's value has "
+                        "decayed by 1/e; their fit: 15); default fitted per domain")
+    g.add_argument("--target-budget", type=_tokens, metavar="T",
+                   help="li2025: cut each domain's training data to run budget / T for each run, so it repeats "
+                        "as often as in a run of T tokens")
+    g.add_argument("--along-run", type=int, metavar="N",
+                   help="li2025: train the runs at a constant learning rate and record N evaluations of each, "
+                        "every one an observation of the fit (default 0: one per run)")
+    g.add_argument("--scales", type=_floats, metavar="S,...",
+                   help="li2025: the perturbation design at each of these sizes of its base run (e.g. 1,0.25: "
+                        "runs at two sizes; default 1)")
     g.add_argument("--runs", type=int, help="dml/regmix: number of Dirichlet runs")
     g.add_argument("--eta", type=float,
                    help="EG step size: aioli (released: 0.2 for 2 domains, 0.1 for 3-4, 1 for more), "

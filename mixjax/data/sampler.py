@@ -69,6 +69,46 @@ def allocate(owed: np.ndarray, weights: np.ndarray, total: int) -> np.ndarray:
     return counts
 
 
+class _Subset:
+    """The examples of `source` at `indices`: a random-access source (len() and [i])."""
+
+    def __init__(self, source, indices: np.ndarray):
+        self.source, self.indices = source, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.source[int(self.indices[i])]
+
+
+def subset_indices(size: int, fraction: float, seed: int, index: int) -> np.ndarray:
+    """The examples a run with `train_subset` = fraction draws from: the first max(1, round(fraction
+    x size)) of a permutation seeded by (seed, domain index), in stored order. The same seed gives
+    nested subsets: a smaller fraction's examples are all in a larger one's."""
+    keep = max(1, int(round(fraction * size)))
+    order = np.random.default_rng([seed, index, 0x5B5E7]).permutation(size)
+    return np.sort(order[:keep])
+
+
+def subset_training_data(data: PreparedData, fraction: float, seed: int) -> tuple[list, np.ndarray]:
+    """Each domain's training examples cut to `fraction` (seeded; 1 = all of them), and the
+    training tokens each then has."""
+    if not (np.isfinite(fraction) and 0 < fraction <= 1):
+        raise MixjaxError(f"`train_subset`: must be a fraction in (0, 1], got {fraction!r}")
+    sources, tokens = [], []
+    for i, d in enumerate(data.domains):
+        source = data.split(d, "train")
+        if fraction >= 1:
+            sources.append(source)
+            tokens.append(data.train_tokens()[d])
+            continue
+        subset = _Subset(source, subset_indices(len(source), fraction, seed, i))
+        sources.append(subset)
+        tokens.append(sum(len(subset[j]["tokens"]) for j in range(len(subset))))
+    return sources, np.array(tokens, np.int64)
+
+
 class _DomainStream:
     """One domain's training examples in a seeded permutation per epoch, consumed token by token."""
 
@@ -116,7 +156,7 @@ class MixtureSampler:
     """Packed [batch_size, seq_len] batches mixing the domains of `data` by `weights`."""
 
     def __init__(self, data: PreparedData, weights, *, batch_size: int, seq_len: int,
-                 budget_tokens: int, seed: int = 0, max_epochs: float = 10):
+                 budget_tokens: int, seed: int = 0, max_epochs: float = 10, train_subset: float = 1.0):
         if batch_size < 1 or seq_len < 2:
             raise MixjaxError("`batch_size` must be >= 1 and `seq_len` >= 2")
         if max_epochs <= 0:
@@ -130,10 +170,11 @@ class MixtureSampler:
             raise MixjaxError(f"`budget_tokens` {budget_tokens} is smaller than one batch "
                               f"({batch_size} x {seq_len} = {self.batch_tokens} tokens)")
         self.weights = check_weights(weights, self.domains)
-        self._available = np.array([data.train_tokens()[d] for d in self.domains], np.int64)
+        # train_subset < 1: each domain repeats as often as a run train_subset^-1 times larger will
+        sources, self._available = subset_training_data(data, train_subset, seed)
+        self.train_subset = float(train_subset)
         self._check_budget()
-        self._streams = [_DomainStream(data.split(d, "train"), i, seed)
-                         for i, d in enumerate(self.domains)]
+        self._streams = [_DomainStream(source, i, seed) for i, source in enumerate(sources)]
         self.step = 0
         self._target = np.zeros(len(self.domains), np.float64)   # cumulative tokens owed
         self._delivered = np.zeros(len(self.domains), np.int64)  # cumulative tokens given
@@ -148,12 +189,18 @@ class MixtureSampler:
 
     def _check_budget(self) -> None:
         total = self.num_steps * self.batch_tokens
+        subset = f" in its train_subset={self.train_subset:g}" if self.train_subset < 1 else ""
         for d, w, available in zip(self.domains, self.weights, self._available):
             need = w * total
             if need + 1 > self.max_epochs * available:  # +1: rounding may give one more
                 raise MixjaxError(
                     f"`budget_tokens`: domain '{d}' needs {need:,.0f} tokens at weight {w:.4g} but has "
-                    f"{available:,} training tokens x max_epochs={self.max_epochs:g}")
+                    f"{available:,} training tokens{subset} x max_epochs={self.max_epochs:g}")
+
+    @property
+    def unique_tokens(self) -> dict[str, int]:
+        """Training tokens each domain draws from (its subset's with `train_subset` < 1)."""
+        return {d: int(n) for d, n in zip(self.domains, self._available)}
 
     @property
     def tokens_consumed(self) -> dict[str, int]:

@@ -26,6 +26,7 @@ from mixjax.errors import MixjaxError
 LAW_MODULES = {
     "li2025": "li2025",
     "li2025-pairwise": "li2025_pairwise",
+    "li2025-repeat": "li2025_repeat",
     "loglinear": "loglinear",
     "linear": "linear",
 }
@@ -46,6 +47,10 @@ class Law:
     rescale: Callable[[Any, float], Any]  # params for x -> params for r*x (same losses)
     check: Callable[[dict[str, np.ndarray]], str | None]  # bound violations, or None
     uses_proportions: bool  # True: loss depends on tokens / sum(tokens) only (LMO laws)
+    # fields the fit does not move (li2025-repeat's unique tokens): `bind(fixed, token_scale)`
+    # gives the law the fit uses, its unpack filling them in from `fixed` (tokens / token_scale)
+    fixed_fields: tuple[str, ...] = ()
+    bind: Callable[[dict, float], "Law"] | None = None
 
 
 def names() -> list[str]:

@@ -37,6 +37,19 @@ class _LawMethod:
 
         return self._fit_options or FitOptions()
 
+    def fixed_fields(self, domains) -> dict | None:
+        """The values of the law's unfitted fields (li2025-repeat: each domain's unique training
+        tokens, from `available`), or None for a law that fits all its fields."""
+        from mixjax import laws
+
+        if not laws.get(self.law_name).fixed_fields:
+            return None
+        if not self.available or any(d not in self.available for d in domains):
+            raise MixjaxError(f"law {self.law_name} needs each domain's training tokens (`available`; "
+                              "the prepared data's, which `mix` passes)")
+        return {"unique": {d: float(self.available[d]) for d in domains}, "R_star": getattr(self, "r_star", None),
+                "match_budget": getattr(self, "target_budget", None)}
+
     def recommend(self, observations, domains, budget_tokens):
         from mixjax import laws
         from mixjax.fit import fit
@@ -44,7 +57,7 @@ class _LawMethod:
 
         obs = observations.select(domains)
         self.fitted = fit(laws.get(self.law_name), obs, token_unit=1e6, budgets=[budget_tokens],
-                          options=self.fit_options)
+                          options=self.fit_options, fixed=self.fixed_fields(domains))
         result = optimize(self.fitted, [budget_tokens], available=self.available, max_epochs=self.max_epochs)
         return as_weights(domains, result.weights[0])
 
@@ -78,8 +91,11 @@ class Li2025(_LawMethod):
 
     def __init__(self, base_fraction: float = 0.25, factors=DEFAULT_FACTORS, add_runs: bool = True,
                  huber_delta: float | None = 1e-3, perturbation_evals: int = 10, adaptive: bool = False,
-                 max_runs: int | None = None, tolerance: float | None = None, **kwargs):
+                 max_runs: int | None = None, tolerance: float | None = None, law: str = "li2025",
+                 r_star: float | None = None, target_budget: int | None = None, along_run: int = 0,
+                 scales=(1.0,), **kwargs):
         super().__init__(**kwargs)
+        self._set_repetition_options(law, r_star, target_budget, along_run, scales, adaptive)
         if not adaptive and (max_runs is not None or tolerance is not None):
             raise MixjaxError("`max_runs` and `tolerance` apply to li2025 with `adaptive`")
         if max_runs is not None and (isinstance(max_runs, bool) or not isinstance(max_runs, (int, np.integer))
@@ -102,6 +118,33 @@ class Li2025(_LawMethod):
         self.huber_delta = float(huber_delta) if huber_delta else None
         self.perturbation_evals = int(perturbation_evals)
 
+    def _set_repetition_options(self, law, r_star, target_budget, along_run, scales, adaptive) -> None:
+        """Check and keep the options of issue 24's variants: the law (li2025-repeat: repetition-
+        aware, `r_star` fixed or fitted), repetition-matched runs (`target_budget`), observations
+        along each run (`along_run`) and the design at several sizes (`scales`)."""
+        if law not in ("li2025", "li2025-pairwise", "li2025-repeat"):
+            raise MixjaxError(f"`law`: li2025 fits li2025, li2025-pairwise or li2025-repeat, not {law!r}")
+        if r_star is not None and (law != "li2025-repeat" or not (np.isfinite(r_star) and r_star > 0)):
+            raise MixjaxError(f"`r_star`: a positive number, for law li2025-repeat only; got {r_star!r} with {law}")
+        if target_budget is not None and (isinstance(target_budget, bool) or not target_budget > 0):
+            raise MixjaxError(f"`target_budget`: must be a positive number of tokens, got {target_budget!r}")
+        if target_budget is not None and along_run:
+            raise MixjaxError("`target_budget`: the evaluations along a run (`along_run`) saw less of its cut "
+                              "data than the run's budget says; give one or the other")
+        if isinstance(along_run, bool) or not isinstance(along_run, (int, np.integer)) or along_run < 0 \
+                or along_run == 1:
+            raise MixjaxError(f"`along_run`: evaluations per run recorded as observations, 0 (off) or >= 2; "
+                              f"got {along_run!r}")
+        scales = tuple(float(x) for x in scales)
+        if not scales or len(set(scales)) != len(scales) or not all(np.isfinite(x) and x > 0 for x in scales):
+            raise MixjaxError(f"`scales`: distinct positive sizes of the design, got {list(scales)}")
+        if adaptive and (law != "li2025" or target_budget or along_run or scales != (1.0,)):
+            raise MixjaxError("`adaptive`: the adaptive design fits law li2025 to whole runs; it takes no "
+                              "law, target_budget, along_run or scales")
+        self.law_name, self.r_star = law, None if r_star is None else float(r_star)
+        self.target_budget = None if target_budget is None else int(target_budget)
+        self.along_run, self.scales = int(along_run), scales
+
     @property
     def fit_options(self):
         """The FitOptions given (or the defaults), with this method's Huber delta."""
@@ -109,6 +152,9 @@ class Li2025(_LawMethod):
 
     def run_selection(self) -> dict:
         """How each run's loss is chosen, as recorded in sweep.json ({} = the final loss)."""
+        if self.along_run:
+            return {"evaluations": self.along_run, "val_loss": "every evaluation, one observation each",
+                    "schedule": "constant"}
         if not self.perturbation_evals:
             return {}
         return {"evaluations": self.perturbation_evals, "val_loss": "best evaluation"}
@@ -116,18 +162,41 @@ class Li2025(_LawMethod):
     def run_config(self, config, run: ProposedRun):
         """The training settings of one of this method's runs: `config` evaluated every
         max(1, steps // perturbation_evals) steps, recording the evaluation of lowest mean
-        validation loss (`select_best`, no checkpoint); `config` itself when perturbation_evals is 0."""
-        if not self.perturbation_evals:
-            return config
+        validation loss (`select_best`, no checkpoint); `config` itself when perturbation_evals is 0.
+        With `along_run`: a constant learning rate after warm-up (every evaluation is then a valid
+        point of the loss against tokens) and `along_run` evaluations, each an observation. With
+        `target_budget` T: each domain cut to run budget / T of its training examples."""
         steps = max(1, int(run.budget_tokens) // (config.batch_size * config.seq_len))
-        return dataclasses.replace(config, eval_every=max(1, steps // self.perturbation_evals),
-                                   select_best=True)
+        if self.along_run:
+            config = dataclasses.replace(config, schedule="constant", eval_every=max(1, steps // self.along_run),
+                                         select_best=False)
+        elif self.perturbation_evals:
+            config = dataclasses.replace(config, eval_every=max(1, steps // self.perturbation_evals),
+                                         select_best=True)
+        if self.target_budget:
+            config = dataclasses.replace(config, train_subset=min(1.0, int(run.budget_tokens) / self.target_budget))
+        return config
 
     def _per_domain(self, domains, budget_tokens) -> int:
         return int(self.base_fraction * budget_tokens / len(domains))
 
     def propose(self, domains, budget_tokens):
-        return perturbation_runs(domains, self._per_domain(domains, budget_tokens), self.factors)
+        runs = []
+        for scale in self.scales:
+            design = perturbation_runs(domains, self._per_domain(domains, budget_tokens) * scale, self.factors)
+            runs += [run if scale == 1 else ProposedRun(f"{run.name}-s{scale:g}", run.weights, run.budget_tokens)
+                     for run in design]
+        self.check_target_budget(runs, budget_tokens)
+        return runs
+
+    def check_target_budget(self, runs, budget_tokens) -> None:
+        """A one-line error, before any training, when `target_budget` is below the runs' budget."""
+        if self.target_budget is None:
+            return
+        largest = max([int(budget_tokens)] + [int(r.budget_tokens) for r in runs])
+        if self.target_budget < largest:
+            raise MixjaxError(f"`target_budget` {self.target_budget:,} is smaller than the run budget {largest:,}: "
+                              "runs cut to budget / target would need more than all the data")
 
     def extra_runs(self, observations, domains, budget_tokens) -> list[ProposedRun]:
         """The runs to add when the observed ones leave a domain's law under-determined ([] if not)."""

@@ -192,8 +192,24 @@ def read_run_result(path: Path, domains) -> tuple[list[float], list[float]]:
     return [number("tokens", d, False) for d in domains], [number("val_loss", d, True) for d in domains]
 
 
-def observations_from_results(out: Path, runs, domains):
-    """The finished runs' tokens and validation losses as an Observations table."""
+def along_run_rows(result_path: Path, name: str, run_tokens, domains) -> list[tuple[str, list, list]]:
+    """A run's evaluations before its last, each an observation (li2025 `along_run`): named
+    <run>.step<S> after the S steps done by then, with the run's tokens times S / its steps (its
+    weights are constant, so the sampler had given each domain that many, to within a token)."""
+    result = read_result(result_path.parent)
+    steps, rows = result.get("steps"), []
+    for record in result.get("val_history") or []:
+        done = int(record["step"])
+        if not isinstance(steps, int) or done >= steps:
+            continue
+        losses = [float(record["val_loss"].get(d, np.nan)) for d in domains]
+        rows.append((f"{name}.step{done}", [t * done / steps for t in run_tokens], losses))
+    return rows
+
+
+def observations_from_results(out: Path, runs, domains, along_run: bool = False):
+    """The finished runs' tokens and validation losses as an Observations table (with `along_run`,
+    each run's earlier evaluations too, before it)."""
     from mixjax.observations import Observations
 
     names, tokens, losses = [], [], []
@@ -202,6 +218,11 @@ def observations_from_results(out: Path, runs, domains):
         if not result_path.is_file():
             continue
         run_tokens, run_losses = read_run_result(result_path, domains)
+        for row_name, row_tokens, row_losses in (along_run_rows(result_path, run.name, run_tokens, domains)
+                                                 if along_run else ()):
+            names.append(row_name)
+            tokens.append(row_tokens)
+            losses.append(row_losses)
         names.append(run.name)
         tokens.append(run_tokens)
         losses.append(run_losses)
@@ -228,6 +249,7 @@ def train_runs(method, mine, runs, data, out: Path, config, log=print, log_done:
     from mixjax.observations import write_csv
     from mixjax.train import run_training
 
+    along = bool(getattr(getattr(method, "like", method), "along_run", 0))  # li2025's rows along each run
     for number, run in enumerate(mine, start=1):
         run_dir = out / "runs" / run.name
         if (run_dir / "result.json").is_file():
@@ -238,7 +260,7 @@ def train_runs(method, mine, runs, data, out: Path, config, log=print, log_done:
         log(f"[{number}/{len(mine)}] {run.name}: {run.budget_tokens:,} tokens at {weights}")
         run_cfg = method.run_config(config, run) if hasattr(method, "run_config") else config
         run_training(run_cfg, data, run.weights, run.budget_tokens, out_dir=run_dir)
-        write_csv(observations_from_results(out, runs, data.domains), out / "observations.csv")
-    observations = observations_from_results(out, runs, data.domains)
+        write_csv(observations_from_results(out, runs, data.domains, along), out / "observations.csv")
+    observations = observations_from_results(out, runs, data.domains, along)
     write_csv(observations, out / "observations.csv")
     return observations

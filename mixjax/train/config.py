@@ -58,6 +58,8 @@ class TrainConfig:
                        "never exist for the whole sequence (must divide --seq-len)")
     seed: int = setting(0, "optimizer")
     max_epochs: float = setting(10, "optimizer", "most times a domain may be repeated")
+    train_subset: float = setting(1.0, "optimizer", "train on this fraction of each domain's training examples "
+                                                    "(seeded by --seed; li2025 --target-budget sets it per run)")
     eval_every: int = setting(0, "eval", "steps between evaluations (0: at the end)")
     eval_max_batches: int | None = setting(None, "eval", "validation batches per domain")  # None: the whole split
     keep_best: bool = setting(False, "eval",

@@ -366,6 +366,7 @@ def _result(run: _Run, num_steps: int, domains, mesh, t_start: float) -> dict:
                                if timings["train_s"] else None)
     return {
         "tokens": dict(consumed) if consumed else {d: int(t) for d, t in zip(domains, record.seen_tokens)},
+        **({"unique_tokens": sampler.unique_tokens} if getattr(sampler, "train_subset", 1.0) < 1 else {}),
         "loss_tokens": {d: int(t) for d, t in zip(domains, record.loss_tokens)},
         "val_loss": chosen["val_loss"],
         "val_loss_step": chosen["step"],
@@ -402,7 +403,8 @@ def _run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out
     if sampler is None:
         from mixjax.data.sampler import MixtureSampler
         sampler = MixtureSampler(data, weights, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
-                                 budget_tokens=budget_tokens, seed=cfg.seed, max_epochs=cfg.max_epochs)
+                                 budget_tokens=budget_tokens, seed=cfg.seed, max_epochs=cfg.max_epochs,
+                                 train_subset=cfg.train_subset)
     if validation_fn is None:
         from mixjax.data.sampler import validation_batches as validation_fn
     num_steps = int(sampler.num_steps)
