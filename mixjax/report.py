@@ -51,20 +51,52 @@ def plot(fitted, result, obs, out_dir, bounds) -> list[str]:
         dense = optimize(fitted, np.geomspace(lo, hi, 40), **bounds)
     except MixjaxError:
         dense = result
+    fig = weights_figure(fitted, result, dense)
+    paths.append(_save(fig, os.path.join(out_dir, "weights_vs_budget.png")))
+    plt.close(fig)
+    paths.append(_plot_fit(fitted, obs, result, os.path.join(out_dir, "fit.png")))
+    return paths
+
+
+def weights_figure(fitted, result, dense):
+    """The optimal weights against the budget (log axis): the optimiser's curve over `dense`'s
+    budgets, a point at each of `result`'s, ticks labelled in tokens (5M, 20M) without overlap."""
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for j, d in enumerate(fitted.domains):
         line = ax.plot(dense.budgets, dense.weights[:, j], label=d)[0]
         ax.scatter(result.budgets, result.weights[:, j], color=line.get_color(), zorder=3)
     ax.set_xscale("log")
+    _budget_ticks(ax, result.budgets)
     ax.set_xlabel("budget (tokens)")
     ax.set_ylabel("optimal weight")
     ax.set_title(f"{fitted.law.name}: optimal weights vs budget")
     ax.legend()
     fig.tight_layout()
-    paths.append(_save(fig, os.path.join(out_dir, "weights_vs_budget.png")))
-    plt.close(fig)
-    paths.append(_plot_fit(fitted, obs, result, os.path.join(out_dir, "fit.png")))
-    return paths
+    return fig
+
+
+def tokens_label(x: float) -> str:
+    """300k, 5M, 1.25M, 2G: a token count as a tick label."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= size:
+            return f"{x / size:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def _budget_ticks(ax, budgets) -> None:
+    """Major ticks at the budgets when they are few and far enough apart to label (else at the
+    decades), labelled in tokens; minor ticks unlabelled (matplotlib labels them on a log axis of
+    under two decades, where 2x10^6, 3x10^6, ... run into each other)."""
+    import numpy as np
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
+
+    b = np.unique(np.asarray(budgets, np.float64))
+    spaced = len(b) <= 6 and (len(b) < 2 or float(np.min(b[1:] / b[:-1])) >= 1.8)
+    ax.xaxis.set_major_locator(FixedLocator(b) if spaced else LogLocator(base=10))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: tokens_label(x)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _plot_fit(fitted, obs, result, path) -> str:

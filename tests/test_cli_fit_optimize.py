@@ -241,3 +241,30 @@ def test_validate_errors_are_one_line(runs_csv, tmp_path, capsys, extra, message
     for key, value in subs.items():
         message = message.replace(key, value)
     assert rc == 2 and len(err.splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.parametrize("budgets", [[5e6, 2e7], [3e5, 3e6, 3e7], [1e6, 1.2e6, 1.5e6, 2e6, 3e6, 5e6, 8e6]])
+def test_weights_vs_budget_tick_labels_do_not_overlap(hand_written_law, budgets):
+    """Budgets within two decades (the README's 5M and 20M) drew 2x10^6, 3x10^6, ... on top of
+    each other; every drawn tick label must now sit clear of the next."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mixjax.laws import load_law_file
+    from mixjax.optimize import optimize
+    from mixjax.report import weights_figure
+
+    fitted = load_law_file(hand_written_law)
+    result = optimize(fitted, budgets)
+    fig = weights_figure(fitted, result, optimize(fitted, np.geomspace(min(budgets) / 4, max(budgets) * 4, 12)))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    labels = [t for t in ax.get_xticklabels() + ax.get_xticklabels(minor=True) if t.get_visible() and t.get_text()]
+    boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.x0)
+    assert len(boxes) >= 2 and all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:]))
+    if len(budgets) == 2:
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["5M", "20M"]
+    plt.close(fig)
