@@ -159,3 +159,16 @@ def test_library_errors_name_settings_and_the_command_line_shows_flags():
             raise MixjaxError("/x holds no mixjax checkpoint")
     assert str(caught.value) == "init: /x holds no mixjax checkpoint"
     assert caught.value.render(flag_name) == "--init: /x holds no mixjax checkpoint"
+
+
+def test_the_readme_config_example_parses_as_a_whole_run(tmp_path):
+    """The README's `--config` example, as written, sets every required setting of `train` (it
+    lacked `out` and failed with "required: --out")."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = re.search(r"`(\{data: \{data: DIR.*?\})`", readme).group(1)
+    args = parsed("train", example, ".yaml", tmp_path)
+    assert (args.data, args.budget_tokens, args.out, args.init) == ("DIR", "5M", "RUN_DIR", "HF_DIR")
+    assert args.lr == 2e-5 and args.bf16 is True

@@ -84,3 +84,15 @@ def test_split_key_field_and_id_prefix():
 def test_jsonl_fixture_round_trip(tmp_path):
     path = write_jsonl(tmp_path / "x.jsonl", [{"prompt": "p", "response": "r"}])
     assert list(read_records(path)) == [(f"{path}:1", {"prompt": "p", "response": "r"})]
+
+
+def test_the_readme_quick_start_lists_every_format():
+    import re
+    from pathlib import Path
+
+    from mixjax.data.formats import FORMATS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    listed = re.search(r"# formats: (.*?)\n(?:\s*# (.*?)\n)?", readme)
+    names = {n.strip() for part in listed.groups() if part for n in part.split(",") if n.strip()}
+    assert names == set(FORMATS)
