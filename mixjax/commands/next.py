@@ -11,7 +11,9 @@ RUNS.json lists them as [{"name", "weights", "budget_tokens"}] (the run entries 
 it is [] when the rule says stop. Names are made from the runs' token counts, so proposing again
 from the same runs gives the same names. To train them: mixjax sweep --method li2025 --run-list
 RUNS.json --out NEW_DIR ..., then pass NEW_DIR/observations.csv here too (or let
-`mixjax mix --method li2025 --adaptive` do the whole loop)."""
+`mixjax mix --method li2025 --adaptive` do the whole loop). Runs too few or too alike to fit the
+law give no weights yet: RUNS.json then lists the runs that identify it (from the adaptive design's
+start: the uniform base run and spread-out mixtures), whatever --runs says."""
 
 
 def register(subparsers) -> None:
