@@ -128,6 +128,7 @@ def _repeat_truth(r_star=3.0, unique_math=1.0):
     return FittedLaw.from_json({**PAPER_LIKE, "law": "li2025-repeat", "params": params})
 
 
+@pytest.mark.slow  # two fits of a newly bound law, each compiled: ~20 s on a quiet machine
 def test_li2025_repeat_law_recovers_r_star_and_the_optimum_from_runs_that_repeat():
     """Noise-free runs of which some repeat math (1M unique tokens; math-x3 is 2 passes): the
     li2025-repeat fit, given the unique tokens, finds R* = 3 and the truth's optimum at 20M, where
@@ -150,7 +151,7 @@ def test_li2025_repeat_law_recovers_r_star_and_the_optimum_from_runs_that_repeat
     np.testing.assert_allclose(method.fitted.params.unique, [100.0, 1.0, 100.0])  # token unit 1e6
     # repetition-matched runs at 1/16 of the target (none repeats math on all the data) identify R*
     # once the fit knows each run's cut (its total / target of every domain's unique tokens)
-    matched = Li2025(law="li2025-repeat", target_budget=budget, available=available, max_epochs=1e6,
+    matched = Li2025(target_budget=budget, available=available, max_epochs=1e6,
                      fit_options=FitOptions(n_bootstrap=0, leave_one_out=False, fast_compile=True))
     runs = matched.propose(truth.domains, budget // 16)
     cut_truth = [truth.params._replace(unique=truth.params.unique * r.budget_tokens / budget) for r in runs]
@@ -176,6 +177,8 @@ def test_li2025_repetition_options_shape_the_runs_and_refuse_bad_input():
     assert len(two_sizes) == 18 and two_sizes[9].name == "base-s0.25"
     assert two_sizes[9].budget_tokens == two_sizes[0].budget_tokens // 4
     matched = Li2025(target_budget=800_000)
+    assert (matched.law_name, Li2025().law_name, Li2025(law="li2025", target_budget=10**6).law_name) == \
+        ("li2025-repeat", "li2025", "li2025")
     config = TrainConfig(batch_size=2, seq_len=100)
     run = matched.propose(domains, budget)[0]
     cut = matched.run_config(config, run)

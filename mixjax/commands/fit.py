@@ -14,7 +14,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "fit", help="fit a mixing law to observed runs", description=DESCRIPTION
     )
-    parser.add_argument("--law", required=True, help="li2025, li2025-pairwise, loglinear or linear")
+    parser.add_argument("--law", required=True, help="li2025, li2025-pairwise, li2025-repeat (needs the data's training tokens), loglinear or linear")
     parser.add_argument("--observations", required=True, metavar="CSV", help="the runs (CSV)")
     parser.add_argument("--out", required=True, metavar="JSON", help="law file to write")
     parser.add_argument("--huber", type=float, default=None, metavar="DELTA",

@@ -103,14 +103,16 @@ def add_method_arguments(p: argparse.ArgumentParser, methods: list[str]) -> None
     g.add_argument("--tolerance", type=float,
                    help="li2025 --adaptive: stop when every weight's 90%% interval is narrower (default 0.02)")
     g.add_argument("--law", choices=("li2025", "li2025-pairwise", "li2025-repeat"),
-                   help="li2025: the law fitted (default li2025); li2025-repeat counts a domain's repeated "
-                        "tokens as Muennighoff et al.'s effective data, from the data's training tokens")
+                   help="li2025: the law fitted (default li2025; li2025-repeat with --target-budget); "
+                        "li2025-repeat counts a domain's repeated tokens as Muennighoff et al.'s effective data, "
+                        "from the data's training tokens")
     g.add_argument("--r-star", type=float, metavar="R",
                    help="li2025 --law li2025-repeat: fix R* (repetitions at which a repeated token's value has "
                         "decayed by 1/e; their fit: 15); default fitted per domain")
     g.add_argument("--target-budget", type=_tokens, metavar="T",
                    help="li2025: cut each domain's training data to run budget / T for each run, so it repeats "
-                        "as often as in a run of T tokens")
+                        "as often as in a run of T tokens; the law li2025-repeat then learns how repetition "
+                        "pays (R*)")
     g.add_argument("--along-run", type=int, metavar="N",
                    help="li2025: train the runs at a constant learning rate and record N evaluations of each, "
                         "every one an observation of the fit (default 0: one per run)")

@@ -91,7 +91,7 @@ class Li2025(_LawMethod):
 
     def __init__(self, base_fraction: float = 0.25, factors=DEFAULT_FACTORS, add_runs: bool = True,
                  huber_delta: float | None = 1e-3, perturbation_evals: int = 10, adaptive: bool = False,
-                 max_runs: int | None = None, tolerance: float | None = None, law: str = "li2025",
+                 max_runs: int | None = None, tolerance: float | None = None, law: str | None = None,
                  r_star: float | None = None, target_budget: int | None = None, along_run: int = 0,
                  scales=(1.0,), **kwargs):
         super().__init__(**kwargs)
@@ -121,7 +121,12 @@ class Li2025(_LawMethod):
     def _set_repetition_options(self, law, r_star, target_budget, along_run, scales, adaptive) -> None:
         """Check and keep the options of issue 24's variants: the law (li2025-repeat: repetition-
         aware, `r_star` fixed or fitted), repetition-matched runs (`target_budget`), observations
-        along each run (`along_run`) and the design at several sizes (`scales`)."""
+        along each run (`along_run`) and the design at several sizes (`scales`). The law defaults to
+        li2025, and to li2025-repeat with `target_budget`: runs on cut data saturate as the target
+        will, which the li2025 law, extrapolating in tokens, reads as a small data exponent
+        (results/repetition_sim.md: it then does far worse than stratified)."""
+        if law is None:
+            law = "li2025-repeat" if target_budget is not None else "li2025"
         if law not in ("li2025", "li2025-pairwise", "li2025-repeat"):
             raise MixjaxError(f"`law`: li2025 fits li2025, li2025-pairwise or li2025-repeat, not {law!r}")
         if r_star is not None and (law != "li2025-repeat" or not (np.isfinite(r_star) and r_star > 0)):
