@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not built yet
             raise
         module.register(subparsers)
+    for command in [parser, *subparsers.choices.values()]:
+        command.allow_abbrev = False  # `train --budget 20k` must not pass for --budget-tokens
     return parser
 
 

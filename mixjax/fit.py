@@ -252,8 +252,11 @@ def fit(
     budgets=(),
     options: FitOptions | None = None,
     fixed: dict | None = None,
+    available=None,
+    max_epochs: float | None = None,
 ) -> FittedLaw:
-    """Fit `law` to `obs` and diagnose the fit; `budgets` (tokens) get bootstrap weight intervals.
+    """Fit `law` to `obs` and diagnose the fit; `budgets` (tokens) get bootstrap weight intervals
+    (within the data cap available_i x max_epochs when `available` gives each domain's tokens).
     `fixed`: values of the law's fields the fit does not move (li2025-repeat: "unique", each
     domain's training tokens, and optionally "R_star"), each {domain: value} or one number."""
     import jax
@@ -315,7 +318,7 @@ def fit(
         if refit is not None and n_boot and budgets_B.size:
             boot_raw = refit[len(loo_runs) : len(loo_runs) + n_boot]
             diagnostics["bootstrap"] = _bootstrap_report(
-                law, fitted, boot_raw, budgets_B, scale / token_unit
+                law, fitted, boot_raw, budgets_B, scale / token_unit, available, max_epochs
             )
         elif budgets_B.size:
             diagnostics["bootstrap"] = {"n_resamples": 0, "note": "bootstrap disabled"}
@@ -396,8 +399,11 @@ def _fit_quality(law: Law, obs: Observations, predicted_RxK, objective_K) -> dic
             "objective": float(objective_K[j]),
         }
     all_res = (obs.losses - predicted_RxK)[obs.observed]
+    run_tokens = obs.tokens.sum(axis=1)
     return {
         "n_runs": len(obs.runs),
+        # the runs' sizes: how far a budget lies past them (`optimize` prints the ratio)
+        "run_tokens": {"min": float(run_tokens.min()), "max": float(run_tokens.max())},
         "n_observations": int(obs.observed.sum()),
         "n_free_params": n_free * len(obs.domains),
         "under_determined": bool(messages),
@@ -440,18 +446,21 @@ def _bootstrap_weights(law, raw_BxKxP, rescale_factor, budgets_N, lower_K, upper
     return jax.vmap(weights_for)(raw_BxKxP)
 
 
-def _bootstrap_report(law, fitted: FittedLaw, raw_BxKxP, budgets_B, rescale_factor) -> dict:
+def _bootstrap_report(law, fitted: FittedLaw, raw_BxKxP, budgets_B, rescale_factor, available=None,
+                      max_epochs=None) -> dict:
     """5/50/95th percentiles of the optimal weights over refits on resampled runs."""
     import jax.numpy as jnp
 
-    K = len(fitted.domains)
+    from mixjax.optimize import weight_bounds
+
+    lower_K, upper_BxK = weight_bounds(fitted.domains, budgets_B, available=available, max_epochs=max_epochs)
     weights_BxNxK = np.asarray(
         compiled_bootstrap_weights(
             raw_BxKxP,
             jnp.asarray(rescale_factor),
             jnp.asarray(budgets_B / fitted.token_unit),
-            jnp.zeros(K),
-            jnp.ones((budgets_B.size, K)),
+            jnp.asarray(lower_K),
+            jnp.asarray(upper_BxK),
             law=law,
         )
     )

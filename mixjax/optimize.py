@@ -21,6 +21,20 @@ import numpy as np
 
 from mixjax.errors import MixjaxError
 
+# The one default of `--max-epochs` (train, sweep, mix, optimize, fit): the most passes over a domain's
+# training tokens. It is the limit the trainer's sampler has always enforced, so the optimiser never
+# recommends weights `train` would refuse; at 10 passes a repeated token still carries most of a new
+# one's value (Muennighoff et al., 2023: repeated data decays with R* ~ 15 passes; up to ~4 it is
+# almost as good as new: give --max-epochs 4 to stay where the law's fresh-token assumption holds).
+DEFAULT_MAX_EPOCHS = 10.0
+# How far past its runs' size a law's weights were shown to hold: target budget / the largest run the
+# law was fitted on. experiments/extrapolation.py measures it (gap to the grid's best recovered against
+# this ratio); `optimize` and `mix` warn beyond it.
+VALIDATED_EXTRAPOLATION_RATIO = 10.0
+# The data cap leaves this many tokens unused, so that the trainer's sampler (which may round a
+# domain's share up by one token) accepts a run at weights held at the cap.
+CAP_MARGIN_TOKENS = 2.0
+
 
 def project_box_simplex(v_K, lower_K, upper_K, bisection_steps: int = 64):
     """Euclidean projection of v onto {w : lower <= w <= upper, sum w = 1}.
@@ -158,7 +172,10 @@ _solve_many_compiled = QuickCompiled(_solve_many_kw, ("law", "max_iters", "tol")
 
 @dataclass
 class WeightsResult:
-    """Optimal weights at each budget, with the law's predicted per-domain losses there."""
+    """Optimal weights at each budget, with the law's predicted per-domain losses there; with the
+    data (`available` tokens per domain, `max_epochs`), each domain's passes at the budget, where the
+    data cap binds and the optimum without it (`unconstrained`); `run_tokens` (smallest, largest)
+    are the sizes of the runs the law was fitted on, when its file records them."""
 
     law: str
     domains: list[str]
@@ -166,26 +183,91 @@ class WeightsResult:
     weights: np.ndarray  # (B, K)
     predicted_loss: np.ndarray  # (B, K)
     converged: np.ndarray  # (B,)
+    available: dict[str, float] | None = None
+    max_epochs: float | None = None
+    unconstrained: np.ndarray | None = None  # (B, K): the optimum without the data cap
+    run_tokens: tuple[float, float] | None = None
+
+    def passes(self) -> np.ndarray:
+        """(B, K) passes over each domain's training tokens at each budget (nan: count unknown)."""
+        avail = np.array([float((self.available or {}).get(d, np.nan)) for d in self.domains])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self.weights * self.budgets[:, None] / avail[None, :]
+
+    def cap_binds(self, b: int) -> list[str]:
+        """The domains whose data cap (available x max_epochs) holds the weight at budget b."""
+        if not self.available:
+            return []
+        tokens = self.weights[b] * self.budgets[b]
+        return [d for j, d in enumerate(self.domains) if d in self.available
+                and tokens[j] >= cap_tokens(self.available[d], self.max_epochs) * (1 - 1e-7)]
+
+    def extrapolation_ratio(self, b: int) -> float | None:
+        """Budget b / the largest run the law was fitted on (None: sizes not recorded)."""
+        return None if self.run_tokens is None else float(self.budgets[b] / self.run_tokens[1])
 
     def to_json(self) -> dict:
         results = []
         for b, budget in enumerate(self.budgets):
-            budget_out = int(budget) if float(budget).is_integer() else float(budget)
-            results.append(
-                {
-                    "budget": budget_out,
-                    "weights": {d: float(self.weights[b, j]) for j, d in enumerate(self.domains)},
-                    "predicted_loss": {
-                        d: float(self.predicted_loss[b, j]) for j, d in enumerate(self.domains)
-                    },
-                    "predicted_total_loss": float(np.sum(self.predicted_loss[b])),
-                    "tokens": {
-                        d: float(self.weights[b, j] * budget) for j, d in enumerate(self.domains)
-                    },
-                    "converged": bool(self.converged[b]),
-                }
-            )
-        return {"law": self.law, "domains": list(self.domains), "results": results}
+            entry = {
+                "budget": _number(budget),
+                "weights": {d: float(self.weights[b, j]) for j, d in enumerate(self.domains)},
+                "predicted_loss": {d: float(self.predicted_loss[b, j]) for j, d in enumerate(self.domains)},
+                "predicted_total_loss": float(np.sum(self.predicted_loss[b])),
+                "tokens": {d: float(self.weights[b, j] * budget) for j, d in enumerate(self.domains)},
+                "converged": bool(self.converged[b]),
+            }
+            entry.update(self._data_record(b))
+            if self.run_tokens is not None:
+                entry["extrapolation_ratio"] = self.extrapolation_ratio(b)
+            results.append(entry)
+        out = {"law": self.law, "domains": list(self.domains), "results": results}
+        if self.available:
+            out["data"] = {"train_tokens": {d: _number(n) for d, n in self.available.items()},
+                           "max_epochs": self.max_epochs}
+        if self.run_tokens is not None:
+            out["fit_runs"] = {"min_tokens": _number(self.run_tokens[0]), "max_tokens": _number(self.run_tokens[1])}
+        return out
+
+    def _data_record(self, b: int) -> dict:
+        if not self.available:
+            return {}
+        passes = self.passes()[b]
+        return {"passes": {d: float(passes[j]) for j, d in enumerate(self.domains) if np.isfinite(passes[j])},
+                "cap_binds": self.cap_binds(b),
+                "unconstrained_weights": {d: float(self.unconstrained[b, j]) for j, d in enumerate(self.domains)}}
+
+
+def cap_tokens(available: float, max_epochs: float) -> float:
+    """The most tokens of a domain a weights file may ask for: available x max_epochs, less the margin."""
+    return max(float(available) * float(max_epochs) - CAP_MARGIN_TOKENS, 0.0)
+
+
+def _number(x):
+    return int(x) if float(x).is_integer() else float(x)
+
+
+def run_tokens_of(fitted) -> tuple[float, float] | None:
+    """(smallest, largest) run the law file says it was fitted on, or None."""
+    sizes = (fitted.diagnostics or {}).get("run_tokens")
+    if isinstance(sizes, dict) and all(isinstance(sizes.get(k), (int, float)) for k in ("min", "max")):
+        return float(sizes["min"]), float(sizes["max"])
+    return None
+
+
+def extrapolation_line(budgets, run_tokens: tuple[float, float] | None) -> str | None:
+    """One line: how far each budget lies past the largest run the law was fitted on; a warning
+    beyond VALIDATED_EXTRAPOLATION_RATIO. None when the run sizes are not known."""
+    if run_tokens is None:
+        return None
+    ratios = [float(b) / run_tokens[1] for b in np.asarray(budgets, dtype=float).reshape(-1)]
+    shown = ", ".join(f"{b:.4g} is {r:.3g}x" for b, r in zip(np.asarray(budgets, dtype=float).reshape(-1), ratios))
+    line = (f"extrapolation: {shown} the largest run the law was fitted on "
+            f"(runs of {run_tokens[0]:.4g} to {run_tokens[1]:.4g} tokens)")
+    if max(ratios) > VALIDATED_EXTRAPOLATION_RATIO:
+        line = (f"warning: {line}; beyond the {VALIDATED_EXTRAPOLATION_RATIO:g}x that experiments/extrapolation.py "
+                "validated, the weights are unverified")
+    return line
 
 
 def check_budgets(budgets) -> np.ndarray:
@@ -230,7 +312,7 @@ def weight_bounds(
     cap = np.full(K, np.inf)
     if available:
         if max_epochs is None:
-            max_epochs = 1.0
+            max_epochs = DEFAULT_MAX_EPOCHS
         if not np.isfinite(max_epochs) or max_epochs <= 0:
             raise MixjaxError(f"`max_epochs`: must be a positive number, got {max_epochs:g}")
         for d, n in available.items():
@@ -238,7 +320,7 @@ def weight_bounds(
                 raise MixjaxError(f"`available`: unknown domain {d!r}; the law's domains are {domains}")
             if not np.isfinite(n) or n < 0:
                 raise MixjaxError(f"`available`: {d}={n:g} must be a non-negative number of tokens")
-            cap[domains.index(d)] = n * max_epochs
+            cap[domains.index(d)] = cap_tokens(n, max_epochs)
     upper_BxK = np.minimum(upper[None, :], cap[None, :] / budgets_B[:, None])
     for b, budget in enumerate(budgets_B):
         if upper_BxK[b].sum() < 1 - 1e-12:
@@ -275,6 +357,10 @@ def optimize(
     lower, upper_BxK = weight_bounds(
         fitted.domains, budgets_B, min_weight, max_weight, available, max_epochs
     )
+    n_budgets = len(budgets_B)
+    if available:  # the optimum without the data cap too, in the same solve
+        _, free_BxK = weight_bounds(fitted.domains, budgets_B, min_weight, max_weight)
+        budgets_B, upper_BxK = np.concatenate([budgets_B, budgets_B]), np.concatenate([upper_BxK, free_BxK])
     with jax.enable_x64(True):
         params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), fitted.params)
         weights, losses, converged = _solve_many_compiled(
@@ -289,6 +375,12 @@ def optimize(
         weights, losses, converged = map(np.asarray, (weights, losses, converged))
     if not np.all(np.isfinite(losses)):
         raise MixjaxError("the law predicts a non-finite loss at the optimum; check its parameters")
+    data = {}
+    if available:
+        data = dict(available={d: float(n) for d, n in available.items()},
+                    max_epochs=float(DEFAULT_MAX_EPOCHS if max_epochs is None else max_epochs),
+                    unconstrained=weights[n_budgets:])
     return WeightsResult(
-        fitted.law.name, list(fitted.domains), budgets_B, weights, losses, converged
+        fitted.law.name, list(fitted.domains), budgets_B[:n_budgets], weights[:n_budgets], losses[:n_budgets],
+        converged[:n_budgets], run_tokens=run_tokens_of(fitted), **data
     )

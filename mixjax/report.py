@@ -21,14 +21,40 @@ def format_manifest(manifest: dict) -> str:
 
 
 def table(result) -> str:
-    """Weights vs budget, with the predicted total loss."""
+    """Weights vs budget, with the predicted total loss; with the data, each domain's passes over
+    its training tokens and, per budget, what the data cap binds (with the optimum without it)."""
     width = max(8, *(len(d) + 1 for d in result.domains))
     head = f"{'budget':>12}" + "".join(f"{d:>{width}}" for d in result.domains) + f"{'total loss':>12}"
     rows = [head]
     for b, budget in enumerate(result.budgets):
         cells = "".join(f"{w:>{width}.4f}" for w in result.weights[b])
         rows.append(f"{budget:>12.4g}{cells}{result.predicted_loss[b].sum():>12.5g}")
+    if getattr(result, "available", None):
+        rows += _passes_rows(result, width)
     return "\n".join(rows)
+
+
+def _passes_rows(result, width: int) -> list[str]:
+    """Passes over each domain's training tokens ('*': held at the cap) and a line per budget."""
+    passes = result.passes()
+    rows = [f"passes over each domain's training tokens (cap: {result.max_epochs:g} = --max-epochs; *: at the cap)"]
+    for b, budget in enumerate(result.budgets):
+        binds = result.cap_binds(b)
+        cells = "".join(f"{'-' if p != p else f'{p:.2f}' + ('*' if d in binds else ''):>{width}}"
+                        for d, p in zip(result.domains, passes[b]))
+        rows.append(f"{budget:>12.4g}{cells}")
+    for b, budget in enumerate(result.budgets):
+        binds = result.cap_binds(b)
+        if binds:
+            free = ", ".join(f"{d}={w:.4f}" for d, w in zip(result.domains, result.unconstrained[b]))
+            held = ", ".join(f"{d} ({result.available[d]:,.0f} tokens)" for d in binds)
+            rows.append(f"at {budget:.4g}: the data cap binds for {held}, held at {result.max_epochs:g} passes; "
+                        f"without the cap: {free}")
+        else:
+            j = max(range(len(result.domains)), key=lambda k: -1 if passes[b, k] != passes[b, k] else passes[b, k])
+            rows.append(f"at {budget:.4g}: no data cap binds (most passes: {result.domains[j]} {passes[b, j]:.2f} "
+                        f"of {result.max_epochs:g})")
+    return rows
 
 
 def plot(fitted, result, obs, out_dir, bounds) -> list[str]:
@@ -160,3 +186,17 @@ def _save(fig, path) -> str:
             os.unlink(tmp)
         raise
     return path
+
+
+def mix_lines(summary: dict) -> list[str]:
+    """What `mix` prints besides the weights: each domain's passes at the budget and the cap that
+    binds (with the optimum without it)."""
+    entry, lines = summary["results"][0], []
+    if "passes" in entry:
+        cap = summary["data"]["max_epochs"]
+        shown = ", ".join(f"{d} {p:.2f}{'*' if d in entry['cap_binds'] else ''}" for d, p in entry["passes"].items())
+        lines.append(f"passes over each domain's training tokens (cap: {cap:g} = --max-epochs; *: at the cap): {shown}")
+        if entry["cap_binds"]:
+            free = ", ".join(f"{d}={w:.4f}" for d, w in entry["unconstrained_weights"].items())
+            lines.append(f"the data cap binds for {', '.join(entry['cap_binds'])}; without the cap: {free}")
+    return lines

@@ -31,24 +31,30 @@ def hand_written_law(tmp_path):
 
 
 def test_fit_then_optimize_round_trip(runs_csv, tmp_path, capsys):
+    """--budget-tokens takes train's number syntax (--budget, the old name, still works with a note);
+    the law file records its runs' sizes, and optimize prints each budget's ratio to the largest."""
     law_file, weights_file = tmp_path / "law.json", tmp_path / "weights.json"
     rc = main(["fit", "--law", "li2025", "--observations", str(runs_csv), "--out", str(law_file),
-               "--huber", "1e-3", "--budget", "5e6", "--budget", "2e7"])
+               "--huber", "1e-3", "--budget", "5M", "--budget-tokens", "2e7"])
     assert rc == 0
+    captured = capsys.readouterr()
+    assert "--budget is now --budget-tokens" in captured.err
     law = json.loads(law_file.read_text())
+    run_tokens = perturbation_design(DOMAINS, 660e3)[1].sum(axis=1)
+    assert law["diagnostics"]["run_tokens"] == {"min": run_tokens.min(), "max": run_tokens.max()}
+    assert [r["budget"] for r in law["diagnostics"]["bootstrap"]["results"]] == [5_000_000, 20_000_000]
     assert law["law"] == "li2025" and law["domains"] == DOMAINS and law["token_unit"] == 1000000
     assert set(law["params"]) == {"C", "k", "alpha", "beta", "E"}
     d = law["diagnostics"]
     assert d["under_determined"] is False and "leave_one_out" in d and len(d["bootstrap"]["results"]) == 2
     # 13 runs: 13 LOO + 20 bootstrap refits -> 40 slots x 8 starts, as `fit --help` says
     assert d["fit"]["starts_per_domain"] == 320
-    out = capsys.readouterr().out
-    assert "LOO RMSE" in out and "bootstrap interval" in out
+    assert "LOO RMSE" in captured.out and "bootstrap interval" in captured.out
     with pytest.raises(SystemExit):
         main(["fit", "--help"])
     assert "e.g. 320 for 13 runs and 20 bootstraps" in " ".join(capsys.readouterr().out.split())
 
-    rc = main(["optimize", "--law-file", str(law_file), "--budget", "5e6", "--budget", "2e7",
+    rc = main(["optimize", "--law-file", str(law_file), "--budget-tokens", "5e6", "--budget-tokens", "2e7",
                "--out", str(weights_file), "--plot", str(tmp_path / "plots"),
                "--observations", str(runs_csv)])
     assert rc == 0
@@ -62,6 +68,10 @@ def test_fit_then_optimize_round_trip(runs_csv, tmp_path, capsys):
     assert (tmp_path / "plots" / "fit.png").stat().st_size > 1000
     table = capsys.readouterr().out
     assert "budget" in table and "5e+06" in table
+    ratio = 2e7 / run_tokens.max()
+    assert result["results"][1]["extrapolation_ratio"] == pytest.approx(ratio)
+    assert f"extrapolation: 5e+06 is {5e6 / run_tokens.max():.3g}x, 2e+07 is {ratio:.3g}x the largest run" in table
+    assert "warning" not in table  # 6x: within the validated ratio
 
     # export: the weights of the budget named, in each trainer's form, domain order kept
     second = result["results"][1]["weights"]
@@ -78,6 +88,31 @@ def test_fit_then_optimize_round_trip(runs_csv, tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         f"mixjax export: error: WEIGHTS: {weights_file}: holds results for budgets 5,000,000, 20,000,000; "
         "name one (--budget-tokens, or FILE@BUDGET)")
+
+
+def test_one_budget_flag_no_abbreviations_one_max_epochs():
+    """Every budget is --budget-tokens (fit, optimize, next: --budget kept as its alias); no command
+    takes an abbreviated flag (`train --budget 20k` was read as --budget-tokens); --max-epochs has
+    one default in train, sweep, mix, optimize and fit."""
+    from mixjax.cli import build_parser
+    from mixjax.optimize import DEFAULT_MAX_EPOCHS
+    from mixjax.train import TrainConfig
+
+    parser = build_parser()
+    args = parser.parse_args(["next", "r.csv", "--budget", "5M", "--out", "n.json"])
+    assert args.budget_tokens == "5M"
+    args = parser.parse_args(["optimize", "--law-file", "l", "--budget-tokens", "500k", "--budget", "2e7", "--out", "w"])
+    assert args.budget_tokens == ["500k", "2e7"]
+    for argv in (["train", "--data", "D", "--out", "R", "--budget", "20k"],
+                 ["optimize", "--law-file", "l", "--out", "w", "--budget-tok", "5M"],
+                 ["mix", "--method", "grid", "--data", "D", "--out", "M", "--budget-tokens", "5M", "--grid", "0.5"],
+                 ["fit", "--law", "linear", "--observations", "o.csv", "--out", "l", "--boot", "3"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+    assert TrainConfig().max_epochs == DEFAULT_MAX_EPOCHS == 10
+    common = ["--data", "D", "--out", "O", "--budget-tokens", "5M"]
+    for argv in (["train", *common], ["sweep", "--method", "grid", *common], ["mix", "--method", "grid", *common]):
+        assert parser.parse_args(argv).max_epochs == DEFAULT_MAX_EPOCHS, argv
 
 
 def _assignments(source: str) -> dict:
@@ -111,14 +146,14 @@ def test_export_to_datasets_turns_token_fractions_into_example_probabilities(tmp
 
 def test_hand_written_law_file_with_paper_parameters(hand_written_law, tmp_path, capsys):
     out = tmp_path / "w.json"
-    rc = main(["optimize", "--law-file", str(hand_written_law), "--budget", "5e6", "--budget", "2e8",
+    rc = main(["optimize", "--law-file", str(hand_written_law), "--budget-tokens", "5e6", "--budget-tokens", "2e8",
                "--out", str(out), "--available", "code=2e7", "--max-epochs", "3",
                "--min-weight", "if=0.3"])
     assert rc == 0
     results = json.loads(out.read_text())["results"]
     w = [r["weights"] for r in results]
     assert w[0]["if"] >= 0.3 - 1e-12 and w[1]["code"] <= 0.3 + 1e-12  # 2e7 x 3 / 2e8
-    assert np.isclose(results[1]["tokens"]["code"], 6e7, rtol=1e-9)
+    assert np.isclose(results[1]["tokens"]["code"], 6e7 - 2, rtol=1e-12)  # the cap, less its 2-token margin
 
 
 def write(tmp_path, name, text):
@@ -141,27 +176,27 @@ def write(tmp_path, name, text):
                               "--out", f"{t}/o.json"],
          "line 2: loss_a is 'nan'"),
         (lambda t, csv, law: ["fit", "--law", "li2025", "--observations", csv, "--out", f"{t}/o.json",
-                              "--budget", "0"],
-         "--budget: must be a positive number"),
-        (lambda t, csv, law: ["optimize", "--law-file", law, "--budget", "-1", "--out", f"{t}/w.json"],
-         "--budget: must be a positive number"),
-        (lambda t, csv, law: ["optimize", "--law-file", law, "--budget", "lots", "--out", f"{t}/w.json"],
-         "--budget: not a number"),
-        (lambda t, csv, law: ["optimize", "--law-file", law, "--budget", "1e6", "--out", f"{t}/w.json",
+                              "--budget-tokens", "0"],
+         "--budget-tokens: must be positive"),
+        (lambda t, csv, law: ["optimize", "--law-file", law, "--budget-tokens", "-1", "--out", f"{t}/w.json"],
+         "--budget-tokens: must be positive"),
+        (lambda t, csv, law: ["optimize", "--law-file", law, "--budget-tokens", "lots", "--out", f"{t}/w.json"],
+         "--budget-tokens: expected a number of tokens"),
+        (lambda t, csv, law: ["optimize", "--law-file", law, "--budget-tokens", "1e6", "--out", f"{t}/w.json",
                               "--observations",
                               write(t, "other.csv", "run,tokens_if,tokens_web,loss_if\nr,1,2,3\n")],
          "do not match the law file's domains"),
         (lambda t, csv, law: ["optimize", "--law-file", write(t, "bad.json", '{"law": "li2025"}'),
-                              "--budget", "1e6", "--out", f"{t}/w.json"],
+                              "--budget-tokens", "1e6", "--out", f"{t}/w.json"],
          "missing field 'domains'"),
         (lambda t, csv, law: ["optimize", "--law-file",
                               write(t, "neg.json", json.dumps({**PAPER_LIKE, "params": {**PAPER_LIKE["params"], "alpha": [0.5, 1.5, 0.4]}})),
-                              "--budget", "1e6", "--out", f"{t}/w.json"],
+                              "--budget-tokens", "1e6", "--out", f"{t}/w.json"],
          "params.alpha must be in \\[0, 1\\]"),
-        (lambda t, csv, law: ["optimize", "--law-file", law, "--budget", "1e6", "--out", f"{t}/w.json",
+        (lambda t, csv, law: ["optimize", "--law-file", law, "--budget-tokens", "1e6", "--out", f"{t}/w.json",
                               "--min-weight", "web=0.2"],
          "--min-weight: unknown domain 'web'"),
-        (lambda t, csv, law: ["optimize", "--law-file", law, "--budget", "1e9", "--out", f"{t}/w.json",
+        (lambda t, csv, law: ["optimize", "--law-file", law, "--budget-tokens", "1e9", "--out", f"{t}/w.json",
                               "--available", "if=1e6", "--available", "math=1e6", "--available", "code=1e6"],
          "budget 1e\\+09: the weight caps allow only"),
     ],

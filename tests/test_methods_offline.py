@@ -49,6 +49,25 @@ def test_li2025_perturbation_design():
         perturbation_runs(["a", "b"], 10, factors=(1.0,))
 
 
+def test_li2025_design_budget_sizes_the_runs_not_the_target():
+    """design_budget B: the runs are those of the design at budget B (the default B = the target);
+    a B above the target, with `adaptive`, or not a whole number of tokens is a one-line error."""
+    from mixjax.methods.offline import Li2025
+
+    domains, target = ["if", "math", "code"], 8_000_000
+    assert Li2025().propose(domains, target) == perturbation_runs(domains, int(0.25 * target / 3))
+    cheap = Li2025(design_budget=500_000)
+    assert cheap.propose(domains, target) == perturbation_runs(domains, int(0.25 * 500_000 / 3))
+    assert cheap.propose(domains, target) == Li2025().propose(domains, 500_000)
+    assert cheap.run_budget(target) == 500_000 and Li2025().run_budget(target) == target
+    with pytest.raises(MixjaxError, match=r"design_budget 500,000 exceeds the target budget 400,000"):
+        cheap.propose(domains, 400_000)
+    with pytest.raises(MixjaxError, match="adaptive design sizes its own runs"):
+        Li2025(design_budget=500_000, adaptive=True)
+    with pytest.raises(MixjaxError, match="whole number of tokens >= 1, got 0"):
+        Li2025(design_budget=0)
+
+
 def _observe(truth, runs, noise, seed):
     from mixjax.testing import simulate
 

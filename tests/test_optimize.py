@@ -143,8 +143,11 @@ def test_bounds_and_data_cap_bind():
     law = paper_like_law()
     free = optimize(law, [2e8]).weights[0]
     capped = optimize(law, [2e8], available={"if": 2e7}, max_epochs=2)
-    assert capped.weights[0, 0] == pytest.approx(0.2, abs=1e-9)  # 2e7 x 2 / 2e8
+    assert capped.weights[0, 0] == pytest.approx((4e7 - 2) / 2e8, abs=1e-12)  # 2e7 x 2 / 2e8, less 2 tokens
     assert free[0] > 0.2
+    record = capped.to_json()["results"][0]
+    assert record["cap_binds"] == ["if"] and record["passes"] == {"if": pytest.approx(2 - 1e-7, abs=1e-12)}
+    np.testing.assert_allclose(list(record["unconstrained_weights"].values()), free, atol=1e-9)
     bounded = optimize(law, [5e6], min_weight={"math": 0.5}, max_weight={"code": 0.1})
     assert bounded.weights[0, 1] >= 0.5 - 1e-12 and bounded.weights[0, 2] <= 0.1 + 1e-12
 
@@ -191,3 +194,32 @@ def test_lmo_laws_minimise_the_lmo_objective():
     np.testing.assert_allclose(optimize(linear, [1e6]).weights[0], [0, 1, 0], atol=1e-9)
     bounded = optimize(linear, [1e6], max_weight={"b": 0.6}).weights[0]
     np.testing.assert_allclose(bounded, [0, 0.6, 0.4], atol=1e-9)
+
+
+LMO_PARAMS = {"c": [1.0, 1.2, 0.8], "b": [1.0, 0.7, 1.5], "A": [[2.0, 0.5, 0.1], [0.3, 1.5, 0.2], [0.1, 0.4, 1.0]]}
+
+
+@pytest.mark.parametrize("law_name", ["li2025", "loglinear", "linear"])
+def test_no_budget_asks_more_passes_than_max_epochs(law_name):
+    """Over budgets from far below to far above the data: every domain's tokens stay within its
+    training tokens x max_epochs (less the 2-token margin), a domain is marked where it sits at the
+    cap, and the unconstrained optimum is the solve without the data."""
+    law = paper_like_law() if law_name == "li2025" else FittedLaw.from_json(
+        {"law": law_name, "domains": ["if", "math", "code"], "token_unit": 1, "params": LMO_PARAMS})
+    available = {"if": 3e5, "math": 2e6, "code": 8e5}
+    budgets = [1e5, 1e6, 3e6]  # all within the data at 1 pass (the same shapes: one compile)
+    free = optimize(law, budgets).weights
+    bound = 0
+    for max_epochs in (1.0, 2.5, 10.0):
+        result = optimize(law, budgets, available=available, max_epochs=max_epochs)
+        np.testing.assert_allclose(result.unconstrained, free, atol=1e-6)
+        for b, entry in enumerate(result.to_json()["results"]):
+            for d in law.domains:
+                assert entry["tokens"][d] <= available[d] * max_epochs - 2 + 1e-6, (law_name, max_epochs, b, d)
+                assert entry["passes"][d] == pytest.approx(entry["tokens"][d] / available[d], rel=1e-12)
+            at_cap = [d for d in law.domains if entry["tokens"][d] >= available[d] * max_epochs - 2 - 1e-3]
+            assert entry["cap_binds"] == at_cap
+            bound += bool(at_cap)
+            if not at_cap:  # nothing binds: the optimum is the free one
+                np.testing.assert_allclose(result.weights[b], free[b], atol=1e-6)
+    assert bound >= 1  # the caps do bind somewhere

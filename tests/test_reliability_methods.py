@@ -212,9 +212,9 @@ def test_fit_and_optimize_refuse_an_out_that_is_a_folder_before_the_work(tmp_pat
     capsys.readouterr()
     assert main(["fit", "--law", "linear", "--observations", str(csv), "--out", str(folder)]) == 2
     one_line_error(capsys, "fit", f"--out: {folder} is a folder")
-    assert main(["optimize", "--law-file", str(law), "--budget", "5e6", "--out", str(folder)]) == 2
+    assert main(["optimize", "--law-file", str(law), "--budget-tokens", "5e6", "--out", str(folder)]) == 2
     one_line_error(capsys, "optimize", f"--out: {folder} is a folder")
-    assert main(["optimize", "--law-file", str(law), "--budget", "5e6", "--out", str(tmp_path / "w.json"),
+    assert main(["optimize", "--law-file", str(law), "--budget-tokens", "5e6", "--out", str(tmp_path / "w.json"),
                  "--plot", str(csv)]) == 2
     one_line_error(capsys, "optimize", f"--plot: {csv} is a file")
     assert snapshot(tmp_path) == before

@@ -7,7 +7,7 @@ import argparse
 DESCRIPTION = """Fit a mixing law to observed runs (observations CSV: run, tokens_<d>, loss_<d>).
 Every run's loss on every domain informs that domain's law. Writes the law file (JSON) with
 diagnostics: RMSE and R^2 per domain, leave-one-run-out error, observations vs free parameters
-(under-determination flag) and, with --budget, bootstrap intervals of the optimal weights."""
+(under-determination flag) and, with --budget-tokens, bootstrap intervals of the optimal weights."""
 
 
 def register(subparsers) -> None:
@@ -21,8 +21,12 @@ def register(subparsers) -> None:
                         help="Huber loss with this delta (the paper uses 1e-3); default least squares")
     parser.add_argument("--token-unit", type=float, default=1e6, metavar="N",
                         help="tokens per unit inside the law (default 1e6, as in the paper)")
-    parser.add_argument("--budget", action="append", default=[], metavar="N",
-                        help="budget (tokens) for bootstrap intervals of the optimal weights; repeatable")
+    from mixjax.commands.flags import add_budget_argument
+    from mixjax.commands.optimize import add_data_arguments
+
+    add_budget_argument(parser, "budget (tokens) for bootstrap intervals of the optimal weights",
+                        repeatable=True, required=False)
+    add_data_arguments(parser)
     parser.add_argument("--starts", type=int, default=32, metavar="N",
                         help="random starts per domain, at least (default 32); they are solved in one batch "
                              "with the leave-one-out and bootstrap refits, 8 per refit (refits rounded up "
@@ -41,17 +45,11 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def parse_budgets(values: list[str], flag: str = "--budget") -> list[float]:
-    """Budgets from strings like 5e6; a one-line error for anything else."""
-    from mixjax.errors import MixjaxError
+def parse_budgets(values: list[str]) -> list[float]:
+    """Budgets from strings like 5e6, 5M or 500k; a one-line error for anything else."""
+    from mixjax.commands.flags import parse_budget_values
 
-    out = []
-    for v in values:
-        try:
-            out.append(float(v))
-        except ValueError:
-            raise MixjaxError(f"{flag}: not a number: {v!r}") from None
-    return out
+    return parse_budget_values(values)
 
 
 def check_output_path(path: str, flag: str, folder: bool = False) -> None:
@@ -76,6 +74,8 @@ def check_output_path(path: str, flag: str, folder: bool = False) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    import numpy as np
+
     from mixjax import laws
     from mixjax.errors import MixjaxError
     from mixjax.fit import FitOptions, fit
@@ -88,11 +88,17 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(validate_out, "--validate-out")
     elif args.validate_out:
         raise MixjaxError("--validate-out needs --validate CSV")
+    from mixjax.commands.optimize import data_caps
+    from mixjax.optimize import check_budgets, weight_bounds
+
     law = laws.get(args.law)
-    budgets = parse_budgets(args.budget)
+    budgets = list(check_budgets(parse_budgets(args.budget_tokens))) if args.budget_tokens else []
     if args.starts < 1:
         raise MixjaxError(f"--starts: must be at least 1, got {args.starts}")
     obs = read_csv(args.observations)
+    caps = data_caps(args, obs.domains, what="the observations'")
+    if caps and budgets:
+        weight_bounds(list(obs.domains), np.asarray(budgets), **caps)  # an infeasible cap fails before the fit
     held_out = read_csv(args.validate) if args.validate else None  # a bad file fails before the fit
     options = FitOptions(
         n_starts=args.starts,
@@ -102,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         leave_one_out=not args.no_loo,
         fast_compile=True,  # one fit per process: compile time dominates
     )
-    fitted = fit(law, obs, token_unit=args.token_unit, budgets=budgets, options=options)
+    fitted = fit(law, obs, token_unit=args.token_unit, budgets=budgets, options=options, **caps)
     laws.save_law_file(fitted, args.out)
     print(summary(fitted))
     print(f"wrote {args.out}")

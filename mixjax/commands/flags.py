@@ -90,7 +90,7 @@ def _own_flag(name: str) -> str:
 # Library arguments (not TrainConfig fields) whose flag is not --name: a run's folder, the budgets of
 # `fit` and `optimize`, and the methods' constructor keywords whose option has another name
 # (n_runs -> --runs, step -> --grid-step; read from method_options.OPTION_TARGETS).
-OTHER_FLAGS = {"out_dir": "--out", "budgets": "--budget",
+OTHER_FLAGS = {"out_dir": "--out", "budgets": "--budget-tokens",
                **{keyword: _own_flag(dest) for dest, (_, keyword) in OPTION_TARGETS.items() if keyword != dest}}
 
 
@@ -157,3 +157,34 @@ def flag_name(setting: str) -> str:
         flags = list(flags_of(fields[setting]).options)
         return flags[0] if len(flags) == 1 else (flags_of(fields[setting]).shown_as or setting)
     return OTHER_FLAGS.get(setting, _own_flag(setting))
+
+
+class _BudgetTokens(argparse.Action):
+    """--budget-tokens N (N as 5M, 500k or 2e7); --budget, its old name, still works for one release
+    with a note on stderr."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import sys
+
+        if option_string == "--budget":
+            print(f"mixjax {parser.prog.split()[-1]}: note: --budget is now --budget-tokens "
+                  "(the old name goes in the next release)", file=sys.stderr)
+        if self.nargs is None and isinstance(self.default, list):  # repeatable
+            setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), values])
+        else:
+            setattr(namespace, self.dest, values)
+
+
+def add_budget_argument(p: argparse.ArgumentParser, help: str, *, repeatable: bool = False,
+                        required: bool = True) -> None:
+    """The one budget flag: --budget-tokens (alias --budget), in tokens as 5M, 500k or 2e7."""
+    p.add_argument("--budget-tokens", "--budget", dest="budget_tokens", action=_BudgetTokens,
+                   default=[] if repeatable else None, required=required, metavar="N",
+                   help=help + (" (e.g. 5M, 500k or 2e7); repeatable" if repeatable else " (e.g. 5M, 500k or 2e7)"))
+
+
+def parse_budget_values(values) -> list[float]:
+    """The budgets given to --budget-tokens, parsed as `train` parses its budget; one-line errors."""
+    from mixjax.commands.train import parse_tokens
+
+    return [float(parse_tokens(v, "--budget-tokens")) for v in ([values] if isinstance(values, str) else values)]

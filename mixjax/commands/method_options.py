@@ -22,6 +22,7 @@ OPTION_TARGETS = {
     "target_budget": (("li2025",), "target_budget"),
     "along_run": (("li2025",), "along_run"),
     "scales": (("li2025",), "scales"),
+    "design_budget": (("li2025",), "design_budget"),
     "runs": (("dml", "regmix"), "n_runs"),
     "eta": (("aioli", "doremi", "doge", "skillit"), "eta"),
     "lp_rounds": (("aioli",), "lp_rounds"),
@@ -119,6 +120,10 @@ def add_method_arguments(p: argparse.ArgumentParser, methods: list[str]) -> None
     g.add_argument("--scales", type=_floats, metavar="S,...",
                    help="li2025: the perturbation design at each of these sizes of its base run (e.g. 1,0.25: "
                         "runs at two sizes; default 1)")
+    g.add_argument("--design-budget", metavar="N",
+                   help="li2025: size the perturbation runs as for this budget (e.g. 500k; at most "
+                        "--budget-tokens, its default) and optimise the law at --budget-tokens; weights.json "
+                        "records the runs' sizes and the ratio target / largest run")
     g.add_argument("--runs", type=int, help="dml/regmix: number of Dirichlet runs")
     g.add_argument("--eta", type=float,
                    help="EG step size: aioli (released: 0.2 for 2 domains, 0.1 for 3-4, 1 for more), "
@@ -167,5 +172,9 @@ def method_options(args) -> dict:
         if args.method not in methods:
             flag = "--" + dest.replace("_", "-")
             raise MixjaxError(f"{flag} does not apply to --method {args.method} (only {', '.join(methods)})")
+        if dest == "design_budget":
+            from mixjax.commands.train import parse_tokens
+
+            value = parse_tokens(str(value), "--design-budget")
         options[keyword] = value
     return options

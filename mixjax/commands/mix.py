@@ -46,6 +46,10 @@ def run(args) -> int:
     write_resolved(args, args.out)
     result = summary["results"][0]
     print("weights: " + ", ".join(f"{d}={w:.4f}" for d, w in result["weights"].items()))
+    from mixjax.report import mix_lines
+
+    for line in mix_lines(summary):
+        print(line)
     print("final val_loss: " + ", ".join(f"{d}={v:.4f}" for d, v in result["val_loss"].items()))
     print(f"wrote {args.out}/weights.json and {args.out}/final/result.json")
     return 0

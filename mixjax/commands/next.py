@@ -21,7 +21,9 @@ def register(subparsers) -> None:
                                    description=DESCRIPTION)
     parser.add_argument("observations", metavar="OBSERVATIONS.csv", nargs="+",
                         help="the runs so far (one or more CSVs, e.g. a sweep's and the runs added since)")
-    parser.add_argument("--budget-tokens", required=True, help="the target budget (e.g. 5e6 or 5M)")
+    from mixjax.commands.flags import add_budget_argument
+
+    add_budget_argument(parser, "the target budget in tokens")
     parser.add_argument("--law", default="li2025", help="the law to fit (default li2025)")
     parser.add_argument("--huber", type=float, default=1e-3, metavar="DELTA",
                         help="fit with a Huber loss of this delta (default 1e-3, li2025's and that of "

@@ -14,28 +14,69 @@ curves (with --observations, against the observed points) and weights vs budget.
 
 
 def register(subparsers) -> None:
+    from mixjax.commands.flags import add_budget_argument
+
     parser = subparsers.add_parser(
         "optimize", help="optimal mixture weights from a law file", description=DESCRIPTION
     )
     parser.add_argument("--law-file", required=True, metavar="JSON", help="from `mixjax fit` or by hand")
-    parser.add_argument("--budget", action="append", required=True, metavar="N",
-                        help="training budget in tokens (e.g. 5e6); repeatable")
+    add_budget_argument(parser, "training budget in tokens", repeatable=True)
     parser.add_argument("--out", required=True, metavar="JSON", help="weights file to write")
     parser.add_argument("--min-weight", action="append", default=[], metavar="D=X",
                         help="lower bound on a domain's weight; repeatable")
     parser.add_argument("--max-weight", action="append", default=[], metavar="D=X",
                         help="upper bound on a domain's weight; repeatable")
-    parser.add_argument("--available", action="append", default=[], metavar="D=TOKENS",
-                        help="tokens of a domain that exist (caps its tokens at this x --max-epochs)")
-    parser.add_argument("--max-epochs", type=float, default=None, metavar="E",
-                        help="passes allowed over --available data (default 1)")
+    add_data_arguments(parser)
     parser.add_argument("--plot", metavar="DIR", help="save PNG plots in this folder")
     parser.add_argument("--observations", metavar="CSV", help="observed runs to draw in the plots")
     parser.set_defaults(func=run)
 
 
-def parse_assignments(values: list[str], flag: str) -> dict[str, float]:
-    """NAME=NUMBER pairs; one-line errors name the flag."""
+def add_data_arguments(parser) -> None:
+    """--data, --available and --max-epochs: the cap tokens_i <= train tokens_i x max_epochs."""
+    from mixjax.optimize import DEFAULT_MAX_EPOCHS
+
+    parser.add_argument("--data", metavar="DIR",
+                        help="prepared data directory: cap each domain's tokens at its training tokens x "
+                             "--max-epochs, and report each domain's passes at the budget")
+    parser.add_argument("--available", action="append", default=[], metavar="D=TOKENS",
+                        help="tokens of a domain that exist (overrides --data's count for that domain); repeatable")
+    parser.add_argument("--max-epochs", type=float, default=None, metavar="E",
+                        help=f"most passes over a domain's training tokens, with --data or --available "
+                             f"(default {DEFAULT_MAX_EPOCHS:g}, as `train`)")
+
+
+def data_caps(args, domains: list[str], what: str = "the law's") -> dict:
+    """`optimize`'s available/max_epochs from --data, --available and --max-epochs (one-line errors:
+    a data directory whose domains differ from `domains`, --max-epochs without data)."""
+    import math
+
+    from mixjax.errors import MixjaxError
+    from mixjax.optimize import DEFAULT_MAX_EPOCHS
+
+    available = {}
+    if args.data:
+        from mixjax.data.prepared import PreparedData
+
+        data = PreparedData(args.data)
+        if sorted(data.domains) != sorted(domains):
+            raise MixjaxError(f"--data {args.data}: its domains {list(data.domains)} differ from {what} "
+                              f"domains {list(domains)}")
+        available = {d: float(n) for d, n in data.train_tokens().items()}
+    available.update(parse_assignments(args.available, "--available", tokens=True))
+    if args.max_epochs is not None:
+        if not available:
+            raise MixjaxError("--max-epochs needs --data (or --available: the tokens each domain has)")
+        if not (math.isfinite(args.max_epochs) and args.max_epochs > 0):
+            raise MixjaxError(f"--max-epochs must be a finite number > 0, got {args.max_epochs}")
+    if not available:
+        return {}
+    return {"available": available,
+            "max_epochs": DEFAULT_MAX_EPOCHS if args.max_epochs is None else float(args.max_epochs)}
+
+
+def parse_assignments(values: list[str], flag: str, tokens: bool = False) -> dict[str, float]:
+    """NAME=NUMBER pairs (`tokens`: NUMBER as 5M, 500k or 2e7); one-line errors name the flag."""
     from mixjax.errors import MixjaxError
 
     out = {}
@@ -44,33 +85,32 @@ def parse_assignments(values: list[str], flag: str) -> dict[str, float]:
         if not sep or not name:
             raise MixjaxError(f"{flag}: expected NAME=NUMBER, got {v!r}")
         try:
-            out[name] = float(number)
+            mult = {"k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}.get(number[-1:].lower(), 1) if tokens else 1
+            out[name] = float(number[:-1] if mult != 1 else number) * mult
         except ValueError:
             raise MixjaxError(f"{flag}: {name}: not a number: {number!r}") from None
     return out
 
 
 def run(args: argparse.Namespace) -> int:
-    from mixjax.commands.fit import check_output_path, parse_budgets
+    from mixjax.commands.fit import check_output_path
+    from mixjax.commands.flags import parse_budget_values
     from mixjax.errors import MixjaxError
     from mixjax.io import write_json_atomic
     from mixjax.laws import load_law_file
     from mixjax.observations import read_csv
-    from mixjax.optimize import check_budgets, optimize
+    from mixjax.optimize import check_budgets, extrapolation_line, optimize
 
     check_output_path(args.out, "--out")
     if args.plot:
         check_output_path(args.plot, "--plot", folder=True)
-    budgets = check_budgets(parse_budgets(args.budget))
+    budgets = check_budgets(parse_budget_values(args.budget_tokens))
     fitted = load_law_file(args.law_file)
     bounds = dict(
         min_weight=parse_assignments(args.min_weight, "--min-weight"),
         max_weight=parse_assignments(args.max_weight, "--max-weight"),
-        available=parse_assignments(args.available, "--available"),
-        max_epochs=args.max_epochs,
+        **data_caps(args, fitted.domains),
     )
-    if args.max_epochs is not None and not bounds["available"]:
-        raise MixjaxError("--max-epochs needs --available (the tokens each domain has)")
     obs = None
     if args.observations:
         obs = read_csv(args.observations)
@@ -83,6 +123,9 @@ def run(args: argparse.Namespace) -> int:
     result = optimize(fitted, budgets, **bounds)
     write_json_atomic(args.out, result.to_json())
     print(table(result))
+    line = extrapolation_line(result.budgets, result.run_tokens)
+    if line:
+        print(line)
     if not result.converged.all():
         print("warning: the optimiser did not fully converge at some budgets (see 'converged')")
     if args.plot:

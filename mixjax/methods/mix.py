@@ -42,6 +42,33 @@ def planned_spend(method, domains: list[str], budget_tokens: int) -> tuple[int, 
     return runs, tokens
 
 
+def use_data_caps(method, data, config) -> None:
+    """An offline method that optimises weights keeps each domain's tokens within its training tokens
+    x config.max_epochs (the limit the final run's sampler enforces), unless it was given caps."""
+    train_tokens = getattr(data, "train_tokens", None)
+    if train_tokens is None or not hasattr(method, "available") or method.available is not None:
+        return
+    method.available = {d: float(n) for d, n in train_tokens().items()}
+    method.max_epochs = float(config.max_epochs)
+
+
+def design_record(runs, budget_tokens: int, method) -> dict:
+    """The sizes of the runs an offline method trained and how far the target lies past them."""
+    sizes = [int(r.budget_tokens) for r in runs]
+    return {"design_budget": int(getattr(method, "design_budget", None) or budget_tokens),
+            "target_budget": int(budget_tokens), "run_tokens": {"min": min(sizes), "max": max(sizes)},
+            "extrapolation_ratio": float(budget_tokens) / max(sizes)}
+
+
+def design_line(design: dict) -> str:
+    """One line: the runs' sizes against the target (a warning past the validated ratio)."""
+    from mixjax.optimize import extrapolation_line
+
+    line = extrapolation_line([design["target_budget"]], (design["run_tokens"]["min"], design["run_tokens"]["max"]))
+    return line.replace("the largest run the law was fitted on",
+                        f"the largest run (design budget {design['design_budget']:.4g})")
+
+
 def _describe_mix(method_name, options, budget_tokens, data, config) -> dict:
     return {"method": method_name, "options": options, "budget_tokens": int(budget_tokens),
             "domains": list(data.domains),
@@ -79,6 +106,10 @@ def _offline(method, method_name, options, data, budget_tokens, out, config, log
         summary["law"] = fitted.law.name
         summary["under_determined"] = bool(fitted.diagnostics.get("under_determined"))
     summary.update(extra_runs=len(runs), extra_tokens=int(sum(r.budget_tokens for r in runs)))
+    if runs:
+        summary["design"] = design_record(runs, budget_tokens, method)
+    if getattr(method, "result", None) is not None:
+        summary["optimum"] = method.result  # the WeightsResult: passes, the caps that bind (run_mix writes them)
     if design is not None:
         summary["adaptive"] = {"stopped": design["stopped"], "rounds": len(design["rounds"])}
     shown = ", ".join(f"{d}={w:.3f}" for d, w in weights.items())
@@ -172,7 +203,10 @@ def run_mix(method_name: str, options: dict, data, budget_tokens: int, out, conf
     out = Path(out)
     domains = list(data.domains)
     method = get(method_name, len(domains), **options)
+    use_data_caps(method, data, config)
     planned_spend(method, domains, budget_tokens)  # bad options / too few domains: fail before any file
+    if hasattr(method, "propose") and not getattr(method, "adaptive", False):
+        log(design_line(design_record(method.propose(domains, budget_tokens), budget_tokens, method)))
     if hasattr(method, "prerequisite_runs"):  # folders MIX_DIR/prereq/<name> (a sweep checks its own)
         check_run_names(method.prerequisite_runs(domains, budget_tokens), f"`method` {method_name}")
     check_sweep_dir(out, _describe_mix(method_name, options, budget_tokens, data, config),
@@ -182,7 +216,13 @@ def run_mix(method_name: str, options: dict, data, budget_tokens: int, out, conf
                                         eval_max_batches, log)
     else:
         weights, final, spent = _offline(method, method_name, options, data, budget_tokens, out, config, log)
-    summary = {"method": method_name, "options": options, "domains": domains, **spent,
-               "results": [{"budget": int(budget_tokens), "weights": weights, "val_loss": final["val_loss"]}]}
+    optimum = spent.pop("optimum", None)
+    entry = {"budget": int(budget_tokens), "weights": weights, "val_loss": final["val_loss"]}
+    if optimum is not None:  # passes at the budget, caps that bind, the optimum without them, ratio
+        entry = {**optimum.to_json()["results"][0], **entry}
+        entry.pop("extrapolation_ratio", None)  # the design's, from the runs as planned, is in "design"
+        if optimum.available:
+            spent["data"] = optimum.to_json()["data"]
+    summary = {"method": method_name, "options": options, "domains": domains, **spent, "results": [entry]}
     write_json_atomic(out / "weights.json", summary)
     return summary

@@ -27,8 +27,11 @@ class _LawMethod:
     law_name: str
 
     def __init__(self, fit_options=None, available: dict | None = None, max_epochs: float | None = None):
+        # available: each domain's training tokens; the optimum keeps tokens_i <= available_i x max_epochs
+        # (`run_mix` sets them from the data when not given)
         self._fit_options, self.available, self.max_epochs = fit_options, available, max_epochs
         self.fitted = None  # the FittedLaw of the last recommendation (written as law.json)
+        self.result = None  # its WeightsResult at the budget: passes, caps that bind, the optimum without them
 
     @property
     def fit_options(self):
@@ -58,8 +61,8 @@ class _LawMethod:
         obs = observations.select(domains)
         self.fitted = fit(laws.get(self.law_name), obs, token_unit=1e6, budgets=[budget_tokens],
                           options=self.fit_options, fixed=self.fixed_fields(domains))
-        result = optimize(self.fitted, [budget_tokens], available=self.available, max_epochs=self.max_epochs)
-        return as_weights(domains, result.weights[0])
+        self.result = optimize(self.fitted, [budget_tokens], available=self.available, max_epochs=self.max_epochs)
+        return as_weights(domains, self.result.weights[0])
 
 
 REST_FACTORS = (2.0, 0.5, 3.0, 0.25)
@@ -68,6 +71,8 @@ REST_FACTORS = (2.0, 0.5, 3.0, 0.25)
 class Li2025(_LawMethod):
     """Algorithm 1: a base run of `base_fraction` x budget split evenly, each domain perturbed by
     `factors`; fit the li2025 law on every run's loss on every domain; optimise at the budget.
+    `design_budget` B sizes the runs as for a budget B (at most the target) while the law is still
+    optimised at the target: cheaper runs, used at a ratio target / largest run (default B = target).
 
     As the authors ran it: the fit minimises a Huber loss of `huber_delta` (default 1e-3, their
     delta; 0 or None = least squares; it replaces the huber_delta of `fit_options`, which set the
@@ -93,9 +98,16 @@ class Li2025(_LawMethod):
                  huber_delta: float | None = 1e-3, perturbation_evals: int = 10, adaptive: bool = False,
                  max_runs: int | None = None, tolerance: float | None = None, law: str | None = None,
                  r_star: float | None = None, target_budget: int | None = None, along_run: int = 0,
-                 scales=(1.0,), **kwargs):
+                 scales=(1.0,), design_budget: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self._set_repetition_options(law, r_star, target_budget, along_run, scales, adaptive)
+        if design_budget is not None and (isinstance(design_budget, bool) or not isinstance(design_budget, (int, np.integer))
+                                          or design_budget < 1):
+            raise MixjaxError(f"`design_budget`: must be a whole number of tokens >= 1, got {design_budget!r}")
+        if design_budget is not None and adaptive:
+            raise MixjaxError("`design_budget` sizes li2025's fixed design; the `adaptive` design sizes its own runs")
+        # the budget the perturbation runs are sized for (None: the target budget the law is optimised at)
+        self.design_budget = None if design_budget is None else int(design_budget)
         if not adaptive and (max_runs is not None or tolerance is not None):
             raise MixjaxError("`max_runs` and `tolerance` apply to li2025 with `adaptive`")
         if max_runs is not None and (isinstance(max_runs, bool) or not isinstance(max_runs, (int, np.integer))
@@ -182,8 +194,18 @@ class Li2025(_LawMethod):
             config = dataclasses.replace(config, train_subset=min(1.0, int(run.budget_tokens) / self.target_budget))
         return config
 
+    def run_budget(self, budget_tokens) -> int:
+        """The budget the perturbation runs are sized for: `design_budget`, else the target itself;
+        a design budget above the target is a one-line error (the law would be used below its runs)."""
+        if self.design_budget is None:
+            return int(budget_tokens)
+        if self.design_budget > budget_tokens:
+            raise MixjaxError(f"`design_budget` {self.design_budget:,} exceeds the target budget {int(budget_tokens):,}: "
+                              "the runs are sized for a budget at most the target")
+        return self.design_budget
+
     def _per_domain(self, domains, budget_tokens) -> int:
-        return int(self.base_fraction * budget_tokens / len(domains))
+        return int(self.base_fraction * self.run_budget(budget_tokens) / len(domains))
 
     def propose(self, domains, budget_tokens):
         runs = []
@@ -258,7 +280,10 @@ class RegMix:
     name = "regmix"
 
     def __init__(self, n_runs: int | None = None, budget_fraction: float = 0.25, ridge: float = 1e-4,
-                 n_candidates: int = 100_000, top_k: int = 100, seed: int = 0):
+                 n_candidates: int = 100_000, top_k: int = 100, seed: int = 0, available: dict | None = None,
+                 max_epochs: float | None = None):
+        # available / max_epochs: only mixtures within each domain's training tokens x max_epochs are candidates
+        self.available, self.max_epochs = available, max_epochs
         self.n_runs, self.budget_fraction, self.ridge = n_runs, budget_fraction, ridge
         self.n_candidates, self.top_k, self.seed = n_candidates, top_k, seed
         self.coefficients = None
@@ -284,6 +309,16 @@ class RegMix:
         self.coefficients = np.linalg.solve(x.T @ x + penalty, x.T @ y)
         rng = np.random.default_rng(self.seed)
         candidates = rng.dirichlet(np.ones(len(domains)), size=self.n_candidates)
+        if self.available:
+            from mixjax.optimize import weight_bounds
+
+            _, upper = weight_bounds(list(domains), np.array([float(budget_tokens)]),
+                                     available={d: n for d, n in self.available.items() if d in domains},
+                                     max_epochs=self.max_epochs)
+            candidates = candidates[(candidates <= upper[0]).all(axis=1)]
+            if len(candidates) < self.top_k:
+                raise MixjaxError(f"regmix: fewer than {self.top_k} of {self.n_candidates:,} sampled mixtures fit the "
+                                  "data cap (training tokens x max_epochs); raise `max_epochs` or lower the budget")
         predicted = np.concatenate([np.ones((len(candidates), 1)), quadratic_features(candidates)], 1) @ self.coefficients
         best = candidates[np.argsort(predicted)[:self.top_k]].mean(axis=0)
         return as_weights(domains, best / best.sum())

@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from mixjax.errors import MixjaxError
+from mixjax.optimize import DEFAULT_MAX_EPOCHS
 
 SECTIONS = ("model", "optimizer", "eval", "checkpoint", "execution")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -57,7 +58,11 @@ class TrainConfig:
         None, "model", "cross-entropy over this many positions at a time, so a big vocabulary's logits "
                        "never exist for the whole sequence (must divide --seq-len)")
     seed: int = setting(0, "optimizer")
-    max_epochs: float = setting(10, "optimizer", "most times a domain may be repeated")
+    max_epochs: float = setting(
+        DEFAULT_MAX_EPOCHS, "optimizer",
+        f"most passes over a domain's training tokens; a run that needs more is refused before it starts "
+        f"(default {DEFAULT_MAX_EPOCHS:g}, the same in optimize, fit and mix: repeated tokens keep most of their "
+        f"value to ~10 passes, Muennighoff et al. 2023; 4 keeps them as good as new)")
     train_subset: float = setting(1.0, "optimizer", "train on this fraction of each domain's training examples "
                                                     "(seeded by --seed; li2025 --target-budget sets it per run)")
     eval_every: int = setting(0, "eval", "steps between evaluations (0: at the end)")
