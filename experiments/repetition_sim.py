@@ -183,7 +183,22 @@ def write_results(out: Path, rows: list, noise: float, seeds: int) -> None:
                      f"{', '.join(f'{x:.2f}' for x in r['recovered'])} | "
                      f"{', '.join(f'{x:.2f}' for x in r['weights_mean'])} | "
                      f"{', '.join(f'{x:.2f}' for x in r['optimum'])} | {r['gap_strat_nats']:.4f} |")
+    lines += ["", NOTES]
     write_text_atomic(out.with_suffix(".md"), "\n".join(lines) + "\n")
+
+
+NOTES = """Reading. Runs at T/16 and T/4 never repeat math on all the data (its 2M tokens are 5% of T; the
+largest run uses 300k-1.2M), so nothing in them says R*: li2025-repeat's fitted R* stays at its start
+(15, Muennighoff's), the same as fixing it; knowing the unique tokens alone lifts li2025 only a little
+(-0.54 -> 0.16 at T/16, -0.87 -> -0.02 at T/4). Repetition-matched runs (target_budget) make math repeat in the runs
+as at T; fitted with li2025-repeat, which sees each run's cut, R* is identified and the law recovers
+0.72 (T/16) and 0.81 (T/4) of stratified's gap. The same runs fitted with the li2025 law are a
+disaster (-20, -3.8): it extrapolates in tokens while the runs hold the passes fixed, so math's
+saturation reads as a small data exponent and math is starved at T. Observations along each run
+(along_run=4) pin the token exponent: alone they do not fix the repetition blind spot, with the
+repeat law they lift it to 0.50-0.54 (and to 1.00 where nothing repeats); the simulation has no
+learning-rate schedule, so it credits them fully (on real runs the constant-rate points are not
+cosine-final points). The design at two sizes (scales=1,0.25, 1.25x the tokens) did not help."""
 
 
 if __name__ == "__main__":
