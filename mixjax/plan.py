@@ -37,7 +37,8 @@ attention kernels ("cudnn", "pallas", or "auto", which picks them on a GPU) cann
 the CPU, so the plan compiles the O(L)-memory "blockwise" attention in their place
 (`attention_compiled`). Real GPU runs also need room for the CUDA context, cuBLAS/cuDNN workspaces
 and allocator fragmentation, and JAX's GPU client takes only 75% of the card unless
-XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise.
+XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise: a fit is judged against that share of
+`device_memory` (`memory_fraction`).
 """
 
 from __future__ import annotations
@@ -216,9 +217,9 @@ def _attention_note(requested: str, compiled_impl: str, platform: str, compute_d
         return f"Attention compiled as requested ({requested!r})."
     note = (f"Attention {requested!r} has no {platform.upper()} kernel: compiled 'blockwise' "
             f"in its place (both keep O(L) memory; the GPU kernel's own scratch is not counted).")
-    if requested == "cudnn" or (requested == "auto" and compute_dtype == "bfloat16"):
+    if requested == "cudnn":
         extra = micro * seq_len * seq_len * 5
-        note += (f" On a GPU with cuDNN, {requested!r} runs cuDNN, whose packed-segment mask is a "
+        note += (f" On a GPU, cuDNN's packed-segment mask is a "
                  f"[B, 1, L, L] boolean turned into a bias with a dense gradient: about 5 bytes x "
                  f"micro-batch x L^2 = {human_bytes(extra)} per device at a time (one layer), "
                  f"not in these numbers.")
@@ -375,18 +376,45 @@ def search_max_batch(total_bytes_at: Callable[[int], int], *, unit: int, start: 
     return {"max_batch_size": lo * unit, "exact": exact, "probes": probes, "tried": tried}
 
 
+DEFAULT_MEM_FRACTION = 0.75  # JAX's GPU client preallocates this share of the card unless told otherwise
+
+
+def memory_fraction(environ=None) -> float:
+    """The share of a device's memory JAX's GPU client takes: XLA_PYTHON_CLIENT_MEM_FRACTION, or
+    0.75 when unset; a value that is not a number in (0, 1] is a one-line error."""
+    import os
+
+    text = (os.environ if environ is None else environ).get("XLA_PYTHON_CLIENT_MEM_FRACTION")
+    if text is None or text.strip() == "":
+        return DEFAULT_MEM_FRACTION
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise MixjaxError(f"XLA_PYTHON_CLIENT_MEM_FRACTION: expected a number in (0, 1], got {text!r}")
+    return value
+
+
 def plan_with_fit(model_cfg, *, device_memory: int | None = None, max_probes: int = 8,
-                  plan: dict[str, Any] | None = None, **kw) -> dict[str, Any]:
+                  plan: dict[str, Any] | None = None, mem_fraction: float | None = None,
+                  **kw) -> dict[str, Any]:
     """`plan_step(model_cfg, **kw)` (or `plan`, its result if already computed), and with
-    `device_memory` (bytes per device) also whether it fits and the largest global batch that
-    does (`search_max_batch`; each probe is one more compile). Adds "device_memory", "fits",
-    "max_batch_size" and "max_batch_search" (its "tried" entries hold each probe's bytes)."""
+    `device_memory` (bytes per device) also whether it fits in the usable memory, `mem_fraction`
+    (None: `memory_fraction()`, what JAX's GPU client would take) x `device_memory`, and the
+    largest global batch that does (`search_max_batch`; each probe is one more compile). Adds
+    "device_memory", "mem_fraction", "usable_memory", "fits", "max_batch_size" and
+    "max_batch_search" (its "tried" entries hold each probe's bytes)."""
     plan = dict(plan) if plan is not None else plan_step(model_cfg, **kw)
-    plan.update(device_memory=device_memory, fits=None, max_batch_size=None, max_batch_search=None)
+    plan.update(device_memory=device_memory, mem_fraction=None, usable_memory=None, fits=None,
+                max_batch_size=None, max_batch_search=None)
     if device_memory is None:
         return plan
+    fraction = memory_fraction() if mem_fraction is None else mem_fraction
+    usable = int(device_memory * fraction)
+    plan.update(mem_fraction=fraction, usable_memory=usable)
     total = plan["bytes_per_device"]["total"]
-    plan["fits"] = total <= device_memory
+    plan["fits"] = total <= usable
     d, f, _ = plan["mesh"]
     unit = d * f * plan["grad_accum"]
     batch = plan["batch_size"]
@@ -397,7 +425,7 @@ def plan_with_fit(model_cfg, *, device_memory: int | None = None, max_probes: in
         probed[b] = {"bytes_per_device": probe["bytes_per_device"], "compile_s": probe["compile_s"]}
         return probe["bytes_per_device"]["total"]
 
-    search = search_max_batch(total_at, unit=unit, start=batch, device_memory=device_memory,
+    search = search_max_batch(total_at, unit=unit, start=batch, device_memory=usable,
                               max_probes=max_probes, known={batch: total})
     search["tried"] = [{**t, **probed.get(t["batch_size"], {})} for t in search["tried"]]
     plan["max_batch_size"] = search["max_batch_size"]
@@ -431,7 +459,10 @@ def summary(plan: dict[str, Any]) -> str:
         else:
             largest_txt = "unknown (probe cap reached)"
         verdict, op = ("fits", "<=") if plan["fits"] else ("does not fit", ">")
-        lines.append(f"{verdict}: {hb(b['total'])} per device {op} {hb(plan['device_memory'])} "
+        usable = plan.get("usable_memory") or plan["device_memory"]
+        lines.append(f"{verdict}: {hb(b['total'])} per device {op} {hb(usable)} usable "
+                     f"({plan.get('mem_fraction') or 1:g} of {hb(plan['device_memory'])}, "
+                     f"XLA_PYTHON_CLIENT_MEM_FRACTION) "
                      f"(arguments {hb(b['arguments'])}, temporaries {hb(b['temporaries'])}); "
                      f"largest batch that fits: {largest_txt}, {search.get('probes', 0)} probe compile(s)")
     mesh = "x".join(str(s) for s in plan["mesh"])

@@ -121,8 +121,12 @@ def test_fits_and_the_largest_batch_with_real_compiles(plan8):
     kw = dict(devices=8, mesh_shape=(1, 8, 1), batch_size=B, seq_len=L, compute_dtype="float32", num_domains=K)
     base = plan8["bytes_per_device"]
     limit = base["total"] + 1000  # batch 8 fits, batch 16 (more activations) cannot
-    plan = plan_with_fit(CFG, device_memory=limit, max_probes=2, plan=plan8, **kw)
-    assert plan["fits"] is True and plan["max_batch_size"] == B
+    # judged against the usable share of the card: with JAX's default 0.75 batch 8 no longer fits
+    assert plan_with_fit(CFG, device_memory=limit, max_probes=0, plan=plan8, mem_fraction=0.75, **kw)["fits"] is False
+    usable = plan_with_fit(CFG, device_memory=int(limit / 0.75) + 1, max_probes=0, plan=plan8, **kw)
+    assert usable["fits"] is True and usable["mem_fraction"] == 0.75 and usable["usable_memory"] >= limit
+    plan = plan_with_fit(CFG, device_memory=limit, max_probes=2, plan=plan8, mem_fraction=1.0, **kw)
+    assert plan["fits"] is True and plan["max_batch_size"] == B and plan["usable_memory"] == limit
     search = plan["max_batch_search"]
     assert search["exact"] and search["probes"] == 1 and search["unit"] == 8
     (probe,) = search["tried"]
@@ -138,6 +142,8 @@ def test_cli_mesh_with_minus_one_does_not_fit_one_line_exit_1(cli8):
     assert len(err) == 1 and err[0].startswith("does not fit: ") and "largest batch that fits: none" in err[0]
     assert plan["mesh"] == [1, 8, 1] and plan["fits"] is False and plan["max_batch_size"] == 0
     assert plan["device_memory"] == 10**6 and plan["model"] == "tiny" and plan["max_batch_search"]["probes"] == 0
+    assert plan["mem_fraction"] == 0.75 and plan["usable_memory"] == 750_000  # XLA_PYTHON_CLIENT_MEM_FRACTION unset
+    assert "per device > 732.4 KiB usable (0.75 of 976.6 KiB, XLA_PYTHON_CLIENT_MEM_FRACTION)" in err[0]
     assert plan["compute_dtype"] == "float32" and plan["devices"] == 8
     assert plan["compile_options"] == {"xla_backend_optimization_level": 0}
 
@@ -178,6 +184,16 @@ def test_cli_bad_input_is_one_line_exit_2(argv, message, tmp_path, capsys):
     assert rc == 2
     assert len(err) == 1 and err[0].startswith("mixjax plan: error: ") and message in err[0], err
     assert not (tmp_path / "plan.json").exists()
+
+
+def test_memory_fraction_of_the_environment():
+    from mixjax.plan import memory_fraction
+
+    assert memory_fraction({}) == 0.75 and memory_fraction({"XLA_PYTHON_CLIENT_MEM_FRACTION": ".9"}) == 0.9
+    for bad in ("1.5", "0", "most"):
+        with pytest.raises(MixjaxError, match=f"^XLA_PYTHON_CLIENT_MEM_FRACTION: expected a number in \\(0, 1\\], "
+                                              f"got '{bad}'$"):
+            memory_fraction({"XLA_PYTHON_CLIENT_MEM_FRACTION": bad})
 
 
 def test_parse_bytes():

@@ -55,7 +55,8 @@ def register(subparsers) -> None:
                    help="cross-entropy N positions at a time (must divide --seq-len)")
     p.add_argument("--device-memory", default=None, metavar="SIZE",
                    help="memory per device, e.g. 80GB (10^9 bytes), 80GiB (2^30), 512MB, or bytes: "
-                        "say whether the step fits and search the largest batch that does")
+                        "say whether the step fits in the usable share of it (XLA_PYTHON_CLIENT_MEM_FRACTION, "
+                        "0.75 when unset, as JAX's GPU client) and search the largest batch that does")
     p.add_argument("--max-probes", type=int, default=default["max_probes"],
                    help=f"most extra compiles for the largest-batch search (default {default['max_probes']})")
     p.add_argument("--out", required=True, metavar="JSON", help="plan file to write")
@@ -68,10 +69,12 @@ def run(args: argparse.Namespace) -> int:
     from mixjax.errors import MixjaxError
     from mixjax.io import write_json_atomic
     from mixjax.model.config import get_config
-    from mixjax.plan import check_request, cpu_devices, parse_bytes, parse_mesh, plan_with_fit, summary
+    from mixjax.plan import (check_request, cpu_devices, memory_fraction, parse_bytes, parse_mesh, plan_with_fit,
+                             summary)
 
     # Everything that can be checked is checked before JAX starts (and before minutes of compiling).
     device_memory = parse_bytes(args.device_memory) if args.device_memory is not None else None
+    mem_fraction = memory_fraction()  # checked now, before any compile
     mesh = parse_mesh(args.mesh)
     overrides = {k: v for k, v in (("remat", args.remat), ("attention", args.attention)) if v is not None}
     vocab = args.vocab_size
@@ -100,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
     devices = cpu_devices(args.devices, cpu_only=True)
     plan = plan_with_fit(cfg, devices=devices, model_name=args.model, device_memory=device_memory,
-                         max_probes=args.max_probes, **kw)
+                         max_probes=args.max_probes, mem_fraction=mem_fraction, **kw)
     write_json_atomic(out, plan)
     text = summary(plan)
     if plan["fits"] is False:
