@@ -219,8 +219,9 @@ def test_blockwise_attention_temporaries_grow_about_linearly_in_sequence():
 
 @pytest.mark.slow
 def test_bench_gpu_smoke_records_a_failure_and_goes_on(tmp_path):
-    """benchmarks/bench_gpu.py --smoke: the GPU benchmark's code on 2 CPU devices, one child process
-    per model; a model that fails (here an unknown preset) is recorded and the next one runs."""
+    """benchmarks/bench_gpu.py --smoke: the GPU benchmark's code on 2 CPU devices, end to end: the
+    attention microbenchmarks and the versions in one child, then one child process per model; a
+    model that fails (here an unknown preset) is recorded and the next one runs."""
     import subprocess
     import sys
     from pathlib import Path
@@ -231,7 +232,16 @@ def test_bench_gpu_smoke_records_a_failure_and_goes_on(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]  # not every model ran
     doc = json.loads(out.read_text())
-    assert doc["settings"]["smoke"] is True
+    assert doc["settings"]["smoke"] is True and doc["settings"]["deadline"] == 480
+    env = doc["environment"]
+    assert env["jax"] == jax.__version__ and env["backend"] == "cpu" and env["xla_flags"] is None  # not on GPU
+    assert any(line.startswith("jaxlib:") for line in env["environment_info"])
+    micro = {r["impl"]: r for r in doc["attention"]}
+    assert list(micro) == ["plain", "blockwise", "pallas", "cudnn"]
+    for impl in ("plain", "blockwise"):
+        assert micro[impl]["status"] == "ok" and micro[impl]["ms"] > 0 and micro[impl]["shape"] == [2, 128, 4, 2, 32]
+    for impl in ("pallas", "cudnn"):
+        assert micro[impl]["status"] == "unavailable" and "not available on the cpu backend" in micro[impl]["error"]
     failed, r = doc["results"]
     assert failed["model"] == "nope" and failed["status"] == "error" and "unknown model preset" in failed["error"]
     assert r["status"] == "ok" and r["model"] == "tiny" and r["devices"] == 2 and r["mesh"] == [1, 2, 1]
@@ -244,5 +254,6 @@ def test_bench_gpu_smoke_records_a_failure_and_goes_on(tmp_path):
         assert key in r  # None on the CPU: no peak FLOP/s, no allocator statistics
     xla = r["xla_memory_analysis"]
     assert xla["total"] == xla["arguments"] + xla["outputs"] - xla["aliased"] + xla["temporaries"] > 0
-    assert r["remat"] == "dots" and r["attention"] == "auto" and r["attention_resolved"]
+    assert r["remat"] == "dots" and r["attention"] == "auto" and r["attention_resolved"] == "plain"
+    assert r["compute_dtype"] == "float32"  # 'auto' on the CPU
     assert "tiny" in done.stdout and "wrote" in done.stdout
