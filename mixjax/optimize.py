@@ -255,16 +255,18 @@ def run_tokens_of(fitted) -> tuple[float, float] | None:
     return None
 
 
-def extrapolation_line(budgets, run_tokens: tuple[float, float] | None) -> str | None:
-    """One line: how far each budget lies past the largest run the law was fitted on; a warning
-    beyond VALIDATED_EXTRAPOLATION_RATIO. None when the run sizes are not known."""
+def extrapolation_line(budgets, run_tokens: tuple[float, float] | None, runs: str | None = None) -> str | None:
+    """One line: how far each budget lies past the largest run the law was fitted on (`runs`: how
+    the runs are described, default their sizes); a warning beyond VALIDATED_EXTRAPOLATION_RATIO.
+    None when the run sizes are not known."""
     if run_tokens is None:
         return None
-    ratios = [float(b) / run_tokens[1] for b in np.asarray(budgets, dtype=float).reshape(-1)]
-    shown = ", ".join(f"{b:.4g} is {r:.3g}x" for b, r in zip(np.asarray(budgets, dtype=float).reshape(-1), ratios))
-    line = (f"extrapolation: {shown} the largest run the law was fitted on "
-            f"(runs of {run_tokens[0]:.4g} to {run_tokens[1]:.4g} tokens)")
-    if max(ratios) > VALIDATED_EXTRAPOLATION_RATIO:
+    budgets = np.asarray(budgets, dtype=float).reshape(-1)
+    ratios = budgets / run_tokens[1]
+    shown = ", ".join(f"{b:.4g} is {r:.3g}x" for b, r in zip(budgets, ratios))
+    runs = runs or f"the law was fitted on (runs of {run_tokens[0]:.4g} to {run_tokens[1]:.4g} tokens)"
+    line = f"extrapolation: {shown} the largest run {runs}"
+    if ratios.max() > VALIDATED_EXTRAPOLATION_RATIO:
         line = (f"warning: {line}; beyond the {VALIDATED_EXTRAPOLATION_RATIO:g}x that experiments/extrapolation.py "
                 "validated, the weights are unverified")
     return line

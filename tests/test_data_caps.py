@@ -118,9 +118,17 @@ def test_mix_caps_its_weights_and_records_its_design(simulated, data_dir, train_
                                 "run_tokens": {"min": min(sizes), "max": max(sizes)},
                                 "extrapolation_ratio": pytest.approx(budget / max(sizes))}
     ratio = budget / max(sizes)
-    assert ratio > 10 and f"warning: extrapolation: {budget:.4g} is {ratio:.3g}x the largest run" in printed
+    assert ratio > 10 and (f"warning: extrapolation: {budget:.4g} is {ratio:.3g}x the largest run (li2025's runs: "
+                           f"{min(sizes):,} to {max(sizes):,} tokens, sized for a design budget of {design:,})") in printed
     assert f"the data cap binds for {', '.join(over)}" in printed
     assert simulated[-1] == "final" and len(simulated) == 14
+
+    # sweep: the same runs, the same line
+    assert main(["sweep", "--method", "li2025", "--data", str(data_dir), "--budget-tokens", str(budget),
+                 "--design-budget", str(design), "--out", str(tmp_path / "sweep")]) == 0
+    assert f"sized for a design budget of {design:,})" in capsys.readouterr().out
+    swept = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert [r["budget_tokens"] for r in swept["runs"]] == sizes and swept["budget_tokens"] == budget
 
     # a design budget above the target, or for a method without one: one line, nothing trained
     simulated.clear()

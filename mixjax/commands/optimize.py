@@ -8,9 +8,11 @@ import argparse
 from mixjax.report import plot, table
 
 DESCRIPTION = """Weights on the simplex that minimise the law's total predicted loss at each budget
-(tokens). Optional per-domain weight bounds and a cap from the data that exists
-(tokens_i <= available_i x max_epochs). Prints a table of weights vs budget; --plot saves fitted
-curves (with --observations, against the observed points) and weights vs budget."""
+(tokens). Optional per-domain weight bounds and, with --data DIR (or --available), a cap from the
+data that exists: tokens_i <= training tokens_i x --max-epochs. Prints a table of weights vs budget
+(with the data: each domain's passes, where the cap binds and the optimum without it) and how far
+each budget lies past the runs the law was fitted on; --plot saves fitted curves (with
+--observations, against the observed points) and weights vs budget."""
 
 
 def register(subparsers) -> None:

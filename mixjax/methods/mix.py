@@ -60,13 +60,14 @@ def design_record(runs, budget_tokens: int, method) -> dict:
             "extrapolation_ratio": float(budget_tokens) / max(sizes)}
 
 
-def design_line(design: dict) -> str:
-    """One line: the runs' sizes against the target (a warning past the validated ratio)."""
+def design_line(design: dict, method_name: str) -> str:
+    """One line: the target against the method's runs (a warning past the validated ratio)."""
     from mixjax.optimize import extrapolation_line
 
-    line = extrapolation_line([design["target_budget"]], (design["run_tokens"]["min"], design["run_tokens"]["max"]))
-    return line.replace("the largest run the law was fitted on",
-                        f"the largest run (design budget {design['design_budget']:.4g})")
+    smallest, largest = design["run_tokens"]["min"], design["run_tokens"]["max"]
+    return extrapolation_line([design["target_budget"]], (smallest, largest),
+                              f"({method_name}'s runs: {smallest:,} to {largest:,} tokens, sized for a design "
+                              f"budget of {design['design_budget']:,})")
 
 
 def _describe_mix(method_name, options, budget_tokens, data, config) -> dict:
@@ -206,7 +207,7 @@ def run_mix(method_name: str, options: dict, data, budget_tokens: int, out, conf
     use_data_caps(method, data, config)
     planned_spend(method, domains, budget_tokens)  # bad options / too few domains: fail before any file
     if hasattr(method, "propose") and not getattr(method, "adaptive", False):
-        log(design_line(design_record(method.propose(domains, budget_tokens), budget_tokens, method)))
+        log(design_line(design_record(method.propose(domains, budget_tokens), budget_tokens, method), method_name))
     if hasattr(method, "prerequisite_runs"):  # folders MIX_DIR/prereq/<name> (a sweep checks its own)
         check_run_names(method.prerequisite_runs(domains, budget_tokens), f"`method` {method_name}")
     check_sweep_dir(out, _describe_mix(method_name, options, budget_tokens, data, config),
