@@ -118,24 +118,13 @@ def natural_weights(data) -> dict:
     return {d: tokens[d] / sum(tokens.values()) for d in data.domains}
 
 
-# The skewed bundled setting: three sources of the bundled collection (experiments/reweight_collection.py)
-# in unequal sizes, as real collections are; natural proportions about 0.78 / 0.17 / 0.05, the small
-# domain (dataset descriptions) unlike the base model's pre-training text.
-SKEWED_SHARES = {"dialogue": 0.5, "code": 0.1, "docs": 0.03}
-
-
 def skewed_data(work: Path, scale: Scale, progress: bool = False):
-    """The skewed setting's prepared data in WORK/data_skewed (built once; reused when present)."""
-    from mixjax.data.prepared import PreparedData
+    """The skewed setting's prepared data in WORK/data_skewed (built once; reused when present):
+    dialogue, code and dataset descriptions of the bundled collection in unequal sizes, natural
+    proportions about 0.77 / 0.18 / 0.05 (mixjax.data.bundled.skewed_data, which `mixjax demo` uses)."""
+    from mixjax.data.bundled import skewed_data
 
-    import reweight_collection
-
-    out = Path(work) / "data_skewed"
-    if (out / "manifest.json").is_file():
-        return PreparedData(out)
-    collection = Path(work) / "collection_skewed" / "collection.jsonl"
-    reweight_collection.build_bundled_collection(collection, scale.size_mb, shares=SKEWED_SHARES)
-    return reweight_collection.prepare_collection(collection, "source", None, None, "byte", out, progress)
+    return skewed_data(work, scale.size_mb, progress)
 
 
 def scale_from(args, default: Scale = Scale()) -> Scale:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -37,67 +36,15 @@ from mixjax.errors import MixjaxError  # noqa: E402
 # proportions about 0.60 / 0.24 / 0.12 / 0.04; docs small enough that a quarter of the default
 # budget repeats it about once).
 BUNDLED_SHARES = {"dialogue": 0.5, "math": 0.2, "code": 0.1, "docs": 0.03}
-MIN_SOURCE_BYTES = 8_000
 ARMS = ("natural", "stratified", "optimised")
-
-
-def docs_records():
-    """Dataset descriptions shipped with tensorflow-datasets (Apache-2.0; the dataset cards'
-    README.md files, then the `_DESCRIPTION` strings of older builders), in chunks of ~1.5 kB, as
-    question/answer pairs whose answer is the description. Text the base model has not seen (it is
-    pre-trained on the Python documentation topics)."""
-    import ast
-    import tensorflow_datasets
-
-    root = Path(tensorflow_datasets.__file__).parent
-    texts = [(f.parent.name, f.read_text(encoding="utf-8")) for f in sorted(root.glob("datasets/*/README.md"))]
-    for f in sorted(root.rglob("*.py")):
-        if f.name.endswith("_test.py"):
-            continue
-        source = f.read_text(encoding="utf-8")
-        if "_DESCRIPTION" not in source:
-            continue
-        try:
-            tree = ast.parse(source)
-        except SyntaxError:
-            continue
-        for node in tree.body:
-            if (isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_DESCRIPTION" for t in node.targets)
-                    and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
-                texts.append((f.stem, node.value.value))
-    for name, text in texts:
-        chunk, part = [], 1
-        paragraphs = [p.strip() for p in text.strip().split("\n\n") if p.strip()]
-        for i, paragraph in enumerate(paragraphs):
-            chunk.append(paragraph)
-            if sum(len(c) for c in chunk) >= 1500 or i == len(paragraphs) - 1:
-                yield {"messages": [
-                    {"role": "user", "content": f"Describe the '{name}' dataset (part {part})."},
-                    {"role": "assistant", "content": "\n\n".join(chunk)}]}
-                chunk, part = [], part + 1
 
 
 def build_bundled_collection(path: Path, size_mb: float, seed: int = 0, shares: dict | None = None) -> dict:
     """One shuffled JSONL of `messages` records with a `source` field, each source's share of
     `size_mb` from `shares` (default BUNDLED_SHARES); returns bytes per source."""
-    from mixjax.data.bundled import BUILDERS, distinct_lines
-    from mixjax.data.formats import detect_format, to_messages
-    from mixjax.io import write_text_atomic
+    from mixjax.data.bundled import write_collection
 
-    builders = {**BUILDERS, "docs": docs_records}
-    lines, sizes = [], {}
-    for source, share in (shares or BUNDLED_SHARES).items():
-        target = max(int(share * size_mb * 1e6), MIN_SOURCE_BYTES)
-        source_lines, size = distinct_lines(builders[source](), target, lambda record, source=source: {
-            "messages": to_messages(record, detect_format(record, source), source), "source": source})
-        lines += source_lines
-        if size < target:
-            raise MixjaxError(f"the bundled source '{source}' has only {size:,} bytes; lower --size-mb")
-        sizes[source] = size
-    random.Random(seed).shuffle(lines)
-    if not path.is_file() or path.read_text() != "\n".join(lines) + "\n":
-        write_text_atomic(path, "\n".join(lines) + "\n")
-    return sizes
+    return write_collection(path, size_mb, shares or BUNDLED_SHARES, seed)
 
 
 def prepare_collection(path: Path, field: str, prefix: str | None, fmt: str | None, tokenizer: str,
