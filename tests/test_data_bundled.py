@@ -5,14 +5,15 @@ import json
 import pytest
 
 from mixjax.cli import main
-from mixjax.data.bundled import BUILDERS, LICENCES, write_bundled
+from mixjax.data.bundled import BUILDERS, LICENCES, SOURCES, write_bundled
 from mixjax.data.formats import detect_format
 
 
 @pytest.mark.slow
 def test_bundled_domains_are_real_text_of_at_least_1mb(tmp_path):
     summary = write_bundled(tmp_path)
-    assert set(summary) == {"dialogue", "math", "code"} == set(LICENCES)
+    assert set(summary) == {"dialogue", "math", "code"} == set(BUILDERS)
+    assert set(LICENCES) == set(SOURCES) == set(BUILDERS) | {"docs"}  # docs: the skewed collection's
     expected_format = {"dialogue": "messages", "math": "openmath", "code": "alpaca"}
     for name, info in summary.items():
         path = tmp_path / f"{name}.jsonl"
