@@ -198,18 +198,31 @@ def test_allocate_keeps_every_batch_and_the_whole_run_within_one_token():
             assert np.all(np.abs(target - delivered) < 1)
 
 
-def test_validation_batches_cover_the_split_exactly_once(data):
+@pytest.mark.parametrize("seq_len", [64, 16])
+def test_validation_batches_cover_the_split_exactly_once(data, seq_len):
+    """Every row-sized piece of every held-out example that holds a loss target (a masked token
+    after its first), once; pieces without one (a prompt longer than a row) are left out, so every
+    batch measures (seq_len 16: the prompts' first pieces)."""
     source = data.split("b", "validation")
-    expected = sorted(tuple(source[i]["tokens"].tolist()) for i in range(len(source)))
+    expected, dropped = [], 0
+    for i in range(len(source)):
+        tokens, mask = source[i]["tokens"].tolist(), np.asarray(source[i]["loss_mask"], bool)
+        for start in range(0, len(tokens), seq_len):
+            if mask[start + 1:start + seq_len].any():
+                expected.append(tuple(tokens[start:start + seq_len]))
+            else:
+                dropped += 1
+    assert dropped > 0 if seq_len == 16 else dropped == 0
     got = []
-    for batch in validation_batches(data, "b", batch_size=2, seq_len=64):
+    for batch in validation_batches(data, "b", batch_size=2, seq_len=seq_len):
         assert (batch.domain_ids_BxL[batch.segment_ids_BxL > 0] == 1).all()
         assert (batch.loss_mask_BxL[batch.segment_ids_BxL == 0] == 0).all()
+        assert next_token_targets(batch.tokens_BxL, batch.segment_ids_BxL, batch.loss_mask_BxL)[1].sum() > 0
         for row in range(2):
             for sid in np.unique(batch.segment_ids_BxL[row]):
                 if sid:
                     got.append(tuple(batch.tokens_BxL[row][batch.segment_ids_BxL[row] == sid].tolist()))
-    assert sorted(got) == expected
+    assert sorted(got) == sorted(expected)
 
 
 def test_pack_rows_cuts_nothing_that_fits():

@@ -129,25 +129,40 @@ def test_li2025_sweep_runs_record_their_best_evaluation(data_dir, tmp_path, caps
     """As the authors keep each perturbation run's best checkpoint: by default a li2025 run is
     evaluated every steps // 10 steps and records its lowest-mean evaluation, without a checkpoint."""
     out = tmp_path / "s"
+    capsys.readouterr()
     assert main(["sweep", "--method", "li2025", "--base-fraction", "1", "--data", str(data_dir),
                  "--budget-tokens", "512", "--out", str(out), *TRAIN, "--lr", "0.1"]) == 0
-    assert json.loads((out / "sweep.json").read_text())["run_selection"] == {"evaluations": 10,
-                                                                               "val_loss": "best evaluation"}
+    printed = capsys.readouterr().out.splitlines()
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert sweep["run_selection"] == {"evaluations": 10, "val_loss": "best evaluation",
+                                      "select_max_batches_default": 1}
     rows = {l.split(",")[0]: [float(x) for x in l.split(",")[3:]]
             for l in (out / "observations.csv").read_text().splitlines()[1:]}
     assert len(rows) == 9
-    not_final = 0
+    not_final, trained = 0, {}
     for name, row in rows.items():
         result = json.loads((out / "runs" / name / "result.json").read_text())
         steps = result["steps"]                                       # 2 to 8 steps of 128 tokens
         assert result["config"]["eval_every"] == max(1, steps // 10) == 1 and result["config"]["select_best"]
+        assert result["config"]["select_max_batches"] == 1 and result["selection"]["max_batches"] == 1
         assert [h["step"] for h in result["val_history"]] == list(range(1, steps + 1))
-        step, best = _best_evaluation(result)
-        assert result["val_loss"] == best and result["val_loss_step"] == step
-        assert row == pytest.approx([best["a"], best["b"]], rel=1e-12)  # what the law is fitted to
+        step, best = _best_evaluation(result)                         # on the first batch of each domain
+        assert result["selection"]["val_loss"] == best and result["val_loss_step"] == step
+        assert result["val_loss_batches"] is None                      # reported: the whole split, at that step
+        assert row == pytest.approx([result["val_loss"]["a"], result["val_loss"]["b"]], rel=1e-12)  # fitted
         assert not (out / "runs" / name / "best").exists()
         not_final += step != steps
+        trained[name] = sum(result["tokens"].values())
+        assert trained[name] == steps * 128
     assert not_final >= 1                                            # lr 0.1 overshoots: the test can tell
+    # the tokens said are the ones trained: the total before the first run, each run's after its name
+    asked = sum(r["budget_tokens"] for r in sweep["runs"])
+    assert asked != sum(trained.values())                            # some budgets round down here
+    assert printed[0] == (f"9 run(s) to train: {sum(trained.values()):,} tokens (budgets round down to whole "
+                          f"steps of 8 x 16 = 128 tokens: {asked:,} asked)")
+    for i, r in enumerate(sweep["runs"]):
+        assert any(line.startswith(f"[{i + 1}/9] {r['name']}: {trained[r['name']]:,} tokens at ") for line in printed)
+    assert printed[2].startswith("the first run took ") and " the other 8 need about " in printed[2]
 
     # sweep.json records how runs are chosen: another cadence (or the final loss) is another sweep
     capsys.readouterr()
@@ -156,7 +171,7 @@ def test_li2025_sweep_runs_record_their_best_evaluation(data_dir, tmp_path, caps
     assert "(options, run_selection differ)" in capsys.readouterr().err
 
 
-def test_mix_li2025_least_squares_and_evaluation_flags(data_dir, tmp_path):
+def test_mix_li2025_least_squares_and_evaluation_flags(data_dir, tmp_path, capsys):
     """--huber 0: the law is fitted by least squares (law.json says so; the default is the paper's
     Huber 1e-3, see test_methods_offline); --perturbation-evals 2: the sweep's and the extra runs
     evaluate every steps // 2 steps and keep their best; the final run keeps the user's settings."""
@@ -166,6 +181,11 @@ def test_mix_li2025_least_squares_and_evaluation_flags(data_dir, tmp_path):
                  "--out", str(out), *TRAIN, "--lr", "0.1"]) == 0
     assert json.loads((out / "law.json").read_text())["diagnostics"]["fit"]["huber_delta"] is None
     runs = sorted((out / "sweep" / "runs").iterdir()) + sorted((out / "sweep-extra" / "runs").iterdir())
+    spent = {r.name: sum(json.loads((r / "result.json").read_text())["tokens"].values()) for r in runs}
+    assert json.loads((out / "weights.json").read_text())["extra_tokens"] == sum(spent.values())  # as trained
+    planned = spent["a-x2"] + spent["b-x2"] + spent["base"]
+    assert (f"li2025: 3 run(s) of {planned:,} tokens and a final run of 512: {planned + 512:,} tokens to train "
+            "(more if its runs leave the law under-determined)") in capsys.readouterr().out.splitlines()
     assert [r.name for r in runs] == ["a-x2", "b-x2", "base", "a-rest-x0.5", "a-rest-x2", "b-rest-x0.5", "b-rest-x2"]
     for run in runs:
         result = json.loads((run / "result.json").read_text())
@@ -173,7 +193,7 @@ def test_mix_li2025_least_squares_and_evaluation_flags(data_dir, tmp_path):
         assert result["config"]["eval_every"] == every and result["config"]["select_best"], run.name
         assert [h["step"] for h in result["val_history"]] == sorted(
             set(range(every, result["steps"] + 1, every)) | {result["steps"]}), run.name
-        assert (result["val_loss_step"], result["val_loss"]) == _best_evaluation(result), run.name
+        assert (result["val_loss_step"], result["selection"]["val_loss"]) == _best_evaluation(result), run.name
     final = json.loads((out / "final" / "result.json").read_text())
     assert final["config"]["eval_every"] == 0 and not final["config"]["select_best"]
     assert [h["step"] for h in final["val_history"]] == [final["val_loss_step"]] == [4]

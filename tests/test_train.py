@@ -293,6 +293,30 @@ def test_select_best_records_the_lowest_evaluation_without_a_checkpoint(data, tm
     assert plain["val_loss"] == history[-1]["val_loss"] and plain["val_loss_step"] == 6
 
 
+def test_selection_on_a_subset_reports_the_picked_parameters_on_the_whole_split(data, tmp_path):
+    """select_max_batches: every evaluation during the run is on the first batch of each domain (the
+    same one each time), and the reported val_loss is the picked step's parameters evaluated once on
+    the whole split: what a run stopped at that step reports (constant rate: its steps are the
+    same), not the subset's numbers."""
+    weights, budget = {"a": 0.4, "b": 0.3, "c": 0.3}, 5 * BATCH
+    steady = dict(SHAPE, lr=0.3, schedule="constant", warmup=0)  # overshoots after step 2
+    cfg = TrainConfig(**steady, eval_every=1, select_best=True, select_max_batches=1)
+    res = run_training(cfg, data, weights, budget, out_dir=tmp_path / "picked")
+    on_subset = run_training(TrainConfig(**steady, eval_every=1, eval_max_batches=1), data, weights, budget)
+    assert res["val_history"] == on_subset["val_history"]                     # the selection's evaluations
+    means = [np.mean(list(h["val_loss"].values())) for h in on_subset["val_history"]]
+    step = int(np.argmin(means)) + 1
+    assert step != 5, means                                                     # best is not the final step
+    stopped = run_training(TrainConfig(**steady), data, weights, step * BATCH)  # the whole split, at that step
+    assert res["val_loss_step"] == step and res["val_loss"] == pytest.approx(stopped["val_loss"], rel=1e-6)
+    assert res["val_loss"] != on_subset["val_history"][step - 1]["val_loss"]    # the subset differs from the split
+    assert res["selection"] == {"max_batches": 1, "val_loss": on_subset["val_history"][step - 1]["val_loss"]}
+    assert res["val_loss_batches"] is None and res["timings"]["report_eval_s"] > 0
+    written = json.loads((tmp_path / "picked" / "result.json").read_text())
+    assert written["val_loss"] == pytest.approx(res["val_loss"], rel=1e-12)
+    assert read_metrics(tmp_path / "picked" / "metrics.jsonl")[-1]["selected"] is True
+
+
 def test_weight_decay_skips_norms_and_biases_of_the_stacked_layers():
     """The layers' parameters carry a leading layer axis: a norm weight [n_layers, dim] or a bias
     [n_layers, heads, head_dim] is still not a matrix to decay."""

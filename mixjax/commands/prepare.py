@@ -83,4 +83,18 @@ def run(args: argparse.Namespace) -> int:
                              max_validation=args.max_validation, max_record_bytes=args.max_record_bytes)
     manifest = prepare(specs, args.out, options, progress=not args.quiet)
     print(format_manifest(manifest))
+    _note_late_responses(args.out)
     return 0
+
+
+def _note_late_responses(out) -> None:
+    """The domains whose responses start after a row of train's default --seq-len, with counts."""
+    from mixjax.data.prepare import late_response_note, late_responses
+    from mixjax.data.prepared import PreparedData
+    from mixjax.train.config import TrainConfig
+
+    seq_len = TrainConfig().seq_len
+    note = late_response_note(late_responses(PreparedData(out), seq_len), seq_len,
+                              flag="--seq-len", default=True)
+    if note:
+        print(note)

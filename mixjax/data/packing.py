@@ -2,7 +2,8 @@
 
 Two layouts: `pack_stream` fills the batch row-major with no padding (training: every token is
 data, a piece crossing a row end continues as a new segment on the next row); `pack_rows` puts
-each piece whole into a row and pads the rest (validation: examples are not cut more than needed).
+each piece whole into a row and pads the rest (validation: examples are not cut more than needed,
+and only pieces that hold a loss target are packed, so every validation batch measures).
 """
 
 from __future__ import annotations
@@ -64,9 +65,19 @@ def pack_stream(pieces: list[Piece], batch: int, seq: int, num_domains: int) -> 
 
 
 def cut(tokens: np.ndarray, loss_mask: np.ndarray, seq: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Split an example longer than a row into row-sized pieces."""
+    """Split an example longer than a row into row-sized pieces, keeping those that hold a loss
+    target (a loss-masked token after the piece's first, which has nothing before it to predict
+    it from): a long prompt's pieces would fill validation rows, and a bounded evaluation's first
+    batches, with nothing to measure."""
     for start in range(0, len(tokens), seq):
-        yield tokens[start:start + seq], loss_mask[start:start + seq]
+        if loss_mask[start + 1:start + seq].any():
+            yield tokens[start:start + seq], loss_mask[start:start + seq]
+
+
+def first_target(loss_mask: np.ndarray) -> int | None:
+    """Index of an example's first loss target (a loss-masked token after the first), or None."""
+    hits = np.flatnonzero(np.asarray(loss_mask[1:], bool))
+    return int(hits[0]) + 1 if hits.size else None
 
 
 def pack_rows(pieces: Iterable[Piece], batch: int, seq: int, num_domains: int) -> Iterator[PackedBatch]:

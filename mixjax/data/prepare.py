@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 
 from mixjax.data.formats import check_format_name, detect_format, to_messages
 from mixjax.data.sources import (domain_name_for, file_sha256, first_line, read_records, source_files,
@@ -169,10 +170,55 @@ def _split(examples: list, options: PrepareOptions) -> dict[str, list]:
     return {"train": train, "validation": validation}
 
 
+# Row lengths (--seq-len) for which the manifest counts the examples whose response starts after
+# the row: such a response is trained and evaluated cut from its prompt (a row holds no target of it
+# with its prompt's start); `late_responses` counts other lengths by reading the examples.
+LATE_RESPONSE_ROWS = tuple(2 ** i for i in range(4, 16))
+
+
 def _counts(split_examples: list) -> dict:
+    from mixjax.data.packing import first_target
+
+    starts = np.array([first_target(m) or len(m) for _, m in split_examples], np.int64)
     return {"examples": len(split_examples),
             "tokens": int(sum(len(t) for t, _ in split_examples)),
-            "loss_tokens": int(sum(int(m.sum()) for _, m in split_examples))}
+            "loss_tokens": int(sum(int(m.sum()) for _, m in split_examples)),
+            "late_responses": {str(row): int((starts >= row).sum()) for row in LATE_RESPONSE_ROWS}}
+
+
+def late_responses(data, seq_len: int) -> dict[str, tuple[int, int]]:
+    """{domain: (examples whose first loss target lies at or after token `seq_len`, examples)},
+    train and validation together, for the domains that have any; from the manifest's counts when
+    it has this length, else by reading every example."""
+    from mixjax.data.packing import first_target
+
+    out = {}
+    for domain in data.domains:
+        late = total = 0
+        for split in ("train", "validation"):
+            counts = data.counts(domain, split)
+            known = (counts.get("late_responses") or {}).get(str(seq_len))
+            if not _is_count(known):
+                source = data.split(domain, split)
+                masks = (np.asarray(source[i]["loss_mask"], bool) for i in range(len(source)))
+                known = sum((first_target(m) or len(m)) >= seq_len for m in masks)
+            late, total = late + int(known), total + int(counts["examples"])
+        if late:
+            out[domain] = (late, total)
+    return out
+
+
+def late_response_note(late: dict[str, tuple[int, int]], seq_len: int, flag: str = "--seq-len",
+                       default: bool = False) -> str | None:
+    """One line naming the domains whose responses start after a row of `seq_len` tokens (`default`:
+    train's default row), or None."""
+    if not late:
+        return None
+    every = [d for d, (n, total) in late.items() if n == total]
+    counts = ", ".join(f"{d} {n:,} of {total:,} examples" for d, (n, total) in late.items())
+    return (f"note: {flag} {seq_len}{' (train' + chr(39) + 's default)' if default else ''}: responses start after the first {seq_len} tokens in {counts}; they are "
+            "trained and evaluated cut from their prompts" + (f" (no response of {', '.join(every)} fits a row "
+                                                              "with its prompt: raise --seq-len)" if every else ""))
 
 
 def _fingerprint(spec: SourceSpec, tokenizer_spec: dict, options: PrepareOptions) -> str:

@@ -24,22 +24,28 @@ from pathlib import Path
 from mixjax.errors import MixjaxError
 from mixjax.io import write_json_atomic
 from mixjax.methods import get, is_online
-from mixjax.methods.sweep import RunList, read_result
+from mixjax.methods.sweep import RunList, read_result, trained_tokens
 from mixjax.names import check_domain_name
 
 
-def planned_spend(method, domains: list[str], budget_tokens: int) -> tuple[int, int]:
+def planned_spend(method, domains: list[str], budget_tokens: int, config=None) -> tuple[int, int]:
     """(runs, tokens) a method trains besides the final run, known before training: an offline
-    method's proposed runs; an online method's prerequisite runs and its proxy run. (li2025's
-    extra runs depend on the results and are counted only by `run_mix`.)"""
+    method's proposed runs; an online method's prerequisite runs and its proxy run; with `config`,
+    the tokens they really train (whole steps). (li2025's extra runs depend on the results and are
+    counted only by `run_mix`.)"""
+    from mixjax.methods.sweep import trained_tokens
+
+    def tokens(budget) -> int:
+        return int(budget) if config is None else trained_tokens(budget, config)
+
     if hasattr(method, "propose"):
         runs = method.propose(domains, budget_tokens)
-        return len(runs), int(sum(r.budget_tokens for r in runs))
+        return len(runs), sum(tokens(r.budget_tokens) for r in runs)
     prereqs = method.prerequisite_runs(domains, budget_tokens) if hasattr(method, "prerequisite_runs") else []
-    runs, tokens = len(prereqs), int(sum(r.budget_tokens for r in prereqs))
+    runs, spent = len(prereqs), sum(tokens(r.budget_tokens) for r in prereqs)
     if getattr(method, "proxy_fraction", None):
-        runs, tokens = runs + 1, tokens + method.proxy_tokens(budget_tokens)
-    return runs, tokens
+        runs, spent = runs + 1, spent + tokens(method.proxy_tokens(budget_tokens))
+    return runs, spent
 
 
 def use_data_caps(method, data, config) -> None:
@@ -106,7 +112,7 @@ def _offline(method, method_name, options, data, budget_tokens, out, config, log
         write_json_atomic(out / "law.json", json.loads(json.dumps(fitted.to_json(), default=float)))
         summary["law"] = fitted.law.name
         summary["under_determined"] = bool(fitted.diagnostics.get("under_determined"))
-    summary.update(extra_runs=len(runs), extra_tokens=int(sum(r.budget_tokens for r in runs)))
+    summary.update(extra_runs=len(runs), extra_tokens=sum(trained_tokens(r.budget_tokens, config) for r in runs))
     if runs:
         summary["design"] = design_record(runs, budget_tokens, method)
     if getattr(method, "result", None) is not None:
@@ -166,7 +172,7 @@ def _online(method, method_name, options, data, budget_tokens, out, config, eval
     from mixjax.train import run_training
 
     domains = list(data.domains)
-    n_runs, n_tokens = planned_spend(method, domains, budget_tokens)
+    n_runs, n_tokens = planned_spend(method, domains, budget_tokens, config)
     if hasattr(method, "prerequisite_runs"):
         results = train_prerequisites(method, method_name, options, data, budget_tokens, out / "prereq",
                                       config, log=log)
@@ -197,6 +203,18 @@ def _online(method, method_name, options, data, budget_tokens, out, config, eval
     return weights, final, {"extra_runs": n_runs, "extra_tokens": n_tokens, "evaluations": record["evaluations"]}
 
 
+def _announce(method, method_name, n_runs, n_tokens, budget_tokens, config, log) -> None:
+    """Before the first run: the tokens the whole mix trains (whole steps), its runs and the final one."""
+    from mixjax.methods.sweep import trained_tokens
+
+    final = trained_tokens(budget_tokens, config)
+    rounds = "" if final == int(budget_tokens) else (
+        f" ({int(budget_tokens):,} rounded down to whole steps of {config.batch_size} x {config.seq_len})")
+    maybe = " (more if its runs leave the law under-determined)" if getattr(method, "add_runs", False) else ""
+    log(f"{method_name}: {n_runs} run(s) of {n_tokens:,} tokens and a final run of {final:,}{rounds}: "
+        f"{n_tokens + final:,} tokens to train{maybe}")
+
+
 def run_mix(method_name: str, options: dict, data, budget_tokens: int, out, config, *,
             eval_max_batches: int | None = 4, log=print) -> dict:
     from mixjax.methods.sweep import check_run_names, check_sweep_dir
@@ -205,13 +223,14 @@ def run_mix(method_name: str, options: dict, data, budget_tokens: int, out, conf
     domains = list(data.domains)
     method = get(method_name, len(domains), **options)
     use_data_caps(method, data, config)
-    planned_spend(method, domains, budget_tokens)  # bad options / too few domains: fail before any file
+    n_runs, n_tokens = planned_spend(method, domains, budget_tokens, config)  # bad options: fail before any file
     if hasattr(method, "propose") and not getattr(method, "adaptive", False):
         log(design_line(design_record(method.propose(domains, budget_tokens), budget_tokens, method), method_name))
     if hasattr(method, "prerequisite_runs"):  # folders MIX_DIR/prereq/<name> (a sweep checks its own)
         check_run_names(method.prerequisite_runs(domains, budget_tokens), f"`method` {method_name}")
     check_sweep_dir(out, _describe_mix(method_name, options, budget_tokens, data, config),
                     filename="mix.json", what="a mix")
+    _announce(method, method_name, n_runs, n_tokens, budget_tokens, config, log)
     if is_online(method_name):
         weights, final, spent = _online(method, method_name, options, data, budget_tokens, out, config,
                                         eval_max_batches, log)

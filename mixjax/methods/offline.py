@@ -66,6 +66,7 @@ class _LawMethod:
 
 
 REST_FACTORS = (2.0, 0.5, 3.0, 0.25)
+SELECTION_BATCHES = 1  # validation batches per domain that pick a perturbation run's best evaluation
 
 
 class Li2025(_LawMethod):
@@ -78,8 +79,10 @@ class Li2025(_LawMethod):
     delta; 0 or None = least squares; it replaces the huber_delta of `fit_options`, which set the
     rest), and each run records its best evaluation, not its final loss (they keep the checkpoint
     of lowest validation loss): `run_config` has the sweep evaluate a run every steps //
-    `perturbation_evals` steps (default 10 evaluations) and select the lowest mean validation loss
-    without writing a checkpoint (0 = the final loss). One departure: the authors fit domain i's law
+    `perturbation_evals` steps (default 10 evaluations) on the first SELECTION_BATCHES validation
+    batches of each domain (the same ones each time; `select_max_batches` sets another number) and
+    keep the parameters of the lowest mean, whose loss on the run's `eval_max_batches` (default the
+    whole split) is then measured once and reported; no checkpoint (0 = the final loss). One departure: the authors fit domain i's law
     to the runs that vary its own tokens, in which the other domains' tokens m stay fixed, so they
     pin down only k_i m^alpha_i; mixjax fits every run's loss on every domain (runs perturbing
     another domain change m), which identifies the transfer terms k_i and alpha_i apart.
@@ -174,12 +177,14 @@ class Li2025(_LawMethod):
                     "schedule": "constant"}
         if not self.perturbation_evals:
             return {}
-        return {"evaluations": self.perturbation_evals, "val_loss": "best evaluation"}
+        return {"evaluations": self.perturbation_evals, "val_loss": "best evaluation",
+                "select_max_batches_default": SELECTION_BATCHES}
 
     def run_config(self, config, run: ProposedRun):
         """The training settings of one of this method's runs: `config` evaluated every
-        max(1, steps // perturbation_evals) steps, recording the evaluation of lowest mean
-        validation loss (`select_best`, no checkpoint); `config` itself when perturbation_evals is 0.
+        max(1, steps // perturbation_evals) steps on `select_max_batches` (default SELECTION_BATCHES)
+        batches per domain, reporting the loss of the lowest mean's parameters on the run's
+        `eval_max_batches` (`select_best`, no checkpoint); `config` itself when perturbation_evals is 0.
         With `along_run`: a constant learning rate after warm-up (every evaluation is then a valid
         point of the loss against tokens) and `along_run` evaluations, each an observation. With
         `target_budget` T: each domain cut to run budget / T of its training examples."""
@@ -188,8 +193,9 @@ class Li2025(_LawMethod):
             config = dataclasses.replace(config, schedule="constant", eval_every=max(1, steps // self.along_run),
                                          select_best=False)
         elif self.perturbation_evals:
+            subset = SELECTION_BATCHES if config.select_max_batches is None else config.select_max_batches
             config = dataclasses.replace(config, eval_every=max(1, steps // self.perturbation_evals),
-                                         select_best=True)
+                                         select_best=True, select_max_batches=subset)
         if self.target_budget:
             config = dataclasses.replace(config, train_subset=min(1.0, int(run.budget_tokens) / self.target_budget))
         return config

@@ -242,14 +242,52 @@ def run_sweep(method, method_name: str, options: dict, data, budget_tokens: int,
     return runs, train_runs(method, mine, runs, data, out, config, log)
 
 
+def trained_tokens(budget_tokens: int, config) -> int:
+    """The tokens a run of `budget_tokens` really trains: whole steps of batch_size x seq_len."""
+    step = config.batch_size * config.seq_len
+    return int(budget_tokens) // step * step
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def announce_runs(todo, config, log, what: str = "run(s)") -> None:
+    """Say, before the first run, the tokens `todo` will train, and once if budgets round down to
+    whole steps (the sweep's per-run lines then give the trained tokens)."""
+    asked = sum(int(r.budget_tokens) for r in todo)
+    trained = sum(trained_tokens(r.budget_tokens, config) for r in todo)
+    rounding = "" if asked == trained else (
+        f" (budgets round down to whole steps of {config.batch_size} x {config.seq_len} = "
+        f"{config.batch_size * config.seq_len:,} tokens: {asked:,} asked)")
+    log(f"{len(todo)} {what} to train: {trained:,} tokens{rounding}")
+
+
+def _estimate_after_first(result: dict, first, rest, config, log) -> None:
+    """After the first run: the rest's wall time, its seconds per trained token times theirs (its
+    first step, which compiled, counted as a plain one)."""
+    if not rest:
+        return
+    timings = result.get("timings") or {}
+    total, first_step = float(timings.get("total_s") or 0.0), float(timings.get("first_step_s") or 0.0)
+    plain_step = float(timings.get("train_s") or 0.0) / max(1, int(timings.get("timed_steps") or 0))
+    per_token = max(total - first_step + plain_step, 0.0) / max(1, trained_tokens(first.budget_tokens, config))
+    rest_tokens = sum(trained_tokens(r.budget_tokens, config) for r in rest)
+    log(f"the first run took {_duration(total)}; the other {len(rest)} need about {_duration(per_token * rest_tokens)}")
+
+
 def train_runs(method, mine, runs, data, out: Path, config, log=print, log_done: bool = True):
     """Train the runs of `mine` without a result yet into OUT/runs/<name> (with the method's run
     settings), rewriting OUT/observations.csv of all `runs` after each, so a killed sweep leaves it
-    complete so far; returns those observations."""
+    complete so far; returns those observations. Says the tokens to train before the first run and
+    the wall time it expects after it."""
     from mixjax.observations import write_csv
     from mixjax.train import run_training
 
     along = bool(getattr(getattr(method, "like", method), "along_run", 0))  # li2025's rows along each run
+    todo = [r for r in mine if not (out / "runs" / r.name / "result.json").is_file()]
+    if todo:
+        announce_runs(todo, config, log)
     for number, run in enumerate(mine, start=1):
         run_dir = out / "runs" / run.name
         if (run_dir / "result.json").is_file():
@@ -257,9 +295,11 @@ def train_runs(method, mine, runs, data, out: Path, config, log=print, log_done:
                 log(f"[{number}/{len(mine)}] {run.name}: done already")
             continue
         weights = ", ".join(f"{d}={w:.3f}" for d, w in run.weights.items())
-        log(f"[{number}/{len(mine)}] {run.name}: {run.budget_tokens:,} tokens at {weights}")
+        log(f"[{number}/{len(mine)}] {run.name}: {trained_tokens(run.budget_tokens, config):,} tokens at {weights}")
         run_cfg = method.run_config(config, run) if hasattr(method, "run_config") else config
-        run_training(run_cfg, data, run.weights, run.budget_tokens, out_dir=run_dir)
+        result = run_training(run_cfg, data, run.weights, run.budget_tokens, out_dir=run_dir)
+        if run is todo[0]:
+            _estimate_after_first(result, run, todo[1:], config, log)
         write_csv(observations_from_results(out, runs, data.domains, along), out / "observations.csv")
     observations = observations_from_results(out, runs, data.domains, along)
     write_csv(observations, out / "observations.csv")

@@ -71,6 +71,10 @@ class TrainConfig:
                               "keep the checkpoint with the lowest mean validation loss and report its losses")
     select_best: bool = setting(False, "eval", "report the lowest-mean evaluation (no checkpoint; keep_best "
                                                "implies it)")
+    select_max_batches: int | None = setting(
+        None, "eval", "validation batches per domain of the evaluations that pick the best (select_best, "
+                      "keep_best): the same first batches each time; the reported loss is then one evaluation "
+                      "of the picked parameters on --eval-max-batches (default: those batches throughout)")
     checkpoint_every: int = setting(0, "checkpoint", "steps between checkpoints (0 = none)")  # or FINAL_CHECKPOINT_ONLY
     resume: bool = setting(True, "checkpoint", "continue from RUN_DIR/checkpoints when present")
     mesh_shape: tuple[int, int, int] | None = setting(None, "execution", "(data, fsdp, tensor); None = all data")

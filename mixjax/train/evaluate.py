@@ -53,6 +53,22 @@ class Evaluator:
         return validation_arrays(self.data, domain, self.batch_size, self.seq_len,
                                  self.max_batches if max_batches is RUN_DEFAULT else max_batches, self.validation_fn)
 
+    def check_measurable(self, max_batches=RUN_DEFAULT) -> None:
+        """A one-line error, before training, naming the domains whose held-out batches hold no loss
+        target (their validation loss would be NaN)."""
+        from mixjax.data.batch import next_token_targets
+        from mixjax.errors import MixjaxError
+
+        empty = []
+        for d in self.domains:
+            arrays = self.arrays(d, max_batches)
+            if not any(next_token_targets(a["tokens"], a["segment_ids"], a["loss_mask"])[1].any() for a in arrays):
+                empty.append(d)
+        if empty:
+            raise MixjaxError(f"`seq_len` {self.seq_len}: the validation split of {', '.join(empty)} holds no "
+                              "loss target (a response token after another token of its row); its loss would be "
+                              "NaN: prepare the domain with longer responses or raise `seq_len`")
+
     def evaluate(self, eval_domains=None, max_batches=RUN_DEFAULT, params=None) -> dict[str, float]:
         """{domain: mean validation loss} for `eval_domains` (default all), at most `max_batches`
         batches each (default the run's eval_max_batches)."""

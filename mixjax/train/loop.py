@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -23,7 +24,7 @@ from mixjax.errors import MixjaxError, about
 from mixjax.io import write_json_atomic
 from mixjax.train.config import TrainConfig
 from mixjax.train.draw_ahead import DrawAhead
-from mixjax.train.evaluate import Evaluator, per_domain
+from mixjax.train.evaluate import RUN_DEFAULT, Evaluator, per_domain
 from mixjax.train.run_dir import data_signature, open_run_dir
 
 
@@ -146,6 +147,27 @@ def resolve_model_config(cfg: TrainConfig, vocab_size: int | None, tokenizer: di
                           f"(prepare the data with the model's tokenizer)")
     check_vocabulary(cfg, mcfg.vocab_size, vocab_size, tokenizer)
     return mcfg, init_src
+
+
+_NOTED: "weakref.WeakKeyDictionary[Any, set]" = weakref.WeakKeyDictionary()  # data -> seq_lens noted
+
+
+def note_late_responses(data, seq_len: int) -> None:
+    """Say once per data and row length, before training, which domains have responses starting
+    after the row (trained and evaluated cut from their prompts), with their counts."""
+    from mixjax.data.prepare import late_response_note, late_responses
+
+    if not hasattr(data, "manifest"):  # not prepared data (a test's stand-in)
+        return
+    try:
+        noted = _NOTED.setdefault(data, set())
+    except TypeError:
+        noted = set()
+    if seq_len not in noted:
+        noted.add(seq_len)
+        note = late_response_note(late_responses(data, seq_len), seq_len)
+        if note:
+            print(note, file=sys.stderr, flush=True)
 
 
 def _close_all(closers) -> None:
@@ -278,6 +300,26 @@ def _step_info(step, m, batch, device_batch, lr, domains) -> StepInfo:
                     lr=lr, grad_norm=float(m["grad_norm"]), batch=device_batch)
 
 
+def selection_batches(cfg: TrainConfig) -> int | None:
+    """The validation batches per domain that pick a run's best evaluation when they are fewer than
+    the reported loss's (`select_max_batches` < `eval_max_batches`, with select_best or keep_best),
+    else None: every evaluation is then on the run's eval_max_batches."""
+    subset = cfg.select_max_batches
+    if not (cfg.select_best or cfg.keep_best) or subset is None:
+        return None
+    return subset if cfg.eval_max_batches is None or subset < cfg.eval_max_batches else None
+
+
+def _host_copy(params):
+    """A copy of the parameters that the next (donating) step cannot overwrite: on the host when this
+    process holds all of them, else on the devices."""
+    import jax
+
+    if all(getattr(x, "is_fully_addressable", True) for x in jax.tree.leaves(params)):
+        return jax.tree.map(lambda x: np.array(x, copy=True), params)
+    return jax.tree.map(lambda x: x.copy(), params)
+
+
 class _Run:
     """One run's moving parts after set-up: the state, the record, evaluation, checkpoints."""
 
@@ -288,11 +330,15 @@ class _Run:
         self.stepper, self.sampler, self.callbacks, self.run_dir = stepper, sampler, callbacks, run_dir
         self.state, self.record, self.evaluator, self.ctx = state, record, evaluator, ctx
         self.metrics, self.draws = metrics, DrawAhead(sampler)
+        self.subset = selection_batches(cfg)  # the selection's batches per domain (None: the run's own)
+        self.best_params = None               # with a subset: the best evaluation's parameters (a copy)
+        self.reported = None                  # with a subset: the picked parameters on eval_max_batches
 
     def evaluate_and_report(self, step: int) -> dict:
-        """Evaluate, log, tell the callbacks, and keep the best evaluation (and its checkpoint)."""
+        """Evaluate (on the selection's subset when there is one), log, tell the callbacks, and keep
+        the best evaluation (its parameters with a subset; its checkpoint with keep_best)."""
         t0 = time.perf_counter()
-        val = self.evaluator.evaluate()
+        val = self.evaluator.evaluate(max_batches=self.subset or RUN_DEFAULT)
         self.record.timings["eval_s"] += time.perf_counter() - t0
         rec = {"step": step, "val_loss": val, "val_loss_mean": float(np.mean(list(val.values())))}
         self.record.val_history.append(rec)
@@ -303,11 +349,38 @@ class _Run:
         if (best_ckpt is not None or self.cfg.select_best) and (
                 self.record.best is None or rec["val_loss_mean"] < self.record.best["val_loss_mean"]):
             self.record.best = rec
+            if self.subset:
+                self.best_params = _host_copy(self.state["params"])
             if best_ckpt is not None:
                 best_ckpt.save(step, {"params": self.state["params"]},
                                {"step": step, "model": self.mcfg.to_dict(), "val_loss": val,
                                 "config": self.cfg.to_dict()})
         return val
+
+    def evaluate_selected(self, num_steps: int) -> None:
+        """With a selection subset: the picked evaluation's parameters on the run's eval_max_batches,
+        once (the reported loss). A run resumed after its pick has lost those parameters (they are
+        not checkpointed): it reports the selection's own evaluation, and says so."""
+        import jax
+
+        best = self.record.best
+        if not self.subset or best is None:
+            return
+        params = self.best_params
+        if params is None and best["step"] == num_steps:
+            params = self.state["params"]
+        if params is None:
+            print(f"note: resumed after step {best['step']}, whose evaluation was the best: its parameters "
+                  f"are gone, so the reported loss is that evaluation's ({self.subset} batches per domain)",
+                  file=sys.stderr)
+            return
+        t0 = time.perf_counter()
+        val = self.evaluator.evaluate(params=jax.device_put(params, self.stepper.param_shardings))
+        seconds = time.perf_counter() - t0
+        self.record.timings["eval_s"] += seconds
+        self.record.timings["report_eval_s"] = seconds
+        self.reported = {"step": best["step"], "val_loss": val, "val_loss_mean": float(np.mean(list(val.values())))}
+        self.metrics.write({**self.reported, "selected": True})
 
     def save(self, step: int) -> None:
         meta = {"step": step, "sampler": self.draws.sampler_state(),
@@ -358,6 +431,7 @@ def _result(run: _Run, num_steps: int, domains, mesh, t_start: float) -> dict:
     cfg, record, sampler = run.cfg, run.record, run.sampler
     final = record.val_history[-1]
     chosen = record.best if ((cfg.keep_best or cfg.select_best) and record.best) else final
+    picked_on_subset = run.subset and run.reported is None  # resumed after the pick: its own evaluation
     consumed = getattr(sampler, "tokens_consumed", None)
     timings = record.timings
     timings["total_s"] = time.perf_counter() - t_start
@@ -368,8 +442,10 @@ def _result(run: _Run, num_steps: int, domains, mesh, t_start: float) -> dict:
         "tokens": dict(consumed) if consumed else {d: int(t) for d, t in zip(domains, record.seen_tokens)},
         **({"unique_tokens": sampler.unique_tokens} if getattr(sampler, "train_subset", 1.0) < 1 else {}),
         "loss_tokens": {d: int(t) for d, t in zip(domains, record.loss_tokens)},
-        "val_loss": chosen["val_loss"],
+        "val_loss": (run.reported or chosen)["val_loss"],
         "val_loss_step": chosen["step"],
+        "val_loss_batches": run.subset if picked_on_subset else cfg.eval_max_batches,  # per domain; None: all
+        **({"selection": {"max_batches": run.subset, "val_loss": chosen["val_loss"]}} if run.subset else {}),
         "final_val_loss": final["val_loss"],
         "val_history": record.val_history,
         "steps": num_steps,
@@ -411,9 +487,13 @@ def _run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out
     if cfg.batch_size * cfg.seq_len > int(budget_tokens) or num_steps < 1:
         raise MixjaxError(f"`budget_tokens` {budget_tokens} is smaller than one batch "
                           f"({cfg.batch_size} x {cfg.seq_len} tokens)")
+    note_late_responses(data, cfg.seq_len)
     initial_weights = [float(w) for w in np.asarray(sampler.weights)]
     mesh = meshlib.make_mesh(cfg.mesh_shape, devices)
     stepper = get_stepper(StepConfig.of(cfg, mcfg, len(domains)), mesh)
+    evaluator = Evaluator(stepper, data, domains, cfg.batch_size, cfg.seq_len, cfg.eval_max_batches, validation_fn,
+                          current_params=lambda: ctx.params)
+    evaluator.check_measurable(selection_batches(cfg) or RUN_DEFAULT)  # before any folder or step
     run_dir = open_run_dir(out_dir, cfg, mcfg, data, initial_weights, budget_tokens, num_steps, check_result, _close_all)
     try:
         state, meta = _start_state(stepper, run_dir, cfg, mcfg, init_src, sampler, callbacks)
@@ -427,8 +507,6 @@ def _run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out
                      steps_done=start_step, stepper=stepper, params=state["params"],
                      loss_weights=None if not meta or meta.get("loss_weights") is None
                      else np.asarray(meta["loss_weights"], np.float64))
-    evaluator = Evaluator(stepper, data, domains, cfg.batch_size, cfg.seq_len, cfg.eval_max_batches, validation_fn,
-                          current_params=lambda: ctx.params)
     ctx.evaluate, ctx.domain_losses, ctx.validation_arrays = evaluator.evaluate, evaluator.domain_losses, evaluator.arrays
     run = _Run(cfg, mcfg, data, budget_tokens, stepper, sampler, callbacks, run_dir, state,
                _Record.start(meta, len(domains), initial_weights), evaluator, ctx, metrics, start_step)
@@ -441,10 +519,11 @@ def _run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out
     try:
         for step in range(start_step, num_steps):
             run.step(step, num_steps, float(lrs[step]), progress)
+        if not run.record.val_history:  # a finished run resumed: nothing left to do
+            run.evaluate_and_report(num_steps)
+        run.evaluate_selected(num_steps)
     finally:
         _close_all([progress.close, metrics.close] + run_dir.closers())
-    if not run.record.val_history:  # a finished run resumed: nothing left to do
-        run.evaluate_and_report(num_steps)
     result = _result(run, num_steps, domains, mesh, t_start)
     for cb in callbacks:
         added = cb.on_train_end(ctx, result)
