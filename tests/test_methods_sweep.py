@@ -158,11 +158,14 @@ def test_li2025_sweep_runs_record_their_best_evaluation(data_dir, tmp_path, caps
     # the tokens said are the ones trained: the total before the first run, each run's after its name
     asked = sum(r["budget_tokens"] for r in sweep["runs"])
     assert asked != sum(trained.values())                            # some budgets round down here
-    assert printed[0] == (f"9 run(s) to train: {sum(trained.values()):,} tokens (budgets round down to whole "
-                          f"steps of 8 x 16 = 128 tokens: {asked:,} asked)")
+    said = [i for i, line in enumerate(printed) if line.startswith("9 run(s) to train: ")]
+    assert [printed[i] for i in said] == [f"9 run(s) to train: {sum(trained.values()):,} tokens (budgets round down "
+                                          f"to whole steps of 8 x 16 = 128 tokens: {asked:,} asked)"]
+    assert printed[said[0] + 1].startswith("[1/9] ")                 # before the first run
     for i, r in enumerate(sweep["runs"]):
         assert any(line.startswith(f"[{i + 1}/9] {r['name']}: {trained[r['name']]:,} tokens at ") for line in printed)
-    assert printed[2].startswith("the first run took ") and " the other 8 need about " in printed[2]
+    estimate = printed[said[0] + 2]                                   # after the first run
+    assert estimate.startswith("the first run took ") and " the other 8 need about " in estimate
 
     # sweep.json records how runs are chosen: another cadence (or the final loss) is another sweep
     capsys.readouterr()
