@@ -13,8 +13,9 @@ import pytest
 from mixjax.cli import main
 from tests.data_fixtures import letter_domain
 
+# data 2 x fsdp 4: across two processes of 4 devices, fsdp within each and data across (a hybrid mesh)
 TRAIN = ["--weights", "a=0.5,b=0.5", "--budget-tokens", str(4 * 16 * 32), "--batch-size", "16", "--seq-len", "32",
-         "--model", "tiny", "--quiet", "--eval-every", "2"]
+         "--model", "tiny", "--quiet", "--eval-every", "2", "--mesh", "2,4,1"]
 
 
 def _free_port() -> int:
@@ -62,3 +63,21 @@ def test_two_processes_train_like_one_process_with_as_many_devices(tmp_path):
     assert _step_losses(tmp_path / "multi") == pytest.approx(_step_losses(tmp_path / "single"), abs=1e-5)
     for d in ("a", "b"):
         assert two["val_loss"][d] == pytest.approx(one["val_loss"][d], abs=1e-5)
+
+
+def test_hybrid_grid_keeps_fsdp_and_tensor_within_a_process():
+    """Two processes of 4 devices: the data axis spans the processes, each fsdp x tensor block is one
+    process's devices; a data axis the processes do not divide falls back to JAX's layout."""
+    from types import SimpleNamespace
+
+    from mixjax.train.mesh import hybrid_device_grid
+
+    devices = [SimpleNamespace(id=i, process_index=i // 4, platform="cpu", device_kind="cpu", slice_index=None)
+               for i in range(8)]
+    grid = hybrid_device_grid((2, 2, 2), devices)
+    assert grid.shape == (2, 2, 2)
+    assert [{d.process_index for d in grid[i].flat} for i in range(2)] == [{0}, {1}]
+    assert sorted(d.id for d in grid.flat) == list(range(8))
+    assert [{d.process_index for d in g.flat} for g in hybrid_device_grid((4, 2, 1), devices)] == [{0}, {0}, {1}, {1}]
+    assert hybrid_device_grid((1, 8, 1), devices) is None  # fsdp across processes: JAX's layout
+    assert hybrid_device_grid((2, 4, 1), devices[:4]) is None  # one process

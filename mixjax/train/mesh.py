@@ -7,7 +7,8 @@ every einsum of the model; Auto keeps the model free of mesh code.)
 Multi-host: under SLURM with more than one task, `jax.distributed.initialize()` finds the job by
 itself. Anywhere else set JAX_COORDINATOR_ADDRESS=host:port (process 0's), MIXJAX_NUM_PROCESSES
 and MIXJAX_PROCESS_ID in every process (MIXJAX_DISTRIBUTED=0 turns it off). Every process runs the
-same command and the mesh spans all processes' devices (tested with two CPU processes).
+same command and the mesh spans all processes' devices, its data axis across processes and fsdp and
+tensor within each (`hybrid_device_grid`; tested with two CPU processes).
 """
 
 from __future__ import annotations
@@ -133,7 +134,28 @@ def make_mesh(shape: tuple[int, int, int] | None = None, devices=None) -> Mesh:
         shape[shape.index(-1)] = n // known
     if int(np.prod(shape)) != n:
         raise MixjaxError(f"mesh shape {tuple(shape)} needs {int(np.prod(shape))} devices, have {n}")
+    grid = hybrid_device_grid(tuple(shape), devices)
+    if grid is not None:
+        return Mesh(grid, AXES, axis_types=(AxisType.Auto,) * 3)
     return jax.make_mesh(tuple(shape), AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def hybrid_device_grid(shape: tuple[int, int, int], devices) -> np.ndarray | None:
+    """With devices of several processes (nodes): the (data, fsdp, tensor) grid whose data axis
+    spans the processes and whose fsdp and tensor axes stay within each one's devices
+    (`mesh_utils.create_hybrid_device_mesh`): FSDP's all-gathers and reduce-scatters every layer
+    then run over the node's fast links, and only the data axis's one gradient all-reduce per step
+    crosses the network. None with one process, or when the data axis does not split evenly over
+    the processes (each must hold data/processes x fsdp x tensor devices): then JAX's default
+    layout."""
+    from jax.experimental import mesh_utils
+
+    processes = len({d.process_index for d in devices})
+    data, fsdp, tensor = shape
+    if processes <= 1 or data % processes or len(devices) // processes != (data // processes) * fsdp * tensor:
+        return None
+    return mesh_utils.create_hybrid_device_mesh((data // processes, fsdp, tensor), (processes, 1, 1), devices,
+                                                process_is_granule=True)
 
 
 def fit_spec(shape, spec: P, mesh: Mesh) -> P:
