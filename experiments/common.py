@@ -196,7 +196,7 @@ def check_init(path) -> str:
 
 
 def setup(work: Path, scale: Scale, domains=None, progress: bool = False, data_name: str = "data",
-          data_dir=None, init=None):
+          data_dir=None, init=None, max_epochs: float | None = None):
     """(prepared data, base TrainConfig fine-tuning from the cached base model): the bundled
     domains and the tiny base unless `data_dir` (--data) or `init` (--init) replace them."""
     from mixjax.starter import prepare_bundled, pretrained_base
@@ -205,7 +205,7 @@ def setup(work: Path, scale: Scale, domains=None, progress: bool = False, data_n
     if init is not None:
         init = check_init(init)
     if data_dir is not None:
-        data = user_data(data_dir, scale.budget)
+        data = user_data(data_dir, scale.budget, max_epochs=max_epochs)
         if domains:
             from mixjax.errors import MixjaxError
             raise MixjaxError("--data: this experiment picks bundled domains by name; give the domains you "

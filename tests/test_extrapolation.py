@@ -1,0 +1,55 @@
+"""experiments/extrapolation.py at its quick scale: the gap each li2025 arm recovers and its
+extrapolation ratio, recomputed from the runs' own result.json files."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "experiments"))
+
+
+def _total(run_dir: Path) -> float:
+    return sum(json.loads((run_dir / "result.json").read_text())["val_loss"].values())
+
+
+@pytest.mark.slow
+def test_extrapolation_quick_gap_and_ratio_match_the_runs(tmp_path):
+    import extrapolation
+
+    work, results = tmp_path / "work", tmp_path / "results"
+    assert extrapolation.main(["--quick", "--quiet", "--work", str(work), "--results", str(results)]) == 0
+    payload = json.loads((results / "extrapolation-skewed_quick.json").read_text())
+    rows = payload["rows"]
+    seed = work / "skewed" / "seed0"
+    best = min(_total(r) for r in (seed / "grid" / "runs").iterdir())
+    assert len(list((seed / "grid" / "runs").iterdir())) == 21
+    strat_regret = _total(seed / "stratified" / "final") - best
+    for divisor in (1, 4):
+        row = rows[f"li2025 T/{divisor}"]
+        runs = sorted((seed / f"runs-d{divisor}" / "runs").iterdir())
+        assert len(runs) == 13
+        sizes = [json.loads((r / "result.json").read_text())["budget_tokens"] for r in runs]
+        assert row["ratio"] == pytest.approx(16_384 / max(sizes), rel=1e-9)
+        assert row["runs_cost"] == pytest.approx(sum(sizes) / 16_384, rel=1e-9)
+        regret = _total(seed / f"li2025-d{divisor}" / "final") - best
+        assert row["regret_per_seed"][0] == pytest.approx(regret, abs=1e-9)
+        expected = 1 - regret / strat_regret if strat_regret > 0 else np.nan
+        got = row["gap_recovered"]["per_seed"][0]
+        assert (np.isnan(expected) and np.isnan(got)) or got == pytest.approx(expected, abs=1e-9)
+        weights = json.loads((seed / f"li2025-d{divisor}" / "final" / "result.json").read_text())["weights"]
+        assert np.allclose(row["weights_per_seed"][0], [weights[d] for d in payload["domains"]])
+    assert rows["li2025 T/4"]["ratio"] == pytest.approx(4 * rows["li2025 T/1"]["ratio"], rel=0.01)
+    assert "li2025 T/16" not in rows  # its runs would have under min_steps steps
+    markdown = (results / "extrapolation-skewed_quick.md").read_text()
+    assert "| li2025 T/4 |" in markdown and (results / "extrapolation-skewed_quick_gap_vs_ratio.png").is_file()
+
+
+def test_extrapolation_refuses_bad_divisors(tmp_path, capsys):
+    import extrapolation
+
+    assert extrapolation.main(["--quick", "--divisors", "4,x", "--work", str(tmp_path)]) == 2
+    assert "--divisors" in capsys.readouterr().err
