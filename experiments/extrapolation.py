@@ -47,10 +47,10 @@ class Extrapolation:
     """The target, the runs' shape and the design budgets this experiment trains (the base model
     is the common Scale's, pre-trained once)."""
 
-    target: int = 250_000
+    target: int = 300_000
     batch_size: int = 4                  # small batches, so runs at T/16 keep enough steps
     seq_len: int = 128
-    divisors: tuple = (1, 4, 16, 64)     # design budget = target / divisor, while runs keep min_steps
+    divisors: tuple = (1, 5, 16)         # design budget = target / divisor (ratio ~2.4 x divisor), while runs keep min_steps
     min_steps: int = 20
     max_epochs: float = 16               # the repeated setting's grid repeats its small domain ~14 times
     eval_max_batches: int = 16           # per domain, the same batches every time: 16 x 4 x 128 tokens
@@ -302,8 +302,8 @@ def figure(rows: dict, setting: str):
 def main(argv=None) -> int:
     p = common.common_arguments(__doc__.splitlines()[0], "extrapolation")
     p.add_argument("--setting", choices=SETTINGS, default="skewed", help="the bundled domains (not with --data)")
-    p.add_argument("--target", type=int, default=None, help="the target budget T in tokens (default 250,000)")
-    p.add_argument("--divisors", default=None, help="design budgets as divisors of T, e.g. 1,4,16,64 (the default)")
+    p.add_argument("--target", type=int, default=None, help="the target budget T in tokens (default 300,000)")
+    p.add_argument("--divisors", default=None, help="design budgets as divisors of T (default 1,5,16)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     return common.exit_code("extrapolation.py", lambda: run(args, argv))
