@@ -180,7 +180,7 @@ def grid_result(data, config, target: int, out: Path) -> dict:
     return {"weights": grid[best]["weights"], "val_loss": grid[best]["val_loss"], "grid": grid, "runs": len(runs)}
 
 
-def seed_results(data, config, setup: Extrapolation, seed: int, out: Path) -> dict:
+def seed_results(data, config, setup: Extrapolation, seed: int, out: Path, chosen: dict) -> dict:
     """Every arm at one seed: {"grid": {...}, "stratified": {...}, "natural": {...}, "li2025": [...]}."""
     cfg = dataclasses.replace(config, seed=seed, progress=False)
     target = setup.target
@@ -194,7 +194,7 @@ def seed_results(data, config, setup: Extrapolation, seed: int, out: Path) -> di
                f"{sum(row['stratified']['val_loss'].values()):.4f}, natural "
                f"{sum(row['natural']['val_loss'].values()):.4f} ({time.perf_counter() - t0:.0f} s)")
     row["li2025"] = []
-    for variant, options in variants().items():
+    for variant, options in chosen.items():
         for divisor in setup.divisors:
             if divisor == 1 and any(k in RUN_OPTIONS for k in options):
                 continue  # variants that change the runs are for cheap runs; the paper's design is li2025's
@@ -313,6 +313,9 @@ def main(argv=None) -> int:
     p.add_argument("--setting", choices=SETTINGS, default="skewed", help="the bundled domains (not with --data)")
     p.add_argument("--target", type=int, default=None, help="the target budget T in tokens (default 300,000)")
     p.add_argument("--divisors", default=None, help="design budgets as divisors of T (default 1,5,16)")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated variants to train (default: every one the library offers: "
+                        "li2025, repeat-law, matched-runs, along-run)")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     return common.exit_code("extrapolation.py", lambda: run(args, argv))
@@ -332,11 +335,25 @@ def experiment_setup(args) -> Extrapolation:
     return setup
 
 
+def chosen_variants(text: str | None) -> dict:
+    """--variants as {name: keywords}; an unknown or unavailable one stops before anything trains."""
+    offered = variants()
+    if not text:
+        return offered
+    names = [v for v in text.split(",") if v]
+    unknown = [v for v in names if v not in offered]
+    if unknown or not names:
+        raise MixjaxError(f"--variants: unknown {', '.join(unknown) or '(none given)'}; this library offers "
+                          f"{', '.join(offered)}")
+    return {v: offered[v] for v in names}
+
+
 def run(args, argv) -> int:
     if args.budget:
         raise MixjaxError("--budget: this experiment's budget is --target")
     scale = common.scale_from(args)
     setup = experiment_setup(args)
+    chosen = chosen_variants(args.variants)
     started = time.perf_counter()
     work = Path(args.work)
     if args.data:
@@ -351,7 +368,7 @@ def run(args, argv) -> int:
     domains = list(data.domains)
     per_seed = {}
     for seed in scale.seeds:
-        per_seed[seed] = seed_results(data, config, setup, seed, work / setting / f"seed{seed}")
+        per_seed[seed] = seed_results(data, config, setup, seed, work / setting / f"seed{seed}", chosen)
     rows = summarise(per_seed, domains)
     natural = common.natural_weights(data)
     md = markdown(rows, domains, setup, setting, natural, scale.seeds)

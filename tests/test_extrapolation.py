@@ -21,7 +21,8 @@ def test_extrapolation_quick_gap_and_ratio_match_the_runs(tmp_path):
     import extrapolation
 
     work, results = tmp_path / "work", tmp_path / "results"
-    assert extrapolation.main(["--quick", "--quiet", "--work", str(work), "--results", str(results)]) == 0
+    assert extrapolation.main(["--quick", "--quiet", "--variants", "li2025,repeat-law", "--work", str(work),
+                               "--results", str(results)]) == 0
     payload = json.loads((results / "extrapolation-skewed_quick.json").read_text())
     rows = payload["rows"]
     seed = work / "skewed" / "seed0"
@@ -44,12 +45,23 @@ def test_extrapolation_quick_gap_and_ratio_match_the_runs(tmp_path):
         assert np.allclose(row["weights_per_seed"][0], [weights[d] for d in payload["domains"]])
     assert rows["li2025 T/4"]["ratio"] == pytest.approx(4 * rows["li2025 T/1"]["ratio"], rel=0.01)
     assert "li2025 T/16" not in rows  # its runs would have under min_steps steps
+    # the repetition-aware law is fitted to the same runs: its final run is its own, at its weights
+    for divisor in (1, 4):
+        final = json.loads((seed / f"repeat-law-d{divisor}" / "final" / "result.json").read_text())
+        row = rows[f"repeat-law T/{divisor}"]
+        assert row["regret_per_seed"][0] == pytest.approx(sum(final["val_loss"].values()) - best, abs=1e-9)
+        law = json.loads((seed / f"repeat-law-d{divisor}" / "summary.json").read_text())["law"]
+        assert law == "li2025-repeat"
+    assert not (seed / "runs-d4-target_budget").exists()  # a variant not asked for trains nothing
     markdown = (results / "extrapolation-skewed_quick.md").read_text()
     assert "| li2025 T/4 |" in markdown and (results / "extrapolation-skewed_quick_gap_vs_ratio.png").is_file()
 
 
-def test_extrapolation_refuses_bad_divisors(tmp_path, capsys):
+def test_extrapolation_refuses_bad_divisors_and_variants_before_training(tmp_path, capsys):
     import extrapolation
 
     assert extrapolation.main(["--quick", "--divisors", "4,x", "--work", str(tmp_path)]) == 2
     assert "--divisors" in capsys.readouterr().err
+    assert extrapolation.main(["--quick", "--variants", "li2025,nosuch", "--work", str(tmp_path)]) == 2
+    assert "--variants: unknown nosuch" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
