@@ -303,3 +303,20 @@ def test_weights_vs_budget_tick_labels_do_not_overlap(hand_written_law, budgets)
     if len(budgets) == 2:
         assert [t.get_text() for t in ax.get_xticklabels()] == ["5M", "20M"]
     plt.close(fig)
+
+
+def test_fit_repetition_aware_law_takes_the_unique_tokens_from_the_data(runs_csv, tmp_path, capsys):
+    """`fit --law li2025-repeat` needs each domain's training tokens: without --data/--available a
+    one-line error before the fit; with them, the law file holds them (in the law's token unit)."""
+    law_file = tmp_path / "law.json"
+    argv = ["fit", "--law", "li2025-repeat", "--observations", str(runs_csv), "--out", str(law_file),
+            "--starts", "4", "--bootstrap", "0", "--no-loo"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--law li2025-repeat: needs each domain's training tokens" in err and len(err.splitlines()) == 1
+    assert not law_file.exists()
+    unique = {"if": 9e6, "math": 2e6, "code": 4e6}
+    assert main(argv + sum((["--available", f"{d}={n:g}"] for d, n in unique.items()), [])) == 0
+    law = json.loads(law_file.read_text())
+    assert law["law"] == "li2025-repeat"
+    assert law["params"]["unique"] == pytest.approx([unique[d] / law["token_unit"] for d in law["domains"]])

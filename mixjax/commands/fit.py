@@ -71,6 +71,22 @@ def check_output_path(path: str, flag: str, folder: bool = False) -> None:
             break
 
 
+
+def unique_tokens(law, caps: dict, domains) -> dict | None:
+    """The unfitted fields of a law that has them (li2025-repeat: each domain's unique training
+    tokens, from --data or --available), else None; a one-line error when they are missing."""
+    from mixjax.errors import MixjaxError
+
+    if not law.fixed_fields:
+        return None
+    available = caps.get("available", {})
+    missing = [d for d in domains if d not in available]
+    if missing:
+        raise MixjaxError(f"--law {law.name}: needs each domain's training tokens; give --data DIR (or "
+                          f"--available for {', '.join(missing)})")
+    return {"unique": {d: float(available[d]) for d in domains}}
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -108,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
         leave_one_out=not args.no_loo,
         fast_compile=True,  # one fit per process: compile time dominates
     )
-    fitted = fit(law, obs, token_unit=args.token_unit, budgets=budgets, options=options, **caps)
+    fitted = fit(law, obs, token_unit=args.token_unit, budgets=budgets, options=options,
+                 fixed=unique_tokens(law, caps, obs.domains), **caps)
     laws.save_law_file(fitted, args.out)
     print(summary(fitted))
     print(f"wrote {args.out}")
