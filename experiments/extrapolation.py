@@ -79,8 +79,10 @@ def variants() -> dict:
         found["repeat-law"] = {"law": "li2025-repeat"}  # the same runs, the repetition-aware law
     if "target_budget" in takes:
         found["matched-runs"] = {"target_budget": None}  # each domain repeats in the runs as at T
-    if "along_run" in takes:
-        found["along-run"] = {"along_run": ALONG_RUN_EVALS}  # constant-rate runs, 4 observations each
+    if "along_run" in takes:  # constant-rate runs, 4 observations each, with the repetition-aware law
+        # (alone they do not help: results/repetition_sim.md); R* fixed at Muennighoff's 15, which
+        # runs that do not repeat a domain cannot identify
+        found["along-run"] = {"along_run": ALONG_RUN_EVALS, "law": "li2025-repeat", "r_star": 15.0}
     return found
 
 
