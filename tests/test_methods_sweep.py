@@ -143,7 +143,7 @@ def test_li2025_sweep_runs_record_their_best_evaluation(data_dir, tmp_path, caps
     for name, row in rows.items():
         result = json.loads((out / "runs" / name / "result.json").read_text())
         steps = result["steps"]                                       # 2 to 8 steps of 128 tokens
-        assert result["config"]["eval_every"] == max(1, steps // 10) == 1 and result["config"]["select_best"]
+        assert result["config"]["eval_every"] == -(-steps // 10) == 1 and result["config"]["select_best"]
         assert result["config"]["select_max_batches"] == 1 and result["selection"]["max_batches"] == 1
         assert [h["step"] for h in result["val_history"]] == list(range(1, steps + 1))
         step, best = _best_evaluation(result)                         # on the first batch of each domain
@@ -177,7 +177,7 @@ def test_li2025_sweep_runs_record_their_best_evaluation(data_dir, tmp_path, caps
 def test_mix_li2025_least_squares_and_evaluation_flags(data_dir, tmp_path, capsys):
     """--huber 0: the law is fitted by least squares (law.json says so; the default is the paper's
     Huber 1e-3, see test_methods_offline); --perturbation-evals 2: the sweep's and the extra runs
-    evaluate every steps // 2 steps and keep their best; the final run keeps the user's settings."""
+    evaluate every ceil(steps / 2) steps and keep their best; the final run keeps the user's settings."""
     out = tmp_path / "m"
     assert main(["mix", "--method", "li2025", "--base-fraction", "1", "--factors", "2", "--huber", "0",
                  "--perturbation-evals", "2", "--data", str(data_dir), "--budget-tokens", "512",
@@ -192,7 +192,7 @@ def test_mix_li2025_least_squares_and_evaluation_flags(data_dir, tmp_path, capsy
     assert [r.name for r in runs] == ["a-x2", "b-x2", "base", "a-rest-x0.5", "a-rest-x2", "b-rest-x0.5", "b-rest-x2"]
     for run in runs:
         result = json.loads((run / "result.json").read_text())
-        every = max(1, result["steps"] // 2)                         # 4 steps (base), 6 (x2), 3 (x0.5)
+        every = -(-result["steps"] // 2)                     # at most 2: 4 steps (base), 6 (x2), 3 (x0.5)
         assert result["config"]["eval_every"] == every and result["config"]["select_best"], run.name
         assert [h["step"] for h in result["val_history"]] == sorted(
             set(range(every, result["steps"] + 1, every)) | {result["steps"]}), run.name

@@ -78,8 +78,9 @@ class Li2025(_LawMethod):
     As the authors ran it: the fit minimises a Huber loss of `huber_delta` (default 1e-3, their
     delta; 0 or None = least squares; it replaces the huber_delta of `fit_options`, which set the
     rest), and each run records its best evaluation, not its final loss (they keep the checkpoint
-    of lowest validation loss): `run_config` has the sweep evaluate a run every steps //
-    `perturbation_evals` steps (default 10 evaluations) on the first SELECTION_BATCHES validation
+    of lowest validation loss): `run_config` has the sweep evaluate a run every
+    ceil(steps / `perturbation_evals`) steps (at most 10 evaluations by default, the last step's
+    included) on the first SELECTION_BATCHES validation
     batches of each domain (the same ones each time; `select_max_batches` sets another number) and
     keep the parameters of the lowest mean, whose loss on the run's `eval_max_batches` (default the
     whole split) is then measured once and reported; no checkpoint (0 = the final loss). One departure: the authors fit domain i's law
@@ -182,7 +183,7 @@ class Li2025(_LawMethod):
 
     def run_config(self, config, run: ProposedRun):
         """The training settings of one of this method's runs: `config` evaluated every
-        max(1, steps // perturbation_evals) steps on `select_max_batches` (default SELECTION_BATCHES)
+        ceil(steps / perturbation_evals) steps (at most that many evaluations) on `select_max_batches` (default SELECTION_BATCHES)
         batches per domain, reporting the loss of the lowest mean's parameters on the run's
         `eval_max_batches` (`select_best`, no checkpoint); `config` itself when perturbation_evals is 0.
         With `along_run`: a constant learning rate after warm-up (every evaluation is then a valid
@@ -194,7 +195,7 @@ class Li2025(_LawMethod):
                                          select_best=False)
         elif self.perturbation_evals:
             subset = SELECTION_BATCHES if config.select_max_batches is None else config.select_max_batches
-            config = dataclasses.replace(config, eval_every=max(1, steps // self.perturbation_evals),
+            config = dataclasses.replace(config, eval_every=-(-steps // self.perturbation_evals),
                                          select_best=True, select_max_batches=subset)
         if self.target_budget:
             config = dataclasses.replace(config, train_subset=min(1.0, int(run.budget_tokens) / self.target_budget))
