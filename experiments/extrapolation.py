@@ -50,12 +50,12 @@ class Extrapolation:
     is the common Scale's, pre-trained once)."""
 
     target: int = 300_000
-    batch_size: int = 4                  # small batches, so runs at T/16 keep enough steps
-    seq_len: int = 128
+    batch_size: int = 2                  # small batches (512 tokens), so the cheap runs keep enough steps
+    seq_len: int = 256                   # the skewed code domain's prompts need it
     divisors: tuple = (1, 5, 16)         # design budget = target / divisor (ratio ~2.4 x divisor), while runs keep min_steps
     min_steps: int = 20
     max_epochs: float = 16               # the repeated setting's grid repeats its small domain ~14 times
-    eval_max_batches: int = 16           # per domain, the same batches every time: 16 x 4 x 128 tokens
+    eval_max_batches: int = 32           # per domain, the same batches every time: 32 x 2 x 256 tokens
 
 
 QUICK = Extrapolation(target=16_384, batch_size=8, seq_len=32, divisors=(1, 4, 16), min_steps=2, eval_max_batches=2)
