@@ -366,3 +366,20 @@ def test_li2025_mix_adds_runs_and_refits_in_simulation(tmp_path, monkeypatch):
     trained.clear()
     assert run_mix("li2025", options, data, budget, tmp_path, TrainConfig(), **QUIET)["results"] == summary["results"]
     assert trained == []
+
+
+def test_static_mix_trains_only_its_final_run_and_states_no_design(tmp_path, monkeypatch):
+    """Stratified proposes no runs: run_mix trains the final run alone, says nothing about an
+    extrapolation (there are no runs to extrapolate from) and records no design."""
+    import mixjax.train
+    from tests.law_fixtures import paper_like_law, simulated_training
+
+    truth = paper_like_law()
+    fake_run_training, trained = simulated_training(truth)
+    monkeypatch.setattr(mixjax.train, "run_training", fake_run_training)
+    logged = []
+    data = SimpleNamespace(domains=truth.domains, manifest={})
+    summary = run_mix("stratified", {}, data, 1_000_000, tmp_path, TrainConfig(), log=logged.append)
+    assert trained == ["final"]
+    assert summary["results"][0]["weights"] == pytest.approx({d: 1 / 3 for d in truth.domains})
+    assert "design" not in summary and not any("extrapolat" in line for line in logged)

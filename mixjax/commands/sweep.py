@@ -52,9 +52,9 @@ def run(args) -> int:
             raise MixjaxError("--run-list: the runs of an --adaptive sweep are chosen as it goes; give one or the other")
         method = RunList(read_run_list(args.run_list, data.domains), like=method)
     elif not getattr(method, "adaptive", False):
-        from mixjax.methods.mix import design_line, design_record
+        from mixjax.methods.mix import announce_design
 
-        print(design_line(design_record(method.propose(list(data.domains), budget), budget, method), args.method))
+        announce_design(method.propose(list(data.domains), budget), budget, method, args.method)
     if getattr(method, "adaptive", False):
         from mixjax.methods.adaptive_sweep import run_adaptive_sweep
 

@@ -66,6 +66,12 @@ def design_record(runs, budget_tokens: int, method) -> dict:
             "extrapolation_ratio": float(budget_tokens) / max(sizes)}
 
 
+def announce_design(runs, budget_tokens: int, method, method_name: str, log=print) -> None:
+    """Say how far the target lies past the runs a method will train (nothing for methods without runs)."""
+    if runs:
+        log(design_line(design_record(runs, budget_tokens, method), method_name))
+
+
 def design_line(design: dict, method_name: str) -> str:
     """One line: the target against the method's runs (a warning past the validated ratio)."""
     from mixjax.optimize import extrapolation_line
@@ -225,7 +231,7 @@ def run_mix(method_name: str, options: dict, data, budget_tokens: int, out, conf
     use_data_caps(method, data, config)
     n_runs, n_tokens = planned_spend(method, domains, budget_tokens, config)  # bad options: fail before any file
     if hasattr(method, "propose") and not getattr(method, "adaptive", False):
-        log(design_line(design_record(method.propose(domains, budget_tokens), budget_tokens, method), method_name))
+        announce_design(method.propose(domains, budget_tokens), budget_tokens, method, method_name, log)
     if hasattr(method, "prerequisite_runs"):  # folders MIX_DIR/prereq/<name> (a sweep checks its own)
         check_run_names(method.prerequisite_runs(domains, budget_tokens), f"`method` {method_name}")
     check_sweep_dir(out, _describe_mix(method_name, options, budget_tokens, data, config),
