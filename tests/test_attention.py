@@ -125,9 +125,12 @@ def test_blockwise_memory_is_linear_in_length():
     assert temp_bytes("blockwise") < square / 4
 
 
-def test_pallas_gpu_kernel_interpreted(monkeypatch):
+@pytest.mark.parametrize("kv, e", [(4, 16), (2, 24), (1, 32)])
+def test_pallas_gpu_kernel_interpreted(monkeypatch, kv, e):
+    """Our Triton kernel (mixjax.kernels.flash_gqa_gpu) through packed_attention: GQA groups of
+    1, 2 and 4 query heads, L = 100 padded to 128 (segment -1), a head dim of 24 padded to 32."""
     monkeypatch.setattr(A, "_PALLAS_INTERPRET", "gpu")
-    _check_against_reference("pallas", 2, 100, 4, 2, 16, _segments(SEG_100, 100), block_q=32, block_k=32)
+    _check_against_reference("pallas", 2, 100, 4, kv, e, _segments(SEG_100, 100), block_q=32, block_k=32)
 
 
 def test_pallas_tpu_splash_kernel_interpreted(monkeypatch):

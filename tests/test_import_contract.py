@@ -8,7 +8,8 @@ functions (lazy imports) count as much as those at the top of a file. Layers, lo
                                        law (for tests, benchmarks and experiments)
     2  fit, optimize, report,          fit a law; weights from a law; tables and plots of weights;
        validation                      a law's predictions against held-out runs
-    3  data                            sources, preparation, the mixture sampler
+    3  data, kernels                   sources, preparation, the mixture sampler; accelerator
+                                       kernels (Pallas), apart from the layers that call them
     4  model                           the decoder, HF import/export
     5  train                           the train step, checkpoints, the loop
     6  methods, adaptive               mixture methods: the trainer and the laws connected
@@ -31,7 +32,7 @@ LAYERS = [
     {"", "errors", "io", "names", "progress", "host_memory"},
     {"laws", "observations", "testing"},
     {"fit", "optimize", "report", "validation"},
-    {"data"},
+    {"data", "kernels"},
     {"model"},
     {"train"},
     {"methods", "adaptive"},

@@ -95,6 +95,20 @@ def while_loops(module: str) -> list[tuple[str, bool]]:
     return out
 
 
+def triton_calls(module: str) -> list[tuple[str, list[tuple[int, ...]], list[tuple[int, ...]]]]:
+    """(kernel name, operand shapes, result shapes) of each Triton custom call of a module."""
+    out = []
+    for line in module.splitlines():
+        if TRITON not in line:
+            continue
+        name = re.search(r'name = "(\w+)"', line).group(1)
+        operands, results = re.search(r"\} : \((.*)\) -> \(?(.*?)\)? loc\(", line).groups()
+        shapes = [[tuple(int(d) for d in t.split("x")[:-1]) for t in re.findall(r"tensor<([^>]*)>", part)]
+                  for part in (operands, results)]
+        out.append((name, *shapes))
+    return out
+
+
 def test_loop_criterion_tells_static_from_traced_bounds():
     """The criterion itself, on loops whose bounds are known: a scan and a fori_loop with Python
     bounds are static, a fori_loop to a traced bound and a while_loop on a value are not."""
@@ -124,9 +138,25 @@ def test_train_step_lowers_with_static_loops(impl, platform):
         # the backward's, under shard_map: each device runs them on its own rows
         assert kernels >= 3, kernels
         assert "sdy.manual_computation" in module or "Manual" in module
+        if platform == "cuda":
+            _assert_kv_heads_never_repeated(module)
     else:
         assert kernels == 0
     assert "mhlo.sharding" in module or "sdy.sharding" in module  # the fsdp shardings are there
+
+
+def _assert_kv_heads_never_repeated(module: str):
+    """GQA through the kernels' index maps: every Triton kernel takes K and V (operands 2 and 3)
+    with the model's kv heads, not one per query head, and the dK/dV kernel returns kv-headed
+    gradients (the group's query heads summed inside it). Shapes are each device's share: one
+    of the 8 rows, all 256 positions."""
+    c = QWEN_LIKE
+    q_shape, kv_shape = (1, 256, c.n_heads, c.head_dim), (1, 256, c.n_kv_heads, c.head_dim)
+    calls = triton_calls(module)
+    assert {name for name, _, _ in calls} == {"flash_gqa_forward", "flash_gqa_backward_dkv", "flash_gqa_backward_dq"}
+    for name, operands, results in calls:
+        assert operands[0] == q_shape and operands[1] == operands[2] == kv_shape, (name, operands)
+        assert results[0] == (kv_shape if name == "flash_gqa_backward_dkv" else q_shape), (name, results)
 
 
 def test_cudnn_cannot_lower_here_and_says_so():

@@ -14,10 +14,11 @@ Implementations (`packed_attention(impl=...)`), and where each runs:
   loop has a trip count XLA knows (a GPU runs a loop without one by syncing with the host every
   iteration; tests/test_lowering.py checks the CUDA lowering). Memory O(L) per (batch, head)
   plus one [B, H, block_q, block_k] tile.
-* ``pallas``: on GPU the Pallas Triton flash-attention kernel
-  (`jax.experimental.pallas.ops.gpu.attention.mha`, segment ids and causal natively; GQA by
-  repeating the K/V heads, which is linear memory). On TPU the splash-attention kernel (MQA
-  kernel per kv head, vmapped over batch and kv heads; segment ids natively). Both run on the CPU
+* ``pallas``: on GPU our Pallas Triton flash-attention kernel (`mixjax.kernels.flash_gqa_gpu`:
+  segment ids and causal natively, GQA through its index maps, so K/V are never repeated per
+  query head; dK/dV summed over a group's query heads inside the kernel). On TPU the
+  splash-attention kernel (MQA kernel per kv head, vmapped over batch and kv heads; segment ids
+  natively). Both run on the CPU
   in Pallas interpret mode, for tests only (`_PALLAS_INTERPRET`). Pallas calls are custom calls
   that XLA does not partition: under a multi-device mesh every device would compute the whole
   batch (correct but wasteful), so 'auto' picks splash only on a single TPU device.
@@ -380,27 +381,20 @@ def _pow2_at_least_16(n: int) -> int:
 
 
 def _pallas_gpu(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, segment_ids_BxL, scale, block_q, block_k, interpret):
-    """The Pallas Triton flash-attention kernel. Blocks: the kernel's own defaults (128 forward,
-    32 backward) unless smaller ones are asked for, as powers of two >= 16 (Triton's dot). With
-    float32 inputs and E > 64 the forward blocks are capped at 64: 128-row K and V tiles, double
-    buffered, would need about 256 KiB of shared memory (a GPU SM has at most 228)."""
-    from jax.experimental.pallas.ops.gpu import attention as pallas_gpu
+    """Our Pallas Triton flash-attention kernel (`mixjax.kernels.flash_gqa_gpu`): GQA through its
+    index maps (K/V never repeated per query head), tiles as large as shared memory allows for the
+    head dim and dtype (`BlockSizes.for_head_dim`), none above block_q, block_k or the length
+    (each a power of two >= 16). The sequence is padded to the largest tile with segment id -1,
+    after every real query, so unseen."""
+    from mixjax.kernels import flash_gqa_gpu
 
-    b, l, h, e = q_BxLxHxE.shape
-    g = h // k_BxSxKxE.shape[2]
-    if g > 1:  # the kernel wants as many kv heads as query heads: repeat them (linear memory)
-        k_BxSxKxE = jnp.repeat(k_BxSxKxE, g, axis=2)
-        v_BxSxKxE = jnp.repeat(v_BxSxKxE, g, axis=2)
-    top = 64 if jnp.dtype(q_BxLxHxE.dtype).itemsize > 2 and e > 64 else 128
-    cap = _pow2_at_least_16(l)
-    bq, bk = (min(_pow2_at_least_16(min(x, top)), cap) for x in (block_q, block_k))
-    bb = min(32, bq, bk)  # backward: one block size for all four (the fused kernel needs dq/dkv alike)
-    lp = _round_up(l, max(bq, bk))
-    sizes = pallas_gpu.BlockSizes(block_q=bq, block_k=bk, block_q_dkv=bb, block_kv_dkv=bb,
-                                  block_q_dq=bb, block_kv_dq=bb)
-    o = pallas_gpu.mha(_pad_to(q_BxLxHxE, lp), _pad_to(k_BxSxKxE, lp), _pad_to(v_BxSxKxE, lp),
-                       _pad_to(segment_ids_BxL.astype(jnp.int32), lp, -1), sm_scale=scale, causal=True,
-                       block_sizes=sizes, interpret=interpret)
+    l, e = q_BxLxHxE.shape[1], q_BxLxHxE.shape[3]
+    limit = min(_pow2_at_least_16(x) for x in (block_q, block_k, l))
+    blocks = flash_gqa_gpu.BlockSizes.for_head_dim(e, q_BxLxHxE.dtype).capped(limit)
+    lp = _round_up(l, blocks.largest)
+    o = flash_gqa_gpu.flash_attention(_pad_to(q_BxLxHxE, lp), _pad_to(k_BxSxKxE, lp), _pad_to(v_BxSxKxE, lp),
+                                      _pad_to(segment_ids_BxL.astype(jnp.int32), lp, -1), scale=scale,
+                                      block_sizes=blocks, interpret=interpret)
     return o[:, :l]
 
 

@@ -1,0 +1,60 @@
+"""The GQA flash-attention Triton kernel (mixjax.kernels.flash_gqa_gpu) called directly, in Pallas
+interpret mode on the CPU, against the textbook attention; and its tile sizes against the shared
+memory arithmetic they are chosen by. (Through packed_attention: tests/test_attention.py; lowered
+for CUDA inside the train step: tests/test_lowering.py.)"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mixjax.kernels import flash_gqa_gpu as F
+from mixjax.model.attention import reference_attention
+
+
+def test_kernel_with_unequal_tiles_matches_reference():
+    """Every kernel with its own tile shape (forward 32 x 16, dK/dV 16 x 32, dQ 32 x 16), so the
+    causal loop bounds of each are exercised off the square; four query heads on one kv head;
+    packed segments with -1 padding at the end of a row, ids unsorted."""
+    b, l, h, kv, e = 1, 64, 4, 1, 16
+    seg = np.full((b, l), -1, np.int32)
+    seg[0, :13], seg[0, 13:40], seg[0, 40:58] = 9, 2, 5
+    ks = jax.random.split(jax.random.key(1), 4)
+    q, w = (jax.random.normal(x, (b, l, h, e)) for x in (ks[0], ks[3]))
+    k, v = (jax.random.normal(x, (b, l, kv, e)) for x in (ks[1], ks[2]))
+    blocks = F.BlockSizes(fwd_q=32, fwd_k=16, dkv_q=16, dkv_k=32, dq_q=32, dq_k=16)
+
+    def out_and_grads(attend):
+        o, pullback = jax.vjp(attend, q, k, v)
+        return o, pullback(w)
+
+    got = jax.jit(lambda: out_and_grads(
+        lambda q, k, v: F.flash_attention(q, k, v, jnp.asarray(seg), scale=0.3, block_sizes=blocks, interpret=True)))()
+    want = jax.jit(lambda: out_and_grads(lambda q, k, v: reference_attention(q, k, v, jnp.asarray(seg), 0.3)))()
+    for name, g, r in zip(("o", "dq", "dk", "dv"), jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert g.shape == r.shape, name
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=3e-5, rtol=0, err_msg=name)
+
+
+@pytest.mark.parametrize("e, dkv, dq", [(64, (128, 128), (128, 128)), (128, (64, 128), (128, 64))])
+def test_backward_tiles_are_the_largest_that_fit_shared_memory(e, dkv, dq):
+    """bfloat16 at the presets' head dims: the documented tiles, within the budget (which is
+    within an H100 block's 227 KiB), and doubling either side of either tile (up to the 128 cap)
+    would not fit."""
+    blocks = F.BlockSizes.for_head_dim(e, jnp.bfloat16)
+    assert ((blocks.dkv_q, blocks.dkv_k), (blocks.dq_q, blocks.dq_k)) == (dkv, dq)
+    assert (blocks.fwd_q, blocks.fwd_k) == (128, 128)
+    assert F.SMEM_BUDGET <= F.SMEM_BLOCK_LIMIT == 227 * 1024
+    for smem, (bq, bk) in ((F.dkv_smem_bytes, dkv), (F.dq_smem_bytes, dq)):
+        assert smem(bq, bk, e, 2) <= F.SMEM_BUDGET
+        for bigger in ((2 * bq, bk), (bq, 2 * bk)):
+            assert max(bigger) > F.MAX_TILE or smem(*bigger, e, 2) > F.SMEM_BUDGET, bigger
+    # float32 with E > 64: the forward tiles halve (K and V, double-buffered, would be 256 KiB)
+    assert F.BlockSizes.for_head_dim(128, jnp.float32).fwd_q == 64
+
+
+def test_length_not_a_multiple_of_the_tiles_is_refused():
+    x = jnp.zeros((1, 48, 2, 16))
+    with pytest.raises(ValueError, match="sequence length 48 is not a multiple of every tile"):
+        F.flash_attention(x, x, x, jnp.zeros((1, 48), jnp.int32), scale=1.0,
+                          block_sizes=F.BlockSizes(32, 32, 32, 32, 32, 32), interpret=True)
