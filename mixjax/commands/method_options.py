@@ -92,7 +92,7 @@ def add_method_arguments(p: argparse.ArgumentParser, methods: list[str]) -> None
                    help="li2025: fit with a Huber loss of this delta (default 1e-3, the paper's); "
                         "0 = least squares")
     g.add_argument("--perturbation-evals", type=int, metavar="N",
-                   help="li2025: evaluate each perturbation run about N times (every steps//N steps) and "
+                   help="li2025: evaluate each perturbation run at most N times (every ceil(steps / N) steps) and "
                         "record its best evaluation, as the paper keeps the best checkpoint (default 10); "
                         "0 = the final loss")
     g.add_argument("--adaptive", action="store_const", const=True, default=None,

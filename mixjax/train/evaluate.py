@@ -31,6 +31,16 @@ def validation_arrays(data, domain, batch_size, seq_len, max_batches, validation
     return cache[key]
 
 
+def mean_losses(batch_sums: dict[str, list]) -> dict[str, float]:
+    """{domain: mean token loss} from each batch's (loss sum, target count), summed in batch order
+    (NaN where a domain has no target)."""
+    res = {}
+    for d, pairs in batch_sums.items():
+        s, c = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+        res[d] = s / c if c > 0 else float("nan")
+    return res
+
+
 def per_domain(sums, counts, domains) -> dict[str, float]:
     """Mean loss per domain from summed losses and target counts (NaN where a domain has none)."""
     return {d: (float(s) / float(c) if c > 0 else float("nan")) for d, s, c in zip(domains, sums, counts)}
@@ -72,6 +82,11 @@ class Evaluator:
     def evaluate(self, eval_domains=None, max_batches=RUN_DEFAULT, params=None) -> dict[str, float]:
         """{domain: mean validation loss} for `eval_domains` (default all), at most `max_batches`
         batches each (default the run's eval_max_batches)."""
+        return mean_losses(self.batch_sums(eval_domains, max_batches, params))
+
+    def batch_sums(self, eval_domains=None, max_batches=RUN_DEFAULT, params=None, skip=None) -> dict[str, list]:
+        """{domain: [(loss sum, target count) of each batch]}, as `evaluate` sees them; `skip`
+        ({domain: n}) leaves out each domain's first n batches (already evaluated with these parameters)."""
         import jax
 
         params = self.current_params() if params is None else params
@@ -81,13 +96,9 @@ class Evaluator:
             key = (d, max_batches)
             if key not in self._on_device:
                 self._on_device[key] = [self.stepper.put_batch(a) for a in self.arrays(d, max_batches)]
-            outputs[d] = [self.stepper.eval_step(params, b) for b in self._on_device[key]]
-        res = {}
-        for d, ms in jax.device_get(outputs).items():
-            s = sum(float(np.sum(m["domain_loss_sum"])) for m in ms)
-            c = sum(float(np.sum(m["domain_count"])) for m in ms)
-            res[d] = s / c if c > 0 else float("nan")
-        return res
+            outputs[d] = [self.stepper.eval_step(params, b) for b in self._on_device[key][(skip or {}).get(d, 0):]]
+        return {d: [(float(np.sum(m["domain_loss_sum"])), float(np.sum(m["domain_count"]))) for m in ms]
+                for d, ms in jax.device_get(outputs).items()}
 
     def domain_losses(self, batch, params=None) -> np.ndarray:
         """Per-domain mean token loss [K] of the parameters on one batch (NaN where a domain has no target)."""

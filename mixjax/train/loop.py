@@ -24,7 +24,7 @@ from mixjax.errors import MixjaxError, about
 from mixjax.io import write_json_atomic
 from mixjax.train.config import TrainConfig
 from mixjax.train.draw_ahead import DrawAhead
-from mixjax.train.evaluate import RUN_DEFAULT, Evaluator, per_domain
+from mixjax.train.evaluate import RUN_DEFAULT, Evaluator, mean_losses, per_domain
 from mixjax.train.run_dir import data_signature, open_run_dir
 
 
@@ -332,13 +332,15 @@ class _Run:
         self.metrics, self.draws = metrics, DrawAhead(sampler)
         self.subset = selection_batches(cfg)  # the selection's batches per domain (None: the run's own)
         self.best_params = None               # with a subset: the best evaluation's parameters (a copy)
+        self.best_sums = None                 # and its batches' (loss sum, count): the report reuses them
         self.reported = None                  # with a subset: the picked parameters on eval_max_batches
 
     def evaluate_and_report(self, step: int) -> dict:
         """Evaluate (on the selection's subset when there is one), log, tell the callbacks, and keep
         the best evaluation (its parameters with a subset; its checkpoint with keep_best)."""
         t0 = time.perf_counter()
-        val = self.evaluator.evaluate(max_batches=self.subset or RUN_DEFAULT)
+        sums = self.evaluator.batch_sums(max_batches=self.subset or RUN_DEFAULT)
+        val = mean_losses(sums)
         self.record.timings["eval_s"] += time.perf_counter() - t0
         rec = {"step": step, "val_loss": val, "val_loss_mean": float(np.mean(list(val.values())))}
         self.record.val_history.append(rec)
@@ -350,7 +352,7 @@ class _Run:
                 self.record.best is None or rec["val_loss_mean"] < self.record.best["val_loss_mean"]):
             self.record.best = rec
             if self.subset:
-                self.best_params = _host_copy(self.state["params"])
+                self.best_params, self.best_sums = _host_copy(self.state["params"]), sums
             if best_ckpt is not None:
                 best_ckpt.save(step, {"params": self.state["params"]},
                                {"step": step, "model": self.mcfg.to_dict(), "val_loss": val,
@@ -375,7 +377,11 @@ class _Run:
                   file=sys.stderr)
             return
         t0 = time.perf_counter()
-        val = self.evaluator.evaluate(params=jax.device_put(params, self.stepper.param_shardings))
+        # the subset's batches lead the split's and were evaluated with these parameters: only the rest run
+        done = self.best_sums if self.best_params is not None else {}
+        rest = self.evaluator.batch_sums(params=jax.device_put(params, self.stepper.param_shardings),
+                                         skip={d: len(pairs) for d, pairs in done.items()})
+        val = mean_losses({d: done.get(d, []) + pairs for d, pairs in rest.items()})
         seconds = time.perf_counter() - t0
         self.record.timings["eval_s"] += seconds
         self.record.timings["report_eval_s"] = seconds
