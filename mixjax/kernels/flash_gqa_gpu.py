@@ -63,15 +63,16 @@ def dq_smem_bytes(block_q: int, block_k: int, head_dim: int, itemsize: int, stag
     return itemsize * (2 * block_q * head_dim + stages * 2 * block_k * head_dim + block_q * block_k)
 
 
-def _largest_tiles(smem_bytes, head_dim: int, itemsize: int, resident_first: bool) -> tuple[int, int]:
+def _largest_tiles(smem_bytes, head_dim: int, itemsize: int) -> tuple[int, int]:
     """(block_q, block_k) of the largest area, powers of two in [MIN_TILE, MAX_TILE], whose
-    `smem_bytes` fits SMEM_BUDGET; ties go to the larger resident tile (block_k for dK/dV,
-    block_q for dQ)."""
+    `smem_bytes` fits SMEM_BUDGET; ties go to the larger block_q. (dK/dV: its float32 dK and dV
+    accumulators, [block_k, E] each, live in registers through the whole loop, so a shorter
+    block_k leaves room for the score tiles; dQ: block_q sets how often K and V are re-read.)"""
     sides = [1 << p for p in range(MIN_TILE.bit_length() - 1, MAX_TILE.bit_length())]
     fits = [(bq, bk) for bq in sides for bk in sides if smem_bytes(bq, bk, head_dim, itemsize) <= SMEM_BUDGET]
     if not fits:
         return MIN_TILE, MIN_TILE
-    return max(fits, key=lambda t: (t[0] * t[1], t[1] if resident_first else t[0]))
+    return max(fits, key=lambda t: (t[0] * t[1], t[0]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,22 +88,26 @@ class BlockSizes:
     @classmethod
     def for_head_dim(cls, head_dim: int, dtype) -> BlockSizes:
         """The largest tiles whose operands fit shared memory (`dkv_smem_bytes`, `dq_smem_bytes`
-        against SMEM_BUDGET = 192 KiB); in bfloat16:
+        against SMEM_BUDGET = 192 KiB); in bfloat16 (q x k rows):
 
-        * E = 128: dK/dV 64 x 128 (q x k): 2*(2*128*128 + 2*2*64*128 + 2*64*128) = 160 KiB
-          (128 x 128 would be 256 KiB); dQ 128 x 64: 2*(2*128*128 + 2*2*64*128 + 128*64) =
-          144 KiB (128 x 128: 224 KiB, within the H100's 227 but with 3 KiB to spare).
+        * E = 128: dK/dV 128 x 64: 2*(2*64*128 + 2*2*128*128 + 2*128*64) = 192 KiB (128 x 128
+          would be 256); dQ 128 x 64: 2*(2*128*128 + 2*2*64*128 + 128*64) = 144 KiB (128 x 128:
+          224, within the H100's 227 KiB by 3).
         * E = 64: dK/dV 128 x 128: 2*(2*128*64 + 2*2*128*64 + 2*128*128) = 160 KiB; dQ 128 x 128:
           2*(2*128*64 + 2*2*128*64 + 128*128) = 128 KiB.
 
-        (FlashAttention-2's CUDA backward, its sm80 kernels, tiles 64 x 128 at E = 128 and 128 x 128 at 64.)
         The forward keeps 128 x 128 (as JAX's kernel), 64 x 64 in float32 with E > 64: its K and
-        V tiles, double-buffered, would take 2*2*128*E*4 = 256 KiB at E = 128."""
+        V tiles, double-buffered, would take 2*2*128*E*4 = 256 KiB at E = 128.
+
+        Checked by compiling the kernels' Triton IR for sm_90a with Triton 3.9 and its ptxas
+        (`benchmarks/kernel_resources.py`, no GPU needed): at E = 128 dK/dV 128 x 64 takes 177.5
+        KiB and 250 registers, no spills, where 64 x 128 (FlashAttention-2's own tile, same area)
+        spills 960 bytes a thread; the rest at most 48 bytes (README of benchmarks/)."""
         itemsize = jnp.dtype(dtype).itemsize
         head_dim = max(MIN_TILE, pl.next_power_of_2(head_dim))  # what the kernels load
         fwd = 64 if itemsize > 2 and head_dim > 64 else 128
-        dkv_q, dkv_k = _largest_tiles(dkv_smem_bytes, head_dim, itemsize, resident_first=True)
-        dq_q, dq_k = _largest_tiles(dq_smem_bytes, head_dim, itemsize, resident_first=False)
+        dkv_q, dkv_k = _largest_tiles(dkv_smem_bytes, head_dim, itemsize)
+        dq_q, dq_k = _largest_tiles(dq_smem_bytes, head_dim, itemsize)
         return cls(fwd, fwd, dkv_q, dkv_k, dq_q, dq_k)
 
     def capped(self, limit: int) -> BlockSizes:
@@ -213,6 +218,8 @@ def _dq_kernel(q_ref, k_ref, v_ref, seg_ref, do_ref, lse_ref, delta_ref, dq_ref,
 
 
 def _warps(rows: int, cols: int) -> int:
+    """8 warps for tiles of 64 x 128 and up (at 4, the 128 x 128 forward at E = 64 spills 188
+    bytes a thread; at 8 none), else 4."""
     return 8 if rows * cols >= 64 * 128 else 4
 
 
@@ -229,7 +236,7 @@ def _forward(q, k, v, seg, scale, blocks: BlockSizes, interpret):
         in_specs=[q_spec, kv_spec, kv_spec, pl.BlockSpec((None, l), lambda i, r, hq: (r, 0))],
         out_specs=[q_spec, pl.BlockSpec((None, None, bq), lambda i, r, hq: (r, hq, i))],
         out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, l), jnp.float32)],
-        compiler_params=plgpu.CompilerParams(num_warps=4 if e <= 64 else 8, num_stages=STAGES),
+        compiler_params=plgpu.CompilerParams(num_warps=_warps(bq, bk), num_stages=STAGES),
         interpret=interpret, name="flash_gqa_forward",
     )(q, k, v, seg)
 
