@@ -2,15 +2,16 @@
 (`mixjax.kernels.flash_gqa_gpu`), compiled for an H100 (sm_90a) on a machine without a GPU.
 
     pip install triton        # Triton's compiler and its ptxas; not a mixjax dependency
-    python benchmarks/kernel_resources.py [--blocks FQ,FK,DKVQ,DKVK,DQQ,DQK] [--out PATH]
+    python benchmarks/kernel_resources.py [--dtype bfloat16|float32] [--blocks FQ,FK,DKVQ,DKVK,DQQ,DQK]
+        [--out PATH]
 
-For each model shape below, forward + backward of `flash_attention` in bfloat16 are lowered for
-CUDA with `jax.export` (as tests/test_lowering.py does); each kernel's Triton IR is taken from the
-module, compiled by pip Triton for sm_90a with the kernel's num_warps and num_stages, and its PTX
-assembled by Triton's ptxas with -v: shared memory (Triton's allocation), registers a thread and
-spill bytes. Without --blocks the tiles are `BlockSizes.for_head_dim`'s. A proxy: XLA compiles
-the same IR with the Triton it bundles, whose passes may differ from pip Triton's; speed is not
-measured. Results: benchmarks/results/kernel_resources.json (atomically), and a table.
+For each model shape below, forward + backward of `flash_attention` (bfloat16 by default) are
+lowered for CUDA with `jax.export` (as tests/test_lowering.py does); each kernel's Triton IR is
+taken from the module, compiled by pip Triton for sm_90a with the kernel's num_warps and
+num_stages, and its PTX assembled by Triton's ptxas with -v: shared memory (Triton's allocation),
+registers a thread and spill bytes. Without --blocks the tiles are `BlockSizes.for_head_dim`'s.
+A proxy: XLA compiles the same IR with the Triton it bundles, whose passes may differ from pip
+Triton's; speed is not measured. Results: benchmarks/results/kernel_resources.json (atomically), and a table.
 """
 
 from __future__ import annotations
@@ -34,13 +35,13 @@ SEQ_LEN = 1024  # resources do not depend on it (only loop trip counts do)
 TRITON = "__gpu$xla.gpu.triton"
 
 
-def kernel_irs(heads: int, kv_heads: int, head_dim: int, blocks: BlockSizes | None):
+def kernel_irs(heads: int, kv_heads: int, head_dim: int, dtype, blocks: BlockSizes | None):
     """[(kernel name, num_warps, num_stages, textual Triton IR)] of forward + backward."""
     from jax._src.lib.mlir import ir
     from jax._src.pallas.triton import lowering
 
     s = jax.ShapeDtypeStruct
-    q, kv = s((1, SEQ_LEN, heads, head_dim), jnp.bfloat16), s((1, SEQ_LEN, kv_heads, head_dim), jnp.bfloat16)
+    q, kv = s((1, SEQ_LEN, heads, head_dim), dtype), s((1, SEQ_LEN, kv_heads, head_dim), dtype)
 
     def step(q, k, v, seg, w):
         o, pullback = jax.vjp(lambda q, k, v: flash_attention(q, k, v, seg, scale=0.1, block_sizes=blocks), q, k, v)
@@ -88,6 +89,7 @@ def compile_sm90(ttir: str, warps: int, stages: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     parser.add_argument("--blocks", help="six tiles: fwd_q,fwd_k,dkv_q,dkv_k,dq_q,dq_k (default: for_head_dim's)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "kernel_resources.json"))
     args = parser.parse_args(argv)
@@ -100,8 +102,8 @@ def main(argv=None) -> int:
     blocks = BlockSizes(*map(int, args.blocks.split(","))) if args.blocks else None
     rows = []
     for model, (heads, kv_heads, head_dim) in SHAPES.items():
-        tiles = blocks or BlockSizes.for_head_dim(head_dim, jnp.bfloat16)
-        for name, warps, stages, ttir in kernel_irs(heads, kv_heads, head_dim, blocks):
+        tiles = blocks or BlockSizes.for_head_dim(head_dim, args.dtype)
+        for name, warps, stages, ttir in kernel_irs(heads, kv_heads, head_dim, jnp.dtype(args.dtype), blocks):
             tile = {"flash_gqa_forward": (tiles.fwd_q, tiles.fwd_k), "flash_gqa_backward_dkv": (tiles.dkv_q, tiles.dkv_k),
                     "flash_gqa_backward_dq": (tiles.dq_q, tiles.dq_k)}[name]
             row = {"model": model, "head_dim": head_dim, "kernel": name, "tile_q_x_k": list(tile),
@@ -111,7 +113,7 @@ def main(argv=None) -> int:
                   f"shared {row['shared_bytes'] / 1024:6.1f} KiB  registers {row['registers']:3d}  "
                   f"spills {row['spill_store_bytes']} B", flush=True)
     write_json_atomic(args.out, {"jax": jax.__version__, "triton": triton.__version__, "target": "sm_90a",
-                                 "seq_len": SEQ_LEN, "dtype": "bfloat16", "kernels": rows})
+                                 "seq_len": SEQ_LEN, "dtype": args.dtype, "kernels": rows})
     return 0
 
 

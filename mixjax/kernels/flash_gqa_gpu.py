@@ -217,10 +217,11 @@ def _dq_kernel(q_ref, k_ref, v_ref, seg_ref, do_ref, lse_ref, delta_ref, dq_ref,
 # ------------------------------------------------------------------------------------ calls
 
 
-def _warps(rows: int, cols: int) -> int:
-    """8 warps for tiles of 64 x 128 and up (at 4, the 128 x 128 forward at E = 64 spills 188
-    bytes a thread; at 8 none), else 4."""
-    return 8 if rows * cols >= 64 * 128 else 4
+def _warps(rows: int, cols: int, head_dim: int) -> int:
+    """8 warps when the score tile or the larger side's [rows, E] tile has 64 x 128 elements or
+    more, else 4. (At 4 the 128 x 128 bf16 forward at E = 64 spills 188 bytes a thread, and in
+    float32 at E = 128 the 64 x 64 forward 144 and the 128 x 16 dQ 764; at 8 none of them.)"""
+    return 8 if max(rows * cols, max(rows, cols) * head_dim) >= 64 * 128 else 4
 
 
 def _forward(q, k, v, seg, scale, blocks: BlockSizes, interpret):
@@ -236,7 +237,7 @@ def _forward(q, k, v, seg, scale, blocks: BlockSizes, interpret):
         in_specs=[q_spec, kv_spec, kv_spec, pl.BlockSpec((None, l), lambda i, r, hq: (r, 0))],
         out_specs=[q_spec, pl.BlockSpec((None, None, bq), lambda i, r, hq: (r, hq, i))],
         out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, l), jnp.float32)],
-        compiler_params=plgpu.CompilerParams(num_warps=_warps(bq, bk), num_stages=STAGES),
+        compiler_params=plgpu.CompilerParams(num_warps=_warps(bq, bk, e), num_stages=STAGES),
         interpret=interpret, name="flash_gqa_forward",
     )(q, k, v, seg)
 
@@ -258,7 +259,7 @@ def _backward_dkv(q, k, v, seg, do, lse, delta, scale, blocks: BlockSizes, inter
                   stats_spec, stats_spec],
         out_specs=[kv_spec, kv_spec],
         out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-        compiler_params=plgpu.CompilerParams(num_warps=_warps(bq, bk), num_stages=STAGES),
+        compiler_params=plgpu.CompilerParams(num_warps=_warps(bq, bk, e), num_stages=STAGES),
         interpret=interpret, name="flash_gqa_backward_dkv",
     )(q, k, v, seg, do, lse, delta)
 
@@ -278,7 +279,7 @@ def _backward_dq(q, k, v, seg, do, lse, delta, scale, blocks: BlockSizes, interp
                   stats_spec, stats_spec],
         out_specs=q_spec,
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        compiler_params=plgpu.CompilerParams(num_warps=_warps(bq, bk), num_stages=STAGES),
+        compiler_params=plgpu.CompilerParams(num_warps=_warps(bq, bk, e), num_stages=STAGES),
         interpret=interpret, name="flash_gqa_backward_dq",
     )(q, k, v, seg, do, lse, delta)
 
