@@ -12,13 +12,35 @@ from mixjax.kernels import flash_gqa_gpu as F
 from mixjax.model.attention import reference_attention
 
 
+def _rows_of_segments(l, rows):
+    """[B, L] int32 from per-row (id, start, stop) runs; -1 elsewhere (padding)."""
+    seg = np.full((len(rows), l), -1, np.int32)
+    for b, runs in enumerate(rows):
+        for seg_id, start, stop in runs:
+            seg[b, start:stop] = seg_id
+    return seg
+
+
+# Row 0: contiguous documents, so whole tiles are skipped (query block [64, 96) starts at key 40,
+# key block [0, 32) ends at query 39). Row 1: ids 9 and 5 each in two runs, which see each other.
+SEGMENTS_96 = _rows_of_segments(96, [[(9, 0, 10), (2, 10, 40), (5, 40, 90)],
+                                     [(9, 0, 10), (2, 10, 40), (5, 40, 60), (9, 60, 70), (5, 70, 88)]])
+
+
+def test_segment_extents_match_a_loop():
+    got = np.asarray(F.segment_extents(jnp.asarray(SEGMENTS_96)))
+    for b, row in enumerate(SEGMENTS_96):
+        first = [min(np.flatnonzero(row == x)) for x in row]
+        last = [max(np.flatnonzero(row == x)) for x in row]
+        np.testing.assert_array_equal(got[b], [row, first, last])
+
+
 def test_kernel_with_unequal_tiles_matches_reference():
     """Every kernel with its own tile shape (forward 32 x 16, dK/dV 16 x 32, dQ 32 x 16), so the
-    causal loop bounds of each are exercised off the square; four query heads on one kv head;
-    packed segments with -1 padding at the end of a row, ids unsorted."""
-    b, l, h, kv, e = 1, 64, 4, 1, 16
-    seg = np.full((b, l), -1, np.int32)
-    seg[0, :13], seg[0, 13:40], seg[0, 40:58] = 9, 2, 5
+    loop bounds of each (causal, and the segments' extents) are exercised off the square; four
+    query heads on one kv head; packed segments with -1 padding, ids unsorted and repeated."""
+    seg = SEGMENTS_96
+    (b, l), h, kv, e = seg.shape, 4, 1, 16
     ks = jax.random.split(jax.random.key(1), 4)
     q, w = (jax.random.normal(x, (b, l, h, e)) for x in (ks[0], ks[3]))
     k, v = (jax.random.normal(x, (b, l, kv, e)) for x in (ks[1], ks[2]))

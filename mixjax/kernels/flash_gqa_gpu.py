@@ -6,9 +6,11 @@ program per (query block, row, query head) and point it at its kv head's K/V; th
 runs one program per (key block, row, kv head) and loops over the G query heads of its group,
 summing their contributions in registers, so dK and dV are written once, K-sized.
 
-Key s is visible to query l iff s <= l and segment_ids[s] == segment_ids[l]. Scores and softmax
-statistics are float32, in base 2 (exp2 is the GPU's native exponential): the forward saves
-lse2 = log2(sum_s 2^(s2_s)) of the scaled scores s2 = q.k * scale * log2(e) per query row, and
+Key s is visible to query l iff s <= l and segment_ids[s] == segment_ids[l]. Besides the tiles
+above the diagonal, each program skips the tiles outside its segments (`segment_extents`; with
+packed documents, those between one document's queries and an earlier one's keys). Scores and
+softmax statistics are float32, in base 2 (exp2 is the GPU's native exponential): the forward
+saves lse2 = log2(sum_s 2^(s2_s)) of the scaled scores s2 = q.k * scale * log2(e) per query row, and
 the backward recomputes each tile's probabilities from it (flash-attention 2). Masked scores
 are a large finite value, not -inf: a row whose keys in a tile are all masked gets no NaN, and
 the online rescaling removes what such a tile added once its visible keys arrive (every query
@@ -100,9 +102,9 @@ class BlockSizes:
         V tiles, double-buffered, would take 2*2*128*E*4 = 256 KiB at E = 128.
 
         Checked by compiling the kernels' Triton IR for sm_90a with Triton 3.9 and its ptxas
-        (`benchmarks/kernel_resources.py`, no GPU needed): at E = 128 dK/dV 128 x 64 takes 177.5
-        KiB and 250 registers, no spills, where 64 x 128 (FlashAttention-2's own tile, same area)
-        spills 960 bytes a thread; the rest at most 48 bytes (README of benchmarks/)."""
+        (`benchmarks/kernel_resources.py`, no GPU needed): every kernel takes less shared memory
+        than counted here (at E = 128 dK/dV 128 x 64 177.5 KiB, no spills, where 64 x 128,
+        FlashAttention-2's own tile, spills 620 bytes a thread); see benchmarks/README.md."""
         itemsize = jnp.dtype(dtype).itemsize
         head_dim = max(MIN_TILE, pl.next_power_of_2(head_dim))  # what the kernels load
         fwd = 64 if itemsize > 2 and head_dim > 64 else 128
@@ -117,6 +119,26 @@ class BlockSizes:
     @property
     def largest(self) -> int:
         return max(dataclasses.astuple(self))
+
+
+def segment_extents(segment_ids_BxL):
+    """[B, 3, L] int32: each position's segment id, and the first and last position in its row
+    holding that id (ids need not be contiguous or sorted). The kernels skip the tiles outside
+    them: a query block starts at the key block of its queries' earliest first position, a key
+    block stops at the query block of its keys' latest last position."""
+    b, l = segment_ids_BxL.shape
+    seg = segment_ids_BxL.astype(jnp.int32)
+    pos = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+    order = jnp.argsort(seg, axis=1, stable=True)  # positions grouped by id, ascending within each
+    ids = jnp.take_along_axis(seg, order, axis=1)
+    edge = ids[:, 1:] != ids[:, :-1]
+    ones = jnp.ones((b, 1), bool)
+    run_first = lax.cummax(jnp.where(jnp.concatenate([ones, edge], 1), pos, 0), axis=1)
+    run_last = lax.cummin(jnp.where(jnp.concatenate([edge, ones], 1), pos, l - 1), axis=1, reverse=True)
+    inverse = jnp.argsort(order, axis=1)
+    first, last = (jnp.take_along_axis(jnp.take_along_axis(order, run, axis=1), inverse, axis=1)
+                   for run in (run_first, run_last))
+    return jnp.stack([seg, first, last], axis=1)
 
 
 # ------------------------------------------------------------------------------------ kernels
@@ -135,18 +157,25 @@ def _scores2(q, k, seg_q, seg_k, start_q, start_k, scale):
     return jnp.where(_visible(seg_q, seg_k, start_q, start_k), s, MASK_VALUE)
 
 
+def _key_blocks(seg_ref, start_q: int, block_q: int, block_k: int):
+    """(first, end) key blocks a query block sees: from its queries' earliest segment start to
+    the block holding its last query (causal)."""
+    first = lax.div(jnp.min(seg_ref[1, pl.ds(start_q, block_q)]), block_k)
+    return first, lax.div(start_q + block_q + block_k - 1, block_k)
+
+
 def _forward_kernel(q_ref, k_ref, v_ref, seg_ref, o_ref, lse_ref, *, scale, block_k):
     """One query block of one head: online softmax over the key blocks at or before it."""
     block_q = q_ref.shape[0]
     start_q = pl.program_id(0) * block_q
     q = q_ref[...]
-    seg_q = seg_ref[pl.ds(start_q, block_q)]
+    seg_q = seg_ref[0, pl.ds(start_q, block_q)]
 
     def key_block(j, carry):
         o, m, l = carry
         start_k = j * block_k
         k = k_ref[pl.ds(start_k, block_k), :]
-        s = _scores2(q, k, seg_q, seg_ref[pl.ds(start_k, block_k)], start_q, start_k, scale)
+        s = _scores2(q, k, seg_q, seg_ref[0, pl.ds(start_k, block_k)], start_q, start_k, scale)
         m_new = jnp.maximum(m, s.max(axis=1))
         rescale = jnp.exp2(m - m_new)
         p = jnp.exp2(s - m_new[:, None])
@@ -156,8 +185,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, seg_ref, o_ref, lse_ref, *, scale, bloc
 
     init = (jnp.zeros(q.shape, jnp.float32), jnp.full((block_q,), MASK_VALUE, jnp.float32),
             jnp.zeros((block_q,), jnp.float32))
-    n_keys = lax.div(start_q + block_q + block_k - 1, block_k)  # key blocks starting at or before the last query
-    o, m, l = lax.fori_loop(0, n_keys, key_block, init)
+    o, m, l = lax.fori_loop(*_key_blocks(seg_ref, start_q, block_q, block_k), key_block, init)
     o_ref[...] = (o / l[:, None]).astype(o_ref.dtype)
     lse_ref[...] = m + jnp.log2(l)
 
@@ -169,23 +197,25 @@ def _dkv_kernel(q_ref, k_ref, v_ref, seg_ref, do_ref, lse_ref, delta_ref, dk_ref
     block_k = k_ref.shape[0]
     start_k = pl.program_id(0) * block_k
     k, v = k_ref[...], v_ref[...]
-    seg_k = seg_ref[pl.ds(start_k, block_k)]
-    n_q = q_ref.shape[0] // block_q
+    seg_k = seg_ref[0, pl.ds(start_k, block_k)]
+    # query blocks from the one holding the first key (causal) to the one holding its keys'
+    # latest segment end
+    first = lax.div(start_k, block_q)
+    end = lax.div(jnp.max(seg_ref[2, pl.ds(start_k, block_k)]), block_q) + 1
 
     def query_block(i, carry, hg):
         dk, dv = carry
         start_q = i * block_q
         rows = pl.ds(start_q, block_q)
         q, do = q_ref[rows, hg, :], do_ref[rows, hg, :]
-        s = _scores2(q, k, seg_ref[rows], seg_k, start_q, start_k, scale)
+        s = _scores2(q, k, seg_ref[0, rows], seg_k, start_q, start_k, scale)
         p = jnp.exp2(s - lse_ref[hg, rows][:, None])
         dv = dv + plgpu.dot(p.astype(do.dtype), do, trans_a=True)
         ds = p * (plgpu.dot(do, v, trans_b=True) - delta_ref[hg, rows][:, None])
         return dk + plgpu.dot(ds.astype(q.dtype), q, trans_a=True), dv
 
     def head(hg, carry):
-        first = lax.div(start_k, block_q)  # query blocks before it see none of these keys
-        return lax.fori_loop(first, n_q, functools.partial(query_block, hg=hg), carry)
+        return lax.fori_loop(first, end, functools.partial(query_block, hg=hg), carry)
 
     zeros = jnp.zeros(k.shape, jnp.float32)
     dk, dv = lax.fori_loop(0, group, head, (zeros, zeros))
@@ -198,19 +228,18 @@ def _dq_kernel(q_ref, k_ref, v_ref, seg_ref, do_ref, lse_ref, delta_ref, dq_ref,
     block_q = q_ref.shape[0]
     start_q = pl.program_id(0) * block_q
     q, do = q_ref[...], do_ref[...]
-    seg_q = seg_ref[pl.ds(start_q, block_q)]
+    seg_q = seg_ref[0, pl.ds(start_q, block_q)]
     lse, delta = lse_ref[...], delta_ref[...]
 
     def key_block(j, dq):
         start_k = j * block_k
         k, v = k_ref[pl.ds(start_k, block_k), :], v_ref[pl.ds(start_k, block_k), :]
-        s = _scores2(q, k, seg_q, seg_ref[pl.ds(start_k, block_k)], start_q, start_k, scale)
+        s = _scores2(q, k, seg_q, seg_ref[0, pl.ds(start_k, block_k)], start_q, start_k, scale)
         p = jnp.exp2(s - lse[:, None])
         ds = p * (plgpu.dot(do, v, trans_b=True) - delta[:, None])
         return dq + plgpu.dot(ds.astype(k.dtype), k)
 
-    n_keys = lax.div(start_q + block_q + block_k - 1, block_k)
-    dq = lax.fori_loop(0, n_keys, key_block, jnp.zeros(q.shape, jnp.float32))
+    dq = lax.fori_loop(*_key_blocks(seg_ref, start_q, block_q, block_k), key_block, jnp.zeros(q.shape, jnp.float32))
     dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
 
 
@@ -234,7 +263,7 @@ def _forward(q, k, v, seg, scale, blocks: BlockSizes, interpret):
     return pl.pallas_call(
         functools.partial(_forward_kernel, scale=scale, block_k=bk),
         grid=(l // bq, b, h),
-        in_specs=[q_spec, kv_spec, kv_spec, pl.BlockSpec((None, l), lambda i, r, hq: (r, 0))],
+        in_specs=[q_spec, kv_spec, kv_spec, pl.BlockSpec((None, 3, l), lambda i, r, hq: (r, 0, 0))],
         out_specs=[q_spec, pl.BlockSpec((None, None, bq), lambda i, r, hq: (r, hq, i))],
         out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, l), jnp.float32)],
         compiler_params=plgpu.CompilerParams(num_warps=_warps(bq, bk, e), num_stages=STAGES),
@@ -255,7 +284,7 @@ def _backward_dkv(q, k, v, seg, do, lse, delta, scale, blocks: BlockSizes, inter
     return pl.pallas_call(
         functools.partial(_dkv_kernel, scale=scale, block_q=bq, group=group),
         grid=(l // bk, b, kv),
-        in_specs=[group_spec, kv_spec, kv_spec, pl.BlockSpec((None, l), lambda j, r, hk: (r, 0)), group_spec,
+        in_specs=[group_spec, kv_spec, kv_spec, pl.BlockSpec((None, 3, l), lambda j, r, hk: (r, 0, 0)), group_spec,
                   stats_spec, stats_spec],
         out_specs=[kv_spec, kv_spec],
         out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
@@ -275,7 +304,7 @@ def _backward_dq(q, k, v, seg, do, lse, delta, scale, blocks: BlockSizes, interp
     return pl.pallas_call(
         functools.partial(_dq_kernel, scale=scale, block_k=bk),
         grid=(l // bq, b, h),
-        in_specs=[q_spec, kv_spec, kv_spec, pl.BlockSpec((None, l), lambda i, r, hq: (r, 0)), q_spec,
+        in_specs=[q_spec, kv_spec, kv_spec, pl.BlockSpec((None, 3, l), lambda i, r, hq: (r, 0, 0)), q_spec,
                   stats_spec, stats_spec],
         out_specs=q_spec,
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
@@ -327,6 +356,6 @@ def flash_attention(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, segment_ids_BxL, *, scale: 
     if ep != e:
         q_BxLxHxE, k_BxLxKxE, v_BxLxKxE = (jnp.pad(x, [(0, 0)] * 3 + [(0, ep - e)])
                                            for x in (q_BxLxHxE, k_BxLxKxE, v_BxLxKxE))
-    o = _attention(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, segment_ids_BxL.astype(jnp.int32), float(scale), blocks,
+    o = _attention(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, segment_extents(segment_ids_BxL), float(scale), blocks,
                    interpret)
     return o[..., :e]
