@@ -1,7 +1,8 @@
 """What cheaper evaluation schemes of li2025's perturbation runs would change: picks, reported
 losses and the fitted weights (benchmarks/README.md, "Evaluation in li2025's perturbation runs").
 
-    python benchmarks/eval_schemes.py --data DIR --init BASE --out SWEEP_DIR [--out-json FILE]
+    python benchmarks/eval_schemes.py --data DIR --init BASE --out SWEEP_DIR [--sweep-flags "--seed 1"]
+        [--out-json FILE]
 
 Trains the full li2025 sweep (`mixjax sweep --method li2025 --budget-tokens 250k --batch-size 16
 --seq-len 256 --lr 1e-3`, the defaults otherwise) and records, at every evaluation step of every
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,7 @@ SCHEMES = {  # name: (selection batches per domain (None: all), last evaluations
 }
 
 
-def record_sweep(data: str, init: str, out: Path, record: Path) -> None:
+def record_sweep(data: str, init: str, out: Path, record: Path, flags: list[str]) -> None:
     """The sweep, with every evaluation step's per-batch sums on the whole split written to `record`."""
     from mixjax.cli import main
     from mixjax.train import loop
@@ -46,7 +48,7 @@ def record_sweep(data: str, init: str, out: Path, record: Path) -> None:
         loop._Run.step = step
         try:
             main(["sweep", "--method", "li2025", "--data", data, "--init", init, "--out", str(out), "--budget-tokens",
-                  "250k", "--batch-size", "16", "--seq-len", "256", "--lr", "1e-3", "--quiet"])
+                  "250k", "--batch-size", "16", "--seq-len", "256", "--lr", "1e-3", "--quiet", *flags])
         finally:
             loop._Run.step = plain_step
 
@@ -72,6 +74,7 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--init", required=True)
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--sweep-flags", default="", help="more `mixjax sweep` flags, e.g. --seed 1")
     parser.add_argument("--out-json", default="benchmarks/results/eval_schemes.json")
     args = parser.parse_args()
     from mixjax import laws
@@ -83,7 +86,7 @@ def main() -> None:
 
     record = args.out.with_name(args.out.name + ".batches.jsonl")
     if not record.is_file():
-        record_sweep(args.data, args.init, args.out, record)
+        record_sweep(args.data, args.init, args.out, record, shlex.split(args.sweep_flags))
     rows = [json.loads(line) for line in record.read_text().splitlines()]
     data = PreparedData(args.data)
     domains, runs = list(data.domains), sorted({r["run"] for r in rows})
