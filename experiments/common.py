@@ -36,10 +36,12 @@ class Scale:
     size_mb: float = 2.0
     eval_max_batches: int = 8           # per domain: 8 x 16 x 256 tokens, the same ones every time
     online_eval_batches: int | None = 2  # per domain, for the frequent evaluations of online methods
+    grid_step: float = 0.125            # the grid method's simplex step: 21 mixtures of 3 domains
 
 
 QUICK = Scale(budget=8192, seeds=(0,), batch_size=8, seq_len=64, base_tokens=16_384, size_mb=0.1,
-              eval_max_batches=2, online_eval_batches=None)  # 1 batch may hold no loss tokens of a domain
+              eval_max_batches=2, online_eval_batches=None,  # 1 batch may hold no loss tokens of a domain
+              grid_step=0.25)                                # 3 grid mixtures of 3 domains: the script end to end
 
 
 def online_options(method: str, num_steps: int, k: int) -> dict:
@@ -278,9 +280,13 @@ def method_result(name: str, data, budget: int, config, out: Path, options: dict
 def run_method(name: str, data, budget: int, config, seed: int, out: Path, scale: Scale) -> dict:
     """`method_result` for one seed of an experiment: the config at that seed, online schedules
     scaled to the run's steps, the scale's evaluation batches for online methods."""
+    from mixjax.methods.static import Grid
+
     num_steps = budget // (scale.batch_size * scale.seq_len)
-    return method_result(name, data, budget, dataclasses.replace(config, seed=seed, progress=False), out,
-                         online_options(name, num_steps, len(data.domains)),
+    options = online_options(name, num_steps, len(data.domains))
+    if name == "grid" and scale.grid_step != Grid().step:  # the default stays out of cached runs' options
+        options = {**options, "step": scale.grid_step}
+    return method_result(name, data, budget, dataclasses.replace(config, seed=seed, progress=False), out, options,
                          eval_batches=scale.online_eval_batches)
 
 

@@ -56,9 +56,12 @@ class Extrapolation:
     min_steps: int = 20
     max_epochs: float = 16               # the repeated setting's grid repeats its small domain ~14 times
     eval_max_batches: int = 32           # per domain, the same batches every time: 32 x 2 x 256 tokens
+    grid_step: float = 0.125             # the truth's grid: 21 mixtures of 3 domains
 
 
-QUICK = Extrapolation(target=16_384, batch_size=8, seq_len=32, divisors=(1, 4, 16), min_steps=2, eval_max_batches=2)
+# The quick scale checks the script end to end: 3 grid mixtures, one design that trains and one too small to.
+QUICK = Extrapolation(target=16_384, batch_size=8, seq_len=32, divisors=(4, 16), min_steps=2, eval_max_batches=2,
+                      grid_step=0.25)
 
 SETTINGS = ("skewed", "repeated")
 # The repeated setting: the skewed setting's sources with the small one cut further.
@@ -170,13 +173,13 @@ def train_design(method, runs, data, config, out: Path):
     return observations_from_results(out, runs, data.domains)
 
 
-def grid_result(data, config, target: int, out: Path) -> dict:
-    """Every mixture of the 1/8 grid trained at the target: {"weights", "val_loss"} of the best
-    total and "grid", every mixture's."""
+def grid_result(data, config, target: int, out: Path, step: float = 0.125) -> dict:
+    """Every mixture of the grid (1/8: 21 for 3 domains) trained at the target: {"weights",
+    "val_loss"} of the best total and "grid", every mixture's."""
     from mixjax.methods.static import Grid
 
-    runs = Grid().propose(list(data.domains), target)
-    obs = train_design(Grid(), runs, data, config, out)
+    runs = Grid(step).propose(list(data.domains), target)
+    obs = train_design(Grid(step), runs, data, config, out)
     best = int(np.argmin(obs.losses.sum(axis=1)))
     grid = [{"weights": r.weights, "val_loss": dict(zip(obs.domains, l.tolist()))} for r, l in zip(runs, obs.losses)]
     return {"weights": grid[best]["weights"], "val_loss": grid[best]["val_loss"], "grid": grid, "runs": len(runs)}
@@ -188,7 +191,7 @@ def seed_results(data, config, setup: Extrapolation, seed: int, out: Path, chose
     target = setup.target
     domains = list(data.domains)
     t0 = time.perf_counter()
-    row = {"grid": grid_result(data, cfg, target, out / "grid")}
+    row = {"grid": grid_result(data, cfg, target, out / "grid", setup.grid_step)}
     for name, weights in (("stratified", {d: 1 / len(domains) for d in domains}),
                           ("natural", common.natural_weights(data))):
         row[name] = common.fixed_weights_result(data, weights, target, cfg, out / name)

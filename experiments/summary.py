@@ -90,13 +90,33 @@ def adaptive_rows(payload: dict, link: str) -> list[str]:
     return out
 
 
+def extrapolation_rows(payload: dict, link: str, variants=None) -> list[str]:
+    """li2025 at the target from runs sized for T/d: one row per variant and extrapolation ratio
+    (`variants`: only these, e.g. the README's li2025)."""
+    rows = payload["rows"]
+    strat = rows["stratified"]["regret_per_seed"]
+    setting = f"{payload['setting']} at {payload['setup']['target']:,} tokens"
+    out = []
+    for r in rows.values():
+        if "ratio" not in r or (variants and r["variant"] not in variants):
+            continue
+        gap = common.gap_recovered(r["regret_per_seed"], strat)
+        diff = common.paired_difference(r["regret_per_seed"], strat)
+        out.append(f"| {setting}, target {r['ratio']:.3g}x the largest run | {r['variant']} | {_gap(gap)} | "
+                   f"{_se(diff)} | {r['runs']} ({r['runs_cost']:.2g} runs at the target) | {len(strat)} | {link} |")
+    return out
+
+
 def table(results: Path, compact: bool = False) -> str:
     lines = ["| setting | method | gap recovered (stratified = 0, grid's best = 1) | total loss minus stratified "
              "(nats, paired by seed) | runs | seeds | detail |", "|---|---|---|---|---|---|---|"]
     grid = (lambda p, setting, link: grid_rows(p, setting, link, COMPACT)) if compact else grid_rows
     readers = [*((name, setting, grid) for name, setting in GRID_EXPERIMENTS),
                ("adaptive_real", None, adaptive_rows), ("aioli_long", None, aioli_rows),
-               ("reweight_collection", None, collection_rows)]
+               ("reweight_collection", None, collection_rows),
+               *((f"extrapolation-{setting}", None,
+                  (lambda p, link: extrapolation_rows(p, link, ("li2025",))) if compact else extrapolation_rows)
+                 for setting in ("skewed", "repeated"))]
     for name, setting, reader in readers:
         path = results / f"{name}.json"
         if not path.is_file():

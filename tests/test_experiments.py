@@ -30,7 +30,8 @@ def test_li2025_grid_quick_tables_match_the_runs(tmp_path):
     assert (results / "li2025_grid_quick_simplex.png").is_file() and (results / "li2025_grid_quick_regret.png").is_file()
     domains = payload["domains"]
     grid_runs = sorted((work / "seed0" / "grid" / "sweep" / "runs").iterdir())
-    assert len(grid_runs) == 21  # the 1/8 grid without zero weights
+    grid_weights = sorted(tuple(_result(r)["weights"][d] for d in domains) for r in grid_runs)
+    assert np.allclose(grid_weights, [(0.25, 0.25, 0.5), (0.25, 0.5, 0.25), (0.5, 0.25, 0.25)])  # QUICK's 1/4 grid
     grid = [_result(r)["val_loss"] for r in grid_runs]
     best = {d: min(g[d] for g in grid) for d in domains}
     best_total = min(sum(g.values()) for g in grid)
@@ -282,6 +283,22 @@ def test_summary_table_reads_the_gap_from_each_seeds_regrets(tmp_path, capsys):
     # seeds 0 and 1 have a gap: shares 0.5 and 1.0; seed 2 (stratified ahead of the grid) is left out
     assert "| 0.75 ± 0.25 (2 of 3 seeds) |" in line
     assert f"| {np.mean([-0.01, -0.04, 0.01]):+.4f} ± {np.std([-0.01, -0.04, 0.01], ddof=1) / np.sqrt(3):.4f} |" in line
+
+    # extrapolation: a row per variant and ratio, paired with stratified the same way; --compact keeps li2025's
+    arm = lambda variant, regret: {"variant": variant, "ratio": 12.0, "runs": 14, "runs_cost": 0.74,
+                                   "regret_per_seed": regret}
+    (tmp_path / "extrapolation-skewed.json").write_text(json.dumps({
+        "setting": "skewed", "setup": {"target": 300_000},
+        "rows": {"stratified": rows["stratified"], "li2025 T/5": arm("li2025", [0.01, 0.0, 0.0]),
+                 "repeat-law T/5": arm("repeat-law", [0.04, 0.04, 0.0])}}))
+    assert summary.main(["--results", str(tmp_path)]) == 0
+    lines = [x for x in (tmp_path / "summary.md").read_text().splitlines() if "300,000 tokens, target 12x" in x]
+    assert len(lines) == 2 and "| li2025 | 0.75 ± 0.25 (2 of 3 seeds) |" in lines[0]
+    assert "| repeat-law | -0.50 ± 0.50 (2 of 3 seeds) |" in lines[1] and "| 14 (0.74 runs at the target) | 3 |" in lines[1]
+    capsys.readouterr()
+    assert summary.main(["--results", str(tmp_path), "--compact"]) == 0
+    compact = capsys.readouterr().out
+    assert "| li2025 | 0.75" in compact and "repeat-law" not in compact
 
 
 def test_skewed_setting_has_skewed_natural_proportions_and_refuses_data(tmp_path, capsys):

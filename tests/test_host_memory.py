@@ -10,7 +10,7 @@ import pytest
 
 from mixjax import host_memory
 
-# The tiny preset's train step at 16 x 256, whose temporary buffers (212 MB, one block) are
+# The tiny preset's train step at 8 x 256, whose temporary buffers (~106 MB, one block) are
 # above glibc's mmap threshold; the script prints the median minor page faults of a step after
 # warm-up. (The median: with the heap kept, a step now and then still lands on new pages while the
 # heap settles.)
@@ -22,7 +22,7 @@ import jax
 from mixjax.model import get_config
 from mixjax.train.mesh import make_mesh
 from mixjax.train.step import StepConfig, Stepper
-b, l, v = 16, 256, 259
+b, l, v = 8, 256, 259
 st = Stepper(StepConfig(get_config("tiny", v), b, l, 1), make_mesh(None, jax.devices()[:1]))
 state = st.init_state(st.init_params(0))
 rng = np.random.default_rng(0)
@@ -30,11 +30,11 @@ batch = st.put_batch({"tokens": rng.integers(0, v, (b, l)), "segment_ids": np.on
                       "positions": np.broadcast_to(np.arange(l), (b, l)), "loss_mask": np.ones((b, l), bool),
                       "domain_ids": np.zeros((b, l))})
 lr = np.float32(1e-3)
-for _ in range(3):
+for _ in range(2):
     state, m = st.train_step(state, batch, lr, st.no_loss_weights())
 jax.block_until_ready(m)
 faults = []
-for _ in range(9):
+for _ in range(5):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     state, m = st.train_step(state, batch, lr, st.no_loss_weights())
     jax.block_until_ready(m)
