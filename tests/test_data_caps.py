@@ -120,6 +120,7 @@ def test_mix_caps_its_weights_and_records_its_design(simulated, data_dir, train_
     ratio = budget / max(sizes)
     assert ratio > 10 and (f"warning: extrapolation: {budget:.4g} is {ratio:.3g}x the largest run (li2025's runs: "
                            f"{min(sizes):,} to {max(sizes):,} tokens, sized for a design budget of {design:,})") in printed
+    assert "past 10x the experiments saw the law's weights fall behind stratified" in printed
     assert f"the data cap binds for {', '.join(over)}" in printed
     assert simulated[-1] == "final" and len(simulated) == 14
 

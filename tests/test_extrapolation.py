@@ -58,3 +58,27 @@ def test_extrapolation_refuses_bad_divisors_and_variants_before_training(tmp_pat
     assert extrapolation.main(["--quick", "--variants", "li2025,nosuch", "--work", str(tmp_path)]) == 2
     assert "--variants: unknown nosuch" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_grid_surface_recovers_a_quadratic_truth_and_its_noise():
+    """On a grid whose totals are a known quadratic, the smoothed regret is that quadratic's excess
+    over its own minimum (found independently by scipy); with noise, the residual std is the noise's."""
+    import extrapolation
+    from scipy.optimize import minimize
+
+    from mixjax.methods.static import simplex_grid
+
+    domains = ["a", "b", "c"]
+    truth = lambda w: 7.0 + 2 * (w[0] - 0.5) ** 2 + (w[1] - 0.2) ** 2 + 0.5 * w[0] * w[1]
+    optimum = minimize(lambda x: truth([x[0], x[1], 1 - x[0] - x[1]]), [0.3, 0.3], method="SLSQP",
+                       bounds=[(0, 1), (0, 1)], constraints=[{"type": "ineq", "fun": lambda x: 1 - x[0] - x[1]}]).fun
+    grid = [{"weights": dict(zip(domains, w)), "val_loss": {"a": truth(w), "b": 0.0, "c": 0.0}}
+            for w in simplex_grid(3, 0.125)]
+    regret, sigma = extrapolation.grid_surface(grid, domains)
+    assert sigma == pytest.approx(0.0, abs=1e-9)
+    w = {"a": 0.3, "b": 0.3, "c": 0.4}
+    assert regret(w) == pytest.approx(truth([0.3, 0.3, 0.4]) - optimum, abs=2e-4)  # the 1/40 search grid
+    rng = np.random.default_rng(0)
+    noisy = [{**g, "val_loss": {**g["val_loss"], "b": float(rng.normal(0, 0.02))}} for g in grid * 20]
+    assert extrapolation.grid_surface(noisy, domains)[1] == pytest.approx(0.02, rel=0.1)
+    assert extrapolation.grid_surface(grid[:6], domains) is None  # 6 mixtures for 6 coefficients
