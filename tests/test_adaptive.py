@@ -217,6 +217,7 @@ def test_should_stop_rule():
         assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_weight_intervals_contain_the_fit_and_shrink_with_more_runs(truth, start_obs):
     from mixjax.methods.li2025_design import perturbation_runs
 
@@ -274,6 +275,7 @@ def test_unidentifiable_runs_say_which_runs_would_identify_the_law(truth):
 
 # -- mixjax next ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_mixjax_next_end_to_end(truth, start_obs, tmp_path, capsys):
     csv, out = tmp_path / "obs.csv", tmp_path / "runs.json"
     write_csv(start_obs, csv)
@@ -303,6 +305,7 @@ def test_mixjax_next_end_to_end(truth, start_obs, tmp_path, capsys):
     assert rc == 2 and "--tolerance" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_mixjax_next_on_too_few_runs_proposes_the_runs_that_identify_the_law(truth, tmp_path, capsys):
     """Too few runs to fit is when a user asks what to train next: `next` says why there are no
     weights yet and proposes runs (from the adaptive design's start) after which the fit runs."""

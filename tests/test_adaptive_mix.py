@@ -45,6 +45,7 @@ def _initial(sim):
     return adaptive.initial_runs(sim.truth.domains, BUDGET, OPTIONS["base_fraction"])
 
 
+@pytest.mark.slow
 def test_noise_free_runs_stop_after_the_initial_design_at_the_true_optimum(simulated, tmp_path):
     from mixjax.optimize import optimize
 
@@ -58,6 +59,7 @@ def test_noise_free_runs_stop_after_the_initial_design_at_the_true_optimum(simul
                                optimize(simulated.truth, [BUDGET]).weights[0], atol=2e-3)
 
 
+@pytest.mark.slow
 def test_each_run_is_the_one_next_proposes_and_max_runs_caps_the_design(simulated, tmp_path, capsys):
     simulated.noise[0] = 3e-3
     options = {**OPTIONS, "tolerance": 1e-6, "max_runs": len(_initial(simulated)) + 2}
@@ -98,6 +100,7 @@ def test_a_killed_adaptive_design_resumes_with_the_same_runs(simulated, tmp_path
     assert json.loads((tmp_path / "mix" / "sweep" / "adaptive.json").read_text())["runs"] == ref["runs"]
 
 
+@pytest.mark.slow
 def test_sweep_trains_the_run_list_next_writes(tmp_path):
     """A real (tiny) run: `mixjax sweep --run-list` trains the file's run into SWEEP_DIR."""
     from tests.data_fixtures import prepared_letters

@@ -211,6 +211,7 @@ def test_packed_attention_refuses_what_the_backend_lacks():
         A.packed_attention(q, k, v, seg, impl="plain")
 
 
+@pytest.mark.slow
 def test_pallas_kernel_runs_on_each_devices_share_in_the_sharded_train_step(monkeypatch):
     """Inside the train step on 8 devices (data 2 x fsdp 2 x tensor 2) the Pallas kernel runs
     under shard_map on each device's rows and heads, and the losses equal the plain attention's

@@ -30,6 +30,7 @@ def hand_written_law(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_fit_then_optimize_round_trip(runs_csv, tmp_path, capsys):
     """--budget-tokens takes train's number syntax (--budget, the old name, still works with a note);
     the law file records its runs' sizes, and optimize prints each budget's ratio to the largest."""

@@ -109,6 +109,7 @@ def test_huber_residual_squares_to_twice_the_huber_loss():
         np.testing.assert_allclose(np.asarray(huberize(r, delta)) ** 2, 2 * huber, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_diagnostics_loo_and_bootstrap_with_huber_despite_an_outlier():
     """Huber (delta 1e-3, as the paper) shrugs off one corrupted loss; LOO flags that run."""
     obs = design_runs(0.002, 3)

@@ -55,6 +55,7 @@ def test_logits_parity_with_transformers(tmp_path, arch, tie, scaling):
     assert np.max(np.abs(ours - ref)) < 1e-4
 
 
+@pytest.mark.slow
 def test_packed_segments_match_separate_sequences(tmp_path):
     hf = _hf_model("qwen2", True)
     hf.save_pretrained(tmp_path / "hf")
@@ -69,6 +70,7 @@ def test_packed_segments_match_separate_sequences(tmp_path):
     assert np.max(np.abs(ours[0, 13:22] - _hf_logits(hf, b[None])[0])) < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_export_import_identity_and_transformers_reads_export(tmp_path, arch):
     cfg = ModelConfig(vocab_size=50, dim=32, n_layers=2, n_heads=4, n_kv_heads=1, hidden_dim=48,

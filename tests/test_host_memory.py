@@ -53,6 +53,7 @@ def _faults(setting: str) -> dict:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or host_memory._glibc() is None,
                     reason="the malloc settings are glibc's")
+@pytest.mark.slow
 def test_train_step_buffers_are_not_faulted_in_every_step():
     default, tuned = _faults("0"), _faults("1")
     assert default["applied"] is False and tuned["applied"] is True

@@ -35,6 +35,7 @@ def test_segment_extents_match_a_loop():
         np.testing.assert_array_equal(got[b], [row, first, last])
 
 
+@pytest.mark.slow
 def test_kernel_with_unequal_tiles_matches_reference():
     """Every kernel with its own tile shape (forward 32 x 16, dK/dV 16 x 32, dQ 32 x 16), so the
     loop bounds of each (causal, and the segments' extents) are exercised off the square; four

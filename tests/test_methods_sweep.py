@@ -22,6 +22,7 @@ def _sweep(data_dir, out, *extra):
                  "--budget-tokens", "256", "--out", str(out), *TRAIN, *extra])
 
 
+@pytest.mark.slow
 def test_sweep_resume_and_shards_give_the_same_csv(data_dir, tmp_path, capsys):
     assert _sweep(data_dir, tmp_path / "whole") == 0
     whole = (tmp_path / "whole" / "observations.csv").read_text()
@@ -125,6 +126,7 @@ def _best_evaluation(result):
     return h["step"], h["val_loss"]
 
 
+@pytest.mark.slow
 def test_li2025_sweep_runs_record_their_best_evaluation(data_dir, tmp_path, capsys):
     """As the authors keep each perturbation run's best checkpoint: by default a li2025 run is
     evaluated every steps // 10 steps and records its lowest-mean evaluation, without a checkpoint."""
@@ -174,6 +176,7 @@ def test_li2025_sweep_runs_record_their_best_evaluation(data_dir, tmp_path, caps
     assert "(options, run_selection differ)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_mix_li2025_least_squares_and_evaluation_flags(data_dir, tmp_path, capsys):
     """--huber 0: the law is fitted by least squares (law.json says so; the default is the paper's
     Huber 1e-3, see test_methods_offline); --perturbation-evals 2: the sweep's and the extra runs
@@ -222,6 +225,7 @@ def test_sweep_help_offers_only_the_options_sweep_takes(capsys):
     assert "--eta" not in sweep and "--grid-step" in sweep
 
 
+@pytest.mark.slow
 def test_li2025_repetition_matched_runs_and_observations_along_each_run(data_dir, tmp_path):
     """--target-budget T: each run trains on its budget / T of every domain's examples (result.json
     says how many tokens that left); --along-run 2: constant learning rate, and each run's

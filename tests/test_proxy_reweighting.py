@@ -34,6 +34,7 @@ def _batch(seed=0):
             "domain_ids": domain_ids}
 
 
+@pytest.mark.slow
 def test_reweighted_step_trains_on_the_weighted_domain_means():
     import jax.numpy as jnp
 
