@@ -82,6 +82,7 @@ def test_each_run_is_the_one_next_proposes_and_max_runs_caps_the_design(simulate
     assert "proposed" not in record["rounds"][-1] and record["rounds"][-1]["stopped"].startswith("--max-runs")
 
 
+@pytest.mark.slow
 def test_a_killed_adaptive_design_resumes_with_the_same_runs(simulated, tmp_path):
     simulated.noise[0] = 3e-3
     options = {**OPTIONS, "tolerance": 1e-6, "max_runs": len(_initial(simulated)) + 2}
