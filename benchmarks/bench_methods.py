@@ -17,7 +17,7 @@ step size, `DoReMi(update_every=5)`). DoReMi's reference model is a short run (o
 differ); Skill-It's single-domain losses are stand-ins (likewise).
 
 (b) For 3 domains at `--budget` tokens: offline methods' proposed runs, online methods'
-prerequisite and proxy runs (`mixjax.methods.mix.planned_spend`).
+prerequisite and proxy runs (`mixjax.runners.mix.planned_spend`).
 
     python benchmarks/bench_methods.py [--steps 250] [--rounds 2] [--batch 16] [--seq 256] [--budget 5e6]
 
@@ -196,7 +196,7 @@ def overhead(args, data, config, workdir: Path) -> dict:
 
 def spend(budget: int) -> dict:
     from mixjax.methods import get, is_online, names
-    from mixjax.methods.mix import planned_spend
+    from mixjax.runners.mix import planned_spend
 
     rows = {}
     for name in names():

@@ -82,7 +82,7 @@ def main() -> None:
     from mixjax.io import write_json_atomic
     from mixjax.methods.base import ProposedRun
     from mixjax.methods.offline import Li2025
-    from mixjax.methods.sweep import observations_from_results
+    from mixjax.runners.sweep import observations_from_results
 
     record = args.out.with_name(args.out.name + ".batches.jsonl")
     if not record.is_file():

@@ -55,7 +55,7 @@ def fit_once(data, config, sweep: Sweep, work: Path):
     from mixjax.fit import FitOptions, fit
     from mixjax.io import write_json_atomic
     from mixjax.methods.offline import Li2025
-    from mixjax.methods.sweep import run_sweep
+    from mixjax.runners.sweep import run_sweep
     from mixjax.optimize import optimize
 
     k = len(data.domains)

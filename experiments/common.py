@@ -239,7 +239,7 @@ def method_result(name: str, data, budget: int, config, out: Path, options: dict
     Grid's final run is its best sweep run, not a repeat of it."""
     from mixjax.errors import MixjaxError
     from mixjax.io import write_json_atomic
-    from mixjax.methods.mix import run_mix
+    from mixjax.runners.mix import run_mix
 
     out = Path(out)
     cached = out / "summary.json"
@@ -255,7 +255,7 @@ def method_result(name: str, data, budget: int, config, out: Path, options: dict
         summary = fixed_weights_result(data, natural_weights(data), budget, config, out)
     elif name == "grid":
         from mixjax.methods.static import Grid
-        from mixjax.methods.sweep import run_sweep
+        from mixjax.runners.sweep import run_sweep
 
         method = Grid(**options)
         runs, obs = run_sweep(method, "grid", options, data, budget, out / "sweep", config, log=lambda s: None)

@@ -166,7 +166,7 @@ def repeated_data(work: Path, scale, progress: bool = False):
 def train_design(method, runs, data, config, out: Path):
     """Train `runs` (with the method's run settings) into OUT/runs/<name>, each reused when
     finished at the same budget, weights and seed; their observations."""
-    from mixjax.methods.sweep import observations_from_results
+    from mixjax.runners.sweep import observations_from_results
     from mixjax.starter import cached_run
 
     for run in runs:

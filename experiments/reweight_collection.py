@@ -195,7 +195,7 @@ def run(args) -> int:
     from mixjax.fit import FitOptions, fit
     from mixjax.io import write_json_atomic
     from mixjax.methods.offline import Li2025
-    from mixjax.methods.sweep import run_sweep
+    from mixjax.runners.sweep import run_sweep
     from mixjax.optimize import optimize
 
     if args.collection and not args.field:

@@ -57,7 +57,7 @@ def run_demo(out: str | Path, profile: DemoProfile = DemoProfile(), progress: bo
     from mixjax.data.bundled import skewed_data
     from mixjax.fit import FitOptions, fit
     from mixjax.methods.offline import Li2025
-    from mixjax.methods.sweep import run_sweep
+    from mixjax.runners.sweep import run_sweep
     from mixjax.optimize import optimize
     from mixjax.report import plot, table
     from mixjax.starter import pretrained_base

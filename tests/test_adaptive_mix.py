@@ -11,7 +11,7 @@ import pytest
 
 from mixjax.cli import main
 from mixjax.errors import MixjaxError
-from mixjax.methods.mix import run_mix
+from mixjax.runners.mix import run_mix
 from mixjax.train import TrainConfig
 from tests.law_fixtures import paper_like_law, simulated_training
 
@@ -131,7 +131,7 @@ def test_sweep_trains_the_run_list_next_writes(tmp_path):
     ([{"name": "x", "weights": {"a": 1, "b": 1}, "budget_tokens": 10}] * 2, "run name 'x' is proposed twice"),
 ])
 def test_bad_run_lists_are_one_line_errors(tmp_path, entries, message):
-    from mixjax.methods.sweep import read_run_list
+    from mixjax.runners.sweep import read_run_list
 
     import re
 

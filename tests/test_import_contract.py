@@ -12,9 +12,12 @@ functions (lazy imports) count as much as those at the top of a file. Layers, lo
                                        kernels (Pallas), apart from the layers that call them
     4  model                           the decoder, HF import/export
     5  train                           the train step, checkpoints, the loop
-    6  methods, adaptive               mixture methods: the trainer and the laws connected
-    7  plan, starter, demo             programs built on the library (memory plans, the demo)
-    8  commands, cli                   the `mixjax` command
+    6  methods, adaptive               mixture methods, the rules: the runs they propose, the weights
+                                       they set as a run trains
+    7  runners                         training the runs a method asks for (sweeps, prerequisite
+                                       runs, `run_mix` end to end): runners above rules
+    8  plan, starter, demo             programs built on the library (memory plans, the demo)
+    9  commands, cli                   the `mixjax` command
 
 A module's layer is that of its first name under `mixjax` (`mixjax.train.step` is `train`). A new
 top-level module or package needs a row here. A module also never imports another module's
@@ -36,6 +39,7 @@ LAYERS = [
     {"model"},
     {"train"},
     {"methods", "adaptive"},
+    {"runners"},
     {"plan", "starter", "demo"},
     {"commands", "cli"},
 ]

@@ -220,7 +220,7 @@ def test_along_run_rows_are_each_evaluation_at_the_tokens_trained_by_then(tmp_pa
     import json
 
     from mixjax.methods.base import ProposedRun
-    from mixjax.methods.sweep import observations_from_results
+    from mixjax.runners.sweep import observations_from_results
 
     history = [{"step": s, "val_loss": {"a": 3.0 - s / 100, "b": 2.0}} for s in (25, 50, 75, 100)]
     result = {"tokens": {"a": 15_000, "b": 5_000}, "val_loss": history[-1]["val_loss"], "steps": 100,

@@ -12,7 +12,7 @@ import pytest
 
 from mixjax.cli import main
 from mixjax.errors import MixjaxError
-from mixjax.methods.mix import run_mix
+from mixjax.runners.mix import run_mix
 from mixjax.methods.online_rules import skillit_graph
 from mixjax.train import Callback, TrainConfig, run_training
 from mixjax.train.metrics import read_metrics

@@ -29,7 +29,7 @@ def run(args) -> int:
     from mixjax.commands.train import (enable_compilation_cache, parse_tokens, random_start_note,
                                        train_config_from_args)
     from mixjax.data.prepared import PreparedData
-    from mixjax.methods.mix import run_mix
+    from mixjax.runners.mix import run_mix
 
     options = method_options(args)
     budget = parse_tokens(args.budget_tokens, "--budget-tokens")

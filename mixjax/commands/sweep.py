@@ -35,7 +35,7 @@ def run(args) -> int:
     from mixjax.data.prepared import PreparedData
     from mixjax.errors import MixjaxError
     from mixjax.methods import get
-    from mixjax.methods.sweep import RunList, parse_shard, read_run_list, run_sweep
+    from mixjax.runners.sweep import RunList, parse_shard, read_run_list, run_sweep
 
     options = method_options(args)
     shard = parse_shard(args.shard)
@@ -52,11 +52,11 @@ def run(args) -> int:
             raise MixjaxError("--run-list: the runs of an --adaptive sweep are chosen as it goes; give one or the other")
         method = RunList(read_run_list(args.run_list, data.domains), like=method)
     elif not getattr(method, "adaptive", False):
-        from mixjax.methods.mix import announce_design
+        from mixjax.runners.mix import announce_design
 
         announce_design(method.propose(list(data.domains), budget), budget, method, args.method)
     if getattr(method, "adaptive", False):
-        from mixjax.methods.adaptive_sweep import run_adaptive_sweep
+        from mixjax.runners.adaptive_sweep import run_adaptive_sweep
 
         if shard != (0, 1):
             raise MixjaxError("--shard: an adaptive sweep trains one run at a time (each chosen from the "

@@ -119,7 +119,7 @@ class Li2025(_LawMethod):
             raise MixjaxError(f"`max_runs`: must be a whole number >= 1, got {max_runs!r}")
         if tolerance is not None and not (np.isfinite(tolerance) and tolerance > 0):
             raise MixjaxError(f"`tolerance`: must be a positive number, got {tolerance!r}")
-        # adaptive design (mixjax.methods.adaptive_sweep): runs one at a time until the optimum is
+        # adaptive design (mixjax.runners.adaptive_sweep): runs one at a time until the optimum is
         # known to `tolerance`, at most `max_runs` (default 1 + 4K, the fixed design's count)
         self.adaptive, self.max_runs, self.tolerance = bool(adaptive), max_runs, tolerance
         if not 0 < base_fraction:

@@ -19,7 +19,7 @@ import numpy as np
 from mixjax.errors import MixjaxError
 from mixjax.io import write_json_atomic
 from mixjax.methods.base import ProposedRun
-from mixjax.methods.sweep import check_run_names, check_sweep_dir, describe_runs, read_record, train_runs
+from mixjax.runners.sweep import check_run_names, check_sweep_dir, describe_runs, read_record, train_runs
 
 RECORD = "adaptive.json"
 

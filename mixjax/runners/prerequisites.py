@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mixjax.errors import MixjaxError
 from mixjax.methods.base import ProposedRun
-from mixjax.methods.sweep import read_result
+from mixjax.runners.sweep import read_result
 
 
 
@@ -26,7 +26,7 @@ class PrerequisiteResult:
 def train_prerequisites(method, method_name: str, options: dict, data, budget_tokens: int, out, config,
                         log=print) -> dict[str, PrerequisiteResult]:
     """Train the method's prerequisite runs that are not finished; {name: PrerequisiteResult}."""
-    from mixjax.methods.sweep import check_sweep_dir, describe_runs
+    from mixjax.runners.sweep import check_sweep_dir, describe_runs
     from mixjax.train import FINAL_CHECKPOINT_ONLY, run_training
     from mixjax.train.checkpoint import find_checkpoint
 

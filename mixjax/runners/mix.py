@@ -24,7 +24,7 @@ from pathlib import Path
 from mixjax.errors import MixjaxError
 from mixjax.io import write_json_atomic
 from mixjax.methods import get, is_online
-from mixjax.methods.sweep import RunList, read_result, trained_tokens
+from mixjax.runners.sweep import RunList, read_result, trained_tokens
 from mixjax.names import check_domain_name
 
 
@@ -33,7 +33,7 @@ def planned_spend(method, domains: list[str], budget_tokens: int, config=None) -
     method's proposed runs; an online method's prerequisite runs and its proxy run; with `config`,
     the tokens they really train (whole steps). (li2025's extra runs depend on the results and are
     counted only by `run_mix`.)"""
-    from mixjax.methods.sweep import trained_tokens
+    from mixjax.runners.sweep import trained_tokens
 
     def tokens(budget) -> int:
         return int(budget) if config is None else trained_tokens(budget, config)
@@ -89,12 +89,12 @@ def _describe_mix(method_name, options, budget_tokens, data, config) -> dict:
 
 
 def _offline(method, method_name, options, data, budget_tokens, out, config, log):
-    from mixjax.methods.sweep import run_sweep
+    from mixjax.runners.sweep import run_sweep
 
     domains = list(data.domains)
     design = None
     if getattr(method, "adaptive", False):
-        from mixjax.methods.adaptive_sweep import run_adaptive_sweep
+        from mixjax.runners.adaptive_sweep import run_adaptive_sweep
 
         runs, observations, design = run_adaptive_sweep(method, method_name, options, data, budget_tokens,
                                                         out / "sweep", config, log=log)
@@ -174,7 +174,7 @@ def _finished_online_run(run_dir: Path, domains: list[str]) -> dict | None:
 
 def _online(method, method_name, options, data, budget_tokens, out, config, eval_max_batches, log):
     from mixjax.methods.online_callback import OnlineMethodCallback
-    from mixjax.methods.prerequisites import train_prerequisites
+    from mixjax.runners.prerequisites import train_prerequisites
     from mixjax.train import run_training
 
     domains = list(data.domains)
@@ -211,7 +211,7 @@ def _online(method, method_name, options, data, budget_tokens, out, config, eval
 
 def _announce(method, method_name, n_runs, n_tokens, budget_tokens, config, log) -> None:
     """Before the first run: the tokens the whole mix trains (whole steps), its runs and the final one."""
-    from mixjax.methods.sweep import trained_tokens
+    from mixjax.runners.sweep import trained_tokens
 
     final = trained_tokens(budget_tokens, config)
     rounds = "" if final == int(budget_tokens) else (
@@ -223,7 +223,7 @@ def _announce(method, method_name, n_runs, n_tokens, budget_tokens, config, log)
 
 def run_mix(method_name: str, options: dict, data, budget_tokens: int, out, config, *,
             eval_max_batches: int | None = 4, log=print) -> dict:
-    from mixjax.methods.sweep import check_run_names, check_sweep_dir
+    from mixjax.runners.sweep import check_run_names, check_sweep_dir
 
     out = Path(out)
     domains = list(data.domains)
