@@ -264,7 +264,7 @@ def run(args) -> int:
     obs, fitted, result = fit_once(data, config, sweep, work)
     totals = obs.tokens.sum(1)
     fit_range = (float(totals.min()), float(totals.max()))
-    from mixjax.commands.optimize import table
+    from mixjax.report import table
     print(table(result))
 
     optimum = {int(b): dict(zip(domains, result.weights[i].tolist())) for i, b in enumerate(result.budgets)}

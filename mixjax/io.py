@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees a half-written file, a failure never clobbers the old one."""
+"""Atomic file writes: a reader never sees a half-written file, a failure never clobbers the old one;
+an output path checked before any work; a full disk recognised."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import re
 import tempfile
 from pathlib import Path
+
+from mixjax.errors import MixjaxError
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -30,6 +33,20 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
+
+def check_output_path(path: str | os.PathLike, flag: str, folder: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written: a file path that is an existing
+    folder (or a folder path that is a file), or one under something that is not a folder."""
+    p = Path(path)
+    if not folder and p.is_dir():
+        raise MixjaxError(f"{flag}: {path} is a folder; give the path of a file to write")
+    if folder and p.exists() and not p.is_dir():
+        raise MixjaxError(f"{flag}: {path} is a file; give the path of a folder")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise MixjaxError(f"{flag}: {parent} (in {path}) is not a folder")
+            break
 
 # ---- a full disk: how every writer (prepare, train's checkpoints) recognises one -----------------
 DISK_FULL_TEXT = re.compile(r"No space left on device|os_error_code='?%d'?\b" % errno.ENOSPC)

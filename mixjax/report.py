@@ -1,7 +1,10 @@
 """What the commands, the demo and the starter print and save: a prepared data manifest as a table;
-an `optimize` result's weights vs budget as a table and as plots (with the law's fitted curves)."""
+an `optimize` result's weights vs budget as a table and as plots (with the law's fitted curves);
+a mix's summary lines; the note on a model trained from random weights."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 def format_manifest(manifest: dict) -> str:
@@ -200,3 +203,13 @@ def mix_lines(summary: dict) -> list[str]:
             free = ", ".join(f"{d}={w:.4f}" for d, w in entry["unconstrained_weights"].items())
             lines.append(f"the data cap binds for {', '.join(entry['cap_binds'])}; without the cap: {free}")
     return lines
+
+
+def random_start_note(cfg) -> str | None:
+    """One line when the model starts from random weights (no --init, --model not a Hugging Face
+    directory): fine-tuning usually means a pre-trained base, and nothing else would say so."""
+    if cfg.init or (cfg.model and (Path(cfg.model).is_dir() or "/" in cfg.model)):
+        return None
+    return (f"model: {cfg.model or 'tiny'} from random weights (no --init); to fine-tune a pre-trained model "
+            "pass --init HF_DIR (data prepared with --tokenizer HF_DIR), or --init mixjax_demo/base after "
+            "`mixjax demo` on the bundled data")

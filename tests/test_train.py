@@ -392,7 +392,7 @@ def test_bad_input_is_one_line_error(data_dir, tmp_path, capsys, argv, message):
 
 
 def test_random_start_note_only_without_pretrained_weights(tmp_path):
-    from mixjax.commands.train import random_start_note
+    from mixjax.report import random_start_note
 
     assert random_start_note(TrainConfig(model="small")).startswith("model: small from random weights")
     assert random_start_note(TrainConfig(init=str(tmp_path))) is None          # a run or HF directory

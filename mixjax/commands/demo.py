@@ -20,8 +20,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mixjax.commands.train import enable_compilation_cache
     from mixjax.demo import QUICK, DemoProfile, run_demo
+    from mixjax.train.compilation_cache import enable_compilation_cache
 
     enable_compilation_cache()
 

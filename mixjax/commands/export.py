@@ -38,7 +38,7 @@ def _weights_path(text: str) -> str:
 
 
 def _describe(source: dict | None, weights_text: str) -> str:
-    from mixjax.commands.train import tokens_text
+    from mixjax.token_counts import tokens_text
 
     budget = source.get("budget") if source else None
     return f"mixjax export of {weights_text}" + (f" (optimised for {tokens_text(budget)} tokens)" if budget else "")
@@ -99,10 +99,10 @@ def datasets_snippet(weights: dict[str, float], header: str, data_dir: str | Non
 
 
 def run(args) -> int:
-    from mixjax.commands.fit import check_output_path
-    from mixjax.commands.train import parse_tokens, weights_and_source
+    from mixjax.commands.train import weights_and_source
     from mixjax.errors import MixjaxError
-    from mixjax.io import write_text_atomic
+    from mixjax.io import check_output_path, write_text_atomic
+    from mixjax.token_counts import parse_tokens
 
     if args.out:
         check_output_path(args.out, "--out")

@@ -21,8 +21,7 @@ def register(subparsers) -> None:
                         help="Huber loss with this delta (the paper uses 1e-3); default least squares")
     parser.add_argument("--token-unit", type=float, default=1e6, metavar="N",
                         help="tokens per unit inside the law (default 1e6, as in the paper)")
-    from mixjax.commands.flags import add_budget_argument
-    from mixjax.commands.optimize import add_data_arguments
+    from mixjax.commands.flags import add_budget_argument, add_data_arguments
 
     add_budget_argument(parser, "budget (tokens) for bootstrap intervals of the optimal weights",
                         repeatable=True, required=False)
@@ -43,33 +42,6 @@ def register(subparsers) -> None:
                         help="where --validate writes run, measured_<d>, predicted_<d> (default: --out "
                              "with .validation.csv in place of .json)")
     parser.set_defaults(func=run)
-
-
-def parse_budgets(values: list[str]) -> list[float]:
-    """Budgets from strings like 5e6, 5M or 500k; a one-line error for anything else."""
-    from mixjax.commands.flags import parse_budget_values
-
-    return parse_budget_values(values)
-
-
-def check_output_path(path: str, flag: str, folder: bool = False) -> None:
-    """Refuse, before any work, an output that cannot be written: a file path that is an existing
-    folder (or a folder path that is a file), or one under something that is not a folder."""
-    from pathlib import Path
-
-    from mixjax.errors import MixjaxError
-
-    p = Path(path)
-    if not folder and p.is_dir():
-        raise MixjaxError(f"{flag}: {path} is a folder; give the path of a file to write")
-    if folder and p.exists() and not p.is_dir():
-        raise MixjaxError(f"{flag}: {path} is a file; give the path of a folder")
-    for parent in p.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise MixjaxError(f"{flag}: {parent} (in {path}) is not a folder")
-            break
-
 
 
 def unique_tokens(law, caps: dict, domains) -> dict | None:
@@ -94,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
 
     from mixjax import laws
     from mixjax.errors import MixjaxError
+    from mixjax.commands.flags import data_caps, parse_budget_values
     from mixjax.fit import FitOptions, fit
+    from mixjax.io import check_output_path
     from mixjax.observations import read_csv
 
     check_output_path(args.out, "--out")
@@ -104,11 +78,10 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(validate_out, "--validate-out")
     elif args.validate_out:
         raise MixjaxError("--validate-out needs --validate CSV")
-    from mixjax.commands.optimize import data_caps
     from mixjax.optimize import check_budgets, weight_bounds
 
     law = laws.get(args.law)
-    budgets = list(check_budgets(parse_budgets(args.budget_tokens))) if args.budget_tokens else []
+    budgets = list(check_budgets(parse_budget_values(args.budget_tokens))) if args.budget_tokens else []
     if args.starts < 1:
         raise MixjaxError(f"--starts: must be at least 1, got {args.starts}")
     obs = read_csv(args.observations)

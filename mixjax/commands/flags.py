@@ -3,18 +3,22 @@
 `train`, `sweep` and `mix` take a flag for each `TrainConfig` field, made from the field: its name
 (--batch-size), type, default, choices and help. SPECIAL holds the few that differ (--bf16 besides
 --compute-dtype, --mesh D,F,T, --quiet, ...). `flag_name` is the flag an error's setting is shown as
-(library errors name settings, `mixjax.errors`).
+(library errors name settings, `mixjax.errors`). Below them, the flags several commands share:
+--budget-tokens, the data cap (--data, --available, --max-epochs) and NAME=NUMBER lists.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 from typing import Any, Callable
 
 from mixjax.commands.method_options import OPTION_TARGETS
+from mixjax.errors import MixjaxError
 from mixjax.plan import parse_mesh  # the one --mesh parser (sizes >= 1, at most one -1); no jax import
+from mixjax.token_counts import parse_tokens, tokens_value
 from mixjax.train.config import TrainConfig
 
 UNSET = object()  # a flag not given: its field keeps TrainConfig's default
@@ -185,6 +189,58 @@ def add_budget_argument(p: argparse.ArgumentParser, help: str, *, repeatable: bo
 
 def parse_budget_values(values) -> list[float]:
     """The budgets given to --budget-tokens, parsed as `train` parses its budget; one-line errors."""
-    from mixjax.commands.train import parse_tokens
-
     return [float(parse_tokens(v, "--budget-tokens")) for v in ([values] if isinstance(values, str) else values)]
+
+
+def add_data_arguments(parser) -> None:
+    """--data, --available and --max-epochs: the cap tokens_i <= train tokens_i x max_epochs."""
+    from mixjax.optimize import DEFAULT_MAX_EPOCHS
+
+    parser.add_argument("--data", metavar="DIR",
+                        help="prepared data directory: cap each domain's tokens at its training tokens x "
+                             "--max-epochs, and report each domain's passes at the budget")
+    parser.add_argument("--available", action="append", default=[], metavar="D=TOKENS",
+                        help="tokens of a domain that exist (overrides --data's count for that domain); repeatable")
+    parser.add_argument("--max-epochs", type=float, default=None, metavar="E",
+                        help=f"most passes over a domain's training tokens, with --data or --available "
+                             f"(default {DEFAULT_MAX_EPOCHS:g}, as `train`)")
+
+
+def data_caps(args, domains: list[str], what: str = "the law's") -> dict:
+    """`optimize`'s available/max_epochs from --data, --available and --max-epochs (one-line errors:
+    a data directory whose domains differ from `domains`, --max-epochs without data)."""
+    from mixjax.optimize import DEFAULT_MAX_EPOCHS
+
+    available = {}
+    if args.data:
+        from mixjax.data.prepared import PreparedData
+
+        data = PreparedData(args.data)
+        if sorted(data.domains) != sorted(domains):
+            raise MixjaxError(f"--data {args.data}: its domains {list(data.domains)} differ from {what} "
+                              f"domains {list(domains)}")
+        available = {d: float(n) for d, n in data.train_tokens().items()}
+    available.update(parse_assignments(args.available, "--available", tokens=True))
+    if args.max_epochs is not None:
+        if not available:
+            raise MixjaxError("--max-epochs needs --data (or --available: the tokens each domain has)")
+        if not (math.isfinite(args.max_epochs) and args.max_epochs > 0):
+            raise MixjaxError(f"--max-epochs must be a finite number > 0, got {args.max_epochs}")
+    if not available:
+        return {}
+    return {"available": available,
+            "max_epochs": DEFAULT_MAX_EPOCHS if args.max_epochs is None else float(args.max_epochs)}
+
+
+def parse_assignments(values: list[str], flag: str, tokens: bool = False) -> dict[str, float]:
+    """NAME=NUMBER pairs (`tokens`: NUMBER as 5M, 500k or 2e7); one-line errors name the flag."""
+    out = {}
+    for v in values:
+        name, sep, number = v.partition("=")
+        if not sep or not name:
+            raise MixjaxError(f"{flag}: expected NAME=NUMBER, got {v!r}")
+        try:
+            out[name] = tokens_value(number) if tokens else float(number)
+        except ValueError:
+            raise MixjaxError(f"{flag}: {name}: not a number: {number!r}") from None
+    return out

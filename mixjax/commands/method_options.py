@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mixjax.errors import MixjaxError
+from mixjax.token_counts import parse_tokens
 
 # flag dest -> (methods it applies to, constructor keyword)
 OPTION_TARGETS = {
@@ -71,8 +72,6 @@ class _OptionsOf:
 
 
 def _tokens(text: str) -> int:
-    from mixjax.commands.train import parse_tokens
-
     try:
         return parse_tokens(text, "tokens")
     except MixjaxError as e:
@@ -173,8 +172,6 @@ def method_options(args) -> dict:
             flag = "--" + dest.replace("_", "-")
             raise MixjaxError(f"{flag} does not apply to --method {args.method} (only {', '.join(methods)})")
         if dest == "design_budget":
-            from mixjax.commands.train import parse_tokens
-
             value = parse_tokens(str(value), "--design-budget")
         options[keyword] = value
     return options

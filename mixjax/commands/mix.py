@@ -24,12 +24,14 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from mixjax.commands.fit import check_output_path
     from mixjax.commands.method_options import method_options
-    from mixjax.commands.train import (enable_compilation_cache, parse_tokens, random_start_note,
-                                       train_config_from_args)
+    from mixjax.commands.train import train_config_from_args
     from mixjax.data.prepared import PreparedData
+    from mixjax.io import check_output_path
+    from mixjax.report import random_start_note
     from mixjax.runners.mix import run_mix
+    from mixjax.token_counts import parse_tokens
+    from mixjax.train.compilation_cache import enable_compilation_cache
 
     options = method_options(args)
     budget = parse_tokens(args.budget_tokens, "--budget-tokens")

@@ -46,11 +46,11 @@ def run(args) -> int:
     import math
 
     from mixjax import adaptive, laws
-    from mixjax.commands.fit import check_output_path
-    from mixjax.commands.train import parse_tokens
     from mixjax.errors import MixjaxError
     from mixjax.fit import FitOptions
+    from mixjax.io import check_output_path
     from mixjax.observations import read_csv
+    from mixjax.token_counts import parse_tokens
 
     check_output_path(args.out, "--out")
     adaptive.should_stop([0.0], args.tolerance)  # checks --tolerance before any work

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-# experiments/budget_sweep.py and notebooks/quickstart.ipynb import `table` from here
-from mixjax.report import plot, table
-
 DESCRIPTION = """Weights on the simplex that minimise the law's total predicted loss at each budget
 (tokens). Optional per-domain weight bounds and, with --data DIR (or --available), a cap from the
 data that exists: tokens_i <= training tokens_i x --max-epochs. Prints a table of weights vs budget
@@ -16,7 +13,7 @@ each budget lies past the runs the law was fitted on; --plot saves fitted curves
 
 
 def register(subparsers) -> None:
-    from mixjax.commands.flags import add_budget_argument
+    from mixjax.commands.flags import add_budget_argument, add_data_arguments
 
     parser = subparsers.add_parser(
         "optimize", help="optimal mixture weights from a law file", description=DESCRIPTION
@@ -34,74 +31,14 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def add_data_arguments(parser) -> None:
-    """--data, --available and --max-epochs: the cap tokens_i <= train tokens_i x max_epochs."""
-    from mixjax.optimize import DEFAULT_MAX_EPOCHS
-
-    parser.add_argument("--data", metavar="DIR",
-                        help="prepared data directory: cap each domain's tokens at its training tokens x "
-                             "--max-epochs, and report each domain's passes at the budget")
-    parser.add_argument("--available", action="append", default=[], metavar="D=TOKENS",
-                        help="tokens of a domain that exist (overrides --data's count for that domain); repeatable")
-    parser.add_argument("--max-epochs", type=float, default=None, metavar="E",
-                        help=f"most passes over a domain's training tokens, with --data or --available "
-                             f"(default {DEFAULT_MAX_EPOCHS:g}, as `train`)")
-
-
-def data_caps(args, domains: list[str], what: str = "the law's") -> dict:
-    """`optimize`'s available/max_epochs from --data, --available and --max-epochs (one-line errors:
-    a data directory whose domains differ from `domains`, --max-epochs without data)."""
-    import math
-
-    from mixjax.errors import MixjaxError
-    from mixjax.optimize import DEFAULT_MAX_EPOCHS
-
-    available = {}
-    if args.data:
-        from mixjax.data.prepared import PreparedData
-
-        data = PreparedData(args.data)
-        if sorted(data.domains) != sorted(domains):
-            raise MixjaxError(f"--data {args.data}: its domains {list(data.domains)} differ from {what} "
-                              f"domains {list(domains)}")
-        available = {d: float(n) for d, n in data.train_tokens().items()}
-    available.update(parse_assignments(args.available, "--available", tokens=True))
-    if args.max_epochs is not None:
-        if not available:
-            raise MixjaxError("--max-epochs needs --data (or --available: the tokens each domain has)")
-        if not (math.isfinite(args.max_epochs) and args.max_epochs > 0):
-            raise MixjaxError(f"--max-epochs must be a finite number > 0, got {args.max_epochs}")
-    if not available:
-        return {}
-    return {"available": available,
-            "max_epochs": DEFAULT_MAX_EPOCHS if args.max_epochs is None else float(args.max_epochs)}
-
-
-def parse_assignments(values: list[str], flag: str, tokens: bool = False) -> dict[str, float]:
-    """NAME=NUMBER pairs (`tokens`: NUMBER as 5M, 500k or 2e7); one-line errors name the flag."""
-    from mixjax.errors import MixjaxError
-
-    out = {}
-    for v in values:
-        name, sep, number = v.partition("=")
-        if not sep or not name:
-            raise MixjaxError(f"{flag}: expected NAME=NUMBER, got {v!r}")
-        try:
-            mult = {"k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}.get(number[-1:].lower(), 1) if tokens else 1
-            out[name] = float(number[:-1] if mult != 1 else number) * mult
-        except ValueError:
-            raise MixjaxError(f"{flag}: {name}: not a number: {number!r}") from None
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
-    from mixjax.commands.fit import check_output_path
-    from mixjax.commands.flags import parse_budget_values
+    from mixjax.commands.flags import data_caps, parse_assignments, parse_budget_values
     from mixjax.errors import MixjaxError
-    from mixjax.io import write_json_atomic
+    from mixjax.io import check_output_path, write_json_atomic
     from mixjax.laws import load_law_file
     from mixjax.observations import read_csv
     from mixjax.optimize import check_budgets, extrapolation_line, optimize
+    from mixjax.report import plot, table
 
     check_output_path(args.out, "--out")
     if args.plot:

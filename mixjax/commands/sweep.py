@@ -28,14 +28,16 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from mixjax.commands.fit import check_output_path
     from mixjax.commands.method_options import method_options
-    from mixjax.commands.train import (enable_compilation_cache, parse_tokens, random_start_note,
-                                       train_config_from_args)
+    from mixjax.commands.train import train_config_from_args
     from mixjax.data.prepared import PreparedData
     from mixjax.errors import MixjaxError
+    from mixjax.io import check_output_path
     from mixjax.methods import get
+    from mixjax.report import random_start_note
     from mixjax.runners.sweep import RunList, parse_shard, read_run_list, run_sweep
+    from mixjax.token_counts import parse_tokens
+    from mixjax.train.compilation_cache import enable_compilation_cache
 
     options = method_options(args)
     shard = parse_shard(args.shard)

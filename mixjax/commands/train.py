@@ -11,6 +11,7 @@ from mixjax.commands.flags import add_checkpoint_arguments, add_train_arguments,
 from mixjax.errors import MixjaxError
 from mixjax.io import write_json_atomic
 from mixjax.observations import weights_in_file
+from mixjax.token_counts import parse_tokens, tokens_text
 
 
 def parse_weights(text: str | None, flag: str = "--weights", budget: int | None = None,
@@ -60,10 +61,6 @@ def weights_and_source(text: str | None, flag: str = "--weights", budget: int | 
     return weights, source
 
 
-def tokens_text(budget) -> str:
-    return f"{int(budget):,}" if float(budget).is_integer() else f"{float(budget):,g}"
-
-
 def result_for_budget(obj, budget: int | None, where: str, *, exact: bool = False,
                       warn=print) -> tuple[dict, float | None]:
     """(weights, the result's budget) of a parsed weights file for `budget` tokens. A file of
@@ -106,19 +103,6 @@ def describe_weights(weights: dict[str, float], source: dict | None) -> str:
     origin = source["file"] + (f", optimised for {tokens_text(source['budget'])} tokens"
                                if source.get("budget") is not None else "")
     return f"weights: {shown} (from {origin})"
-
-
-def parse_tokens(text: str, flag: str) -> int:
-    try:
-        mult = {"k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}.get(text[-1:].lower(), 1)
-        value = float(text[:-1] if mult != 1 else text) * mult
-    except ValueError:
-        raise MixjaxError(f"{flag}: expected a number of tokens (e.g. 5e6 or 5M), got {text!r}") from None
-    if not math.isfinite(value):
-        raise MixjaxError(f"{flag}: expected a finite number of tokens (e.g. 5e6 or 5M), got {text!r}")
-    if value <= 0:
-        raise MixjaxError(f"{flag}: must be positive")
-    return int(value)
 
 
 def check_number(flag: str, value: float, *, minimum: float = 0.0, strict: bool = False) -> None:
@@ -180,32 +164,11 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def random_start_note(cfg) -> str | None:
-    """One line when the model starts from random weights (no --init, --model not a Hugging Face
-    directory): fine-tuning usually means a pre-trained base, and nothing else would say so."""
-    if cfg.init or (cfg.model and (Path(cfg.model).is_dir() or "/" in cfg.model)):
-        return None
-    return (f"model: {cfg.model or 'tiny'} from random weights (no --init); to fine-tune a pre-trained model "
-            "pass --init HF_DIR (data prepared with --tokenizer HF_DIR), or --init mixjax_demo/base after "
-            "`mixjax demo` on the bundled data")
-
-
-def enable_compilation_cache() -> None:
-    """Keep compiled steps on disk (MIXJAX_JAX_CACHE, default ~/.cache/mixjax/jax; empty = off),
-    so repeated `mixjax train` runs of one shape skip most of the compilation."""
-    import os
-
-    import jax
-
-    path = os.environ.get("MIXJAX_JAX_CACHE", os.path.expanduser("~/.cache/mixjax/jax"))
-    if path and not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", path)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
 def run(args) -> int:
     from mixjax.data.prepared import PreparedData
+    from mixjax.report import random_start_note
     from mixjax.train import FINAL_CHECKPOINT_ONLY, run_training
+    from mixjax.train.compilation_cache import enable_compilation_cache
 
     check_output_dir(args.out, "--out")
     if args.export_hf:
