@@ -58,7 +58,7 @@ def main() -> None:
             runs = []
             for _ in range(args.repeats):
                 sampler = MixtureSampler(data, {"dialogue": 0.4, "math": 0.3, "code": 0.3}, batch_size=batch,
-                                         seq_len=seq, budget_tokens=2_000_000, seed=0)
+                                         seq_len=seq, num_steps=2_000_000 // (batch * seq), seed=0)
                 _, wall, cpu = timed(lambda: sum(1 for _ in sampler))
                 runs.append({"tokens": sampler.num_steps * batch * seq, "seconds": wall, "cpu_cores_busy": cpu / wall})
             sampler_runs[f"{batch}x{seq}"] = runs

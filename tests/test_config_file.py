@@ -130,6 +130,38 @@ def test_train_config_sections_round_trip():
         TrainConfig.from_sections({"optimizer": {"nonsense": 1}})
 
 
+@pytest.mark.parametrize("values,message", [
+    ({"lr": float("nan")}, "`lr` must be a finite number > 0, got nan"),
+    ({"max_epochs": 0}, "`max_epochs` must be a finite number > 0, got 0"),
+    ({"clip_norm": -1.0}, "`clip_norm` must be a finite number >= 0, got -1.0"),
+    ({"seq_len": 0}, "`seq_len` must be >= 1"),
+    ({"eval_every": -1}, "`eval_every` must be >= 0 (0: at the end)"),
+    ({"checkpoint_every": -2}, "`checkpoint_every` must be >= 0 (0: none)"),
+])
+def test_train_config_refuses_a_bad_value_at_construction(values, message):
+    """TrainConfig checks itself: a Python user hears of a bad value when making the config, in the
+    words the command line shows with the setting's flag."""
+    from mixjax.commands.flags import flag_name
+    from mixjax.errors import MixjaxError
+    from mixjax.train import TrainConfig
+
+    with pytest.raises(MixjaxError) as caught:
+        TrainConfig(**values)
+    assert caught.value.args[0] == message
+    setting = next(iter(values))
+    assert caught.value.render(flag_name) == message.replace(f"`{setting}`", "--" + setting.replace("_", "-"))
+    assert TrainConfig(clip_norm=None).clip_norm is None  # None: clipping off, not a bad number
+
+
+def test_steps_for_counts_whole_batches():
+    """The one rule from a budget to steps: whole batches of batch_size x seq_len, rounded down."""
+    from mixjax.train import TrainConfig
+
+    config = TrainConfig(batch_size=4, seq_len=32)
+    assert [config.steps_for(b) for b in (127, 128, 1279, 1280, 1280.9)] == [0, 1, 9, 10, 10]
+    assert config.run_steps(1280) == 10 and config.batch_tokens == 128
+
+
 def test_flags_left_out_give_train_config_defaults():
     """Each default is TrainConfig's: the flags of train, sweep and mix, given nothing, make TrainConfig()."""
     from mixjax.commands.train import train_config_from_args

@@ -34,9 +34,13 @@ def _letters_of(domain_index):
     return set(template.tolist()) | {ord(c), ord(c.upper())} | set(range(ord("0"), ord("9") + 1))
 
 
-def _sampler(data, weights, **kw):
-    kw = {"batch_size": 4, "seq_len": 32, "budget_tokens": 128 * 60, "seed": 0, **kw}
-    return MixtureSampler(data, weights, **kw)
+def _sampler(data, weights, budget_tokens=128 * 60, **kw):
+    """The sampler of a run of `budget_tokens`, its steps counted as the trainer counts them."""
+    from mixjax.train.config import TrainConfig
+
+    kw = {"batch_size": 4, "seq_len": 32, "seed": 0, **kw}
+    steps = TrainConfig(batch_size=kw["batch_size"], seq_len=kw["seq_len"]).run_steps(budget_tokens)
+    return MixtureSampler(data, weights, num_steps=steps, **kw)
 
 
 def _same(b1, b2):
@@ -88,7 +92,7 @@ def test_one_epoch_delivers_every_training_token_once(data):
     source = data.split("a", "train")
     expected = np.bincount(np.concatenate([source[i]["tokens"] for i in range(len(source))]), minlength=259)
     n = int(expected.sum())
-    s = MixtureSampler(data, {"a": 1.0}, batch_size=1, seq_len=n, budget_tokens=n, seed=3)
+    s = MixtureSampler(data, {"a": 1.0}, batch_size=1, seq_len=n, num_steps=1, seed=3)
     batch = s.next_batch()
     np.testing.assert_array_equal(np.bincount(batch.tokens_BxL.ravel(), minlength=259), expected)
     loss_tokens = sum(int(source[i]["loss_mask"].sum()) for i in range(len(source)))
@@ -174,7 +178,7 @@ def test_budget_smaller_than_one_batch(data):
 
 
 def test_token_budgets(data):
-    s = MixtureSampler.from_token_budgets(data, {"a": 96 * 10, "b": 32 * 10}, batch_size=4, seq_len=32)
+    s = _sampler(data, {"a": 0.75, "b": 0.25}, budget_tokens=96 * 10 + 32 * 10, batch_size=4, seq_len=32)
     assert s.num_steps == 10
     assert s.tokens_consumed == {c: 0 for c in LETTERS}
     total = sum(b.tokens_per_domain for b in s)
@@ -251,13 +255,12 @@ def test_train_subset_draws_a_seeded_nested_part_of_each_domain_and_repeats_it(d
     assert not np.array_equal(quarter, subset_indices(len(source), 0.25, 8, 0))
     expected = np.bincount(np.concatenate([source[int(i)]["tokens"] for i in quarter]), minlength=259)
     n = int(expected.sum())
-    s = MixtureSampler(data, {"a": 1.0}, batch_size=1, seq_len=n, budget_tokens=2 * n, seed=7,
-                       train_subset=0.25)
+    s = _sampler(data, {"a": 1.0}, batch_size=1, seq_len=n, budget_tokens=2 * n, seed=7, train_subset=0.25)
     assert s.unique_tokens["a"] == n < data.train_tokens()["a"] / 2
     for _ in range(2):  # two passes over the subset, nothing else
         np.testing.assert_array_equal(np.bincount(s.next_batch().tokens_BxL.ravel(), minlength=259), expected)
     with pytest.raises(MixjaxError, match=rf"budget_tokens: domain 'a' needs .* has {n:,} training tokens in its train_subset=0.25 x max_epochs=2"):
-        MixtureSampler(data, {"a": 1.0}, batch_size=1, seq_len=n, budget_tokens=3 * n, seed=7,
-                       train_subset=0.25, max_epochs=2)
+        _sampler(data, {"a": 1.0}, batch_size=1, seq_len=n, budget_tokens=3 * n, seed=7, train_subset=0.25,
+                 max_epochs=2)
     with pytest.raises(MixjaxError, match=r"^train_subset: must be a fraction in \(0, 1\], got 0"):
         _sampler(data, {"a": 1.0}, train_subset=0)

@@ -157,7 +157,7 @@ def test_batches_are_those_drawn_after_the_callbacks(data, tmp_path):
     from mixjax.data.sampler import MixtureSampler
 
     start, changes, steps = {"a": 0.6, "b": 0.4}, {2: {"c": 1.0}, 5: {"a": 0.2, "b": 0.3, "c": 0.5}}, 8
-    replay = MixtureSampler(data, start, batch_size=8, seq_len=64, budget_tokens=steps * BATCH, seed=0)
+    replay = MixtureSampler(data, start, batch_size=8, seq_len=64, num_steps=steps, seed=0)
     expected = {}
     for step in range(1, steps + 1):
         expected[step] = replay.next_batch().tokens_BxL

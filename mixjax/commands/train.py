@@ -105,13 +105,6 @@ def describe_weights(weights: dict[str, float], source: dict | None) -> str:
     return f"weights: {shown} (from {origin})"
 
 
-def check_number(flag: str, value: float, *, minimum: float = 0.0, strict: bool = False) -> None:
-    """A one-line error unless value is finite and >= minimum (> minimum when strict)."""
-    if not (math.isfinite(value) and (value > minimum if strict else value >= minimum)):
-        bound = f"{'>' if strict else '>='} {minimum:g}"
-        raise MixjaxError(f"{flag} must be a finite number {bound}, got {value}")
-
-
 def check_output_dir(path: str | Path, flag: str) -> None:
     """Refuse an output directory that is an existing file, or lies under one (before any work)."""
     path = Path(path)
@@ -124,21 +117,9 @@ def check_output_dir(path: str | Path, flag: str) -> None:
 
 
 def train_config_from_args(args):
-    """The TrainConfig of the parsed flags (mixjax.commands.flags), checked first."""
+    """The TrainConfig of the parsed flags (mixjax.commands.flags); it checks its own values."""
     from mixjax.train import TrainConfig
 
-    for flag, v in (("--batch-size", args.batch_size), ("--seq-len", args.seq_len), ("--grad-accum", args.grad_accum)):
-        if v < 1:
-            raise MixjaxError(f"{flag} must be >= 1")
-    check_number("--lr", args.lr, strict=True)
-    check_number("--max-epochs", args.max_epochs, strict=True)
-    for flag, v in (("--warmup", args.warmup), ("--final-lr-ratio", args.final_lr_ratio),
-                    ("--weight-decay", args.weight_decay), ("--clip-norm", args.clip_norm)):
-        check_number(flag, v)
-    if args.eval_every < 0:
-        raise MixjaxError("--eval-every must be >= 0 (0: at the end)")
-    if getattr(args, "checkpoint_every", 0) < 0:
-        raise MixjaxError("--checkpoint-every must be >= 0 (0: none)")
     return TrainConfig(**config_values(args))
 
 

@@ -156,19 +156,19 @@ class MixtureSampler:
     """Packed [batch_size, seq_len] batches mixing the domains of `data` by `weights`."""
 
     def __init__(self, data: PreparedData, weights, *, batch_size: int, seq_len: int,
-                 budget_tokens: int, seed: int = 0, max_epochs: float = 10, train_subset: float = 1.0):
+                 num_steps: int, seed: int = 0, max_epochs: float = 10, train_subset: float = 1.0):
+        """`num_steps`: the batches of the run, as the trainer counts them (`TrainConfig.run_steps`)."""
         if batch_size < 1 or seq_len < 2:
             raise MixjaxError("`batch_size` must be >= 1 and `seq_len` >= 2")
         if max_epochs <= 0:
             raise MixjaxError("`max_epochs` must be positive")
+        if num_steps < 1:
+            raise MixjaxError(f"`num_steps` must be >= 1, got {num_steps}")
         self.data, self.domains = data, data.domains
         self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
         self.max_epochs = max_epochs
         self.batch_tokens = batch_size * seq_len
-        self.num_steps = int(budget_tokens) // self.batch_tokens
-        if self.num_steps < 1:
-            raise MixjaxError(f"`budget_tokens` {budget_tokens} is smaller than one batch "
-                              f"({batch_size} x {seq_len} = {self.batch_tokens} tokens)")
+        self.num_steps = int(num_steps)
         self.weights = check_weights(weights, self.domains)
         # train_subset < 1: each domain repeats as often as a run train_subset^-1 times larger will
         sources, self._available = subset_training_data(data, train_subset, seed)
@@ -178,14 +178,6 @@ class MixtureSampler:
         self.step = 0
         self._target = np.zeros(len(self.domains), np.float64)   # cumulative tokens owed
         self._delivered = np.zeros(len(self.domains), np.int64)  # cumulative tokens given
-
-    @classmethod
-    def from_token_budgets(cls, data: PreparedData, budgets: Mapping[str, int], **kwargs):
-        """Weights and total budget from per-domain token counts."""
-        total = sum(budgets.values())
-        if total <= 0:
-            raise MixjaxError("token budgets must add up to a positive number")
-        return cls(data, {d: n / total for d, n in budgets.items()}, budget_tokens=total, **kwargs)
 
     def _check_budget(self) -> None:
         total = self.num_steps * self.batch_tokens

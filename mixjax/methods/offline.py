@@ -189,7 +189,7 @@ class Li2025(_LawMethod):
         With `along_run`: a constant learning rate after warm-up (every evaluation is then a valid
         point of the loss against tokens) and `along_run` evaluations, each an observation. With
         `target_budget` T: each domain cut to run budget / T of its training examples."""
-        steps = max(1, int(run.budget_tokens) // (config.batch_size * config.seq_len))
+        steps = max(1, config.steps_for(run.budget_tokens))
         if self.along_run:
             config = dataclasses.replace(config, schedule="constant", eval_every=max(1, steps // self.along_run),
                                          select_best=False)

@@ -244,8 +244,7 @@ def run_sweep(method, method_name: str, options: dict, data, budget_tokens: int,
 
 def trained_tokens(budget_tokens: int, config) -> int:
     """The tokens a run of `budget_tokens` really trains: whole steps of batch_size x seq_len."""
-    step = config.batch_size * config.seq_len
-    return int(budget_tokens) // step * step
+    return config.steps_for(budget_tokens) * config.batch_tokens
 
 
 def _duration(seconds: float) -> str:
@@ -259,7 +258,7 @@ def announce_runs(todo, config, log, what: str = "run(s)") -> None:
     trained = sum(trained_tokens(r.budget_tokens, config) for r in todo)
     rounding = "" if asked == trained else (
         f" (budgets round down to whole steps of {config.batch_size} x {config.seq_len} = "
-        f"{config.batch_size * config.seq_len:,} tokens: {asked:,} asked)")
+        f"{config.batch_tokens:,} tokens: {asked:,} asked)")
     log(f"{len(todo)} {what} to train: {trained:,} tokens{rounding}")
 
 

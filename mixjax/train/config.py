@@ -9,6 +9,7 @@ nested view, {section: {field: value}}, and `from_sections` takes it back.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping
 
 from mixjax.errors import MixjaxError
@@ -28,6 +29,13 @@ def setting(default, section: str, help: str | None = None, **more) -> Any:
     if isinstance(default, dict):
         return dataclasses.field(default_factory=lambda: dict(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def check_number(setting: str, value: float, *, minimum: float = 0.0, strict: bool = False) -> None:
+    """A one-line error naming `setting` unless value is finite and >= minimum (> minimum when strict)."""
+    if not (math.isfinite(value) and (value > minimum if strict else value >= minimum)):
+        bound = f"{'>' if strict else '>='} {minimum:g}"
+        raise MixjaxError(f"`{setting}` must be a finite number {bound}, got {value}")
 
 
 @dataclasses.dataclass
@@ -81,6 +89,40 @@ class TrainConfig:
     progress: bool = setting(True, "execution", "show a progress bar")
     model_overrides: dict[str, Any] = setting({}, "model", "ModelConfig fields set for this run (attention, "
                                                            "remat, scan_layers)")
+
+    def __post_init__(self):
+        """Refuse a bad value at construction: one line naming the setting (the command line shows
+        its flag, e.g. "--lr must be a finite number > 0, got nan")."""
+        for name in ("batch_size", "seq_len", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise MixjaxError(f"`{name}` must be >= 1")
+        check_number("lr", self.lr, strict=True)
+        check_number("max_epochs", self.max_epochs, strict=True)
+        for name in ("warmup", "final_lr_ratio", "weight_decay", "clip_norm"):
+            if getattr(self, name) is not None:  # clip_norm None: off
+                check_number(name, getattr(self, name))
+        if self.eval_every < 0:
+            raise MixjaxError("`eval_every` must be >= 0 (0: at the end)")
+        if self.checkpoint_every < 0:
+            raise MixjaxError("`checkpoint_every` must be >= 0 (0: none)")
+
+    @property
+    def batch_tokens(self) -> int:
+        """Tokens of one step: batch_size x seq_len."""
+        return self.batch_size * self.seq_len
+
+    def steps_for(self, budget_tokens) -> int:
+        """The steps a run of `budget_tokens` trains: whole batches, rounded down (0 below one
+        batch, which `run_steps` refuses). The one rule from a budget to steps."""
+        return int(budget_tokens) // self.batch_tokens
+
+    def run_steps(self, budget_tokens) -> int:
+        """`steps_for(budget_tokens)` for a run about to train: a budget under one batch is a one-line error."""
+        steps = self.steps_for(budget_tokens)
+        if steps < 1:
+            raise MixjaxError(f"`budget_tokens` {budget_tokens} is smaller than one batch "
+                              f"({self.batch_size} x {self.seq_len} = {self.batch_tokens} tokens)")
+        return steps
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

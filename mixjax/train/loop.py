@@ -420,7 +420,7 @@ class _Run:
                             "weights": [float(w) for w in np.asarray(self.sampler.weights)],
                             **({} if self.ctx.loss_weights is None else
                                {"loss_weights": [float(w) for w in np.asarray(self.ctx.loss_weights)]})})
-        progress.update(info.loss, self.cfg.batch_size * self.cfg.seq_len / dt)
+        progress.update(info.loss, self.cfg.batch_tokens / dt)
         for cb in self.callbacks:
             cb.on_step(self.ctx, info)
         last = step + 1 == num_steps
@@ -441,8 +441,7 @@ def _result(run: _Run, num_steps: int, domains, mesh, t_start: float) -> dict:
     consumed = getattr(sampler, "tokens_consumed", None)
     timings = record.timings
     timings["total_s"] = time.perf_counter() - t_start
-    batch_tokens = cfg.batch_size * cfg.seq_len
-    timings["tokens_per_s"] = (timings["timed_steps"] * batch_tokens / timings["train_s"]
+    timings["tokens_per_s"] = (timings["timed_steps"] * cfg.batch_tokens / timings["train_s"]
                                if timings["train_s"] else None)
     return {
         "tokens": dict(consumed) if consumed else {d: int(t) for d, t in zip(domains, record.seen_tokens)},
@@ -482,17 +481,14 @@ def _run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out
     meshlib.maybe_initialize_distributed()
     mcfg, init_src = resolve_model_config(cfg, getattr(data, "vocab_size", None),
                                           getattr(data, "manifest", {}).get("tokenizer"))
+    num_steps = cfg.run_steps(budget_tokens)
     if sampler is None:
         from mixjax.data.sampler import MixtureSampler
         sampler = MixtureSampler(data, weights, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
-                                 budget_tokens=budget_tokens, seed=cfg.seed, max_epochs=cfg.max_epochs,
+                                 num_steps=num_steps, seed=cfg.seed, max_epochs=cfg.max_epochs,
                                  train_subset=cfg.train_subset)
     if validation_fn is None:
         from mixjax.data.sampler import validation_batches as validation_fn
-    num_steps = int(sampler.num_steps)
-    if cfg.batch_size * cfg.seq_len > int(budget_tokens) or num_steps < 1:
-        raise MixjaxError(f"`budget_tokens` {budget_tokens} is smaller than one batch "
-                          f"({cfg.batch_size} x {cfg.seq_len} tokens)")
     note_late_responses(data, cfg.seq_len)
     initial_weights = [float(w) for w in np.asarray(sampler.weights)]
     mesh = meshlib.make_mesh(cfg.mesh_shape, devices)
