@@ -164,7 +164,7 @@ def test_steps_for_counts_whole_batches():
 
 def test_flags_left_out_give_train_config_defaults():
     """Each default is TrainConfig's: the flags of train, sweep and mix, given nothing, make TrainConfig()."""
-    from mixjax.commands.train import train_config_from_args
+    from mixjax.commands.flags import train_config_from_args
     from mixjax.train import TrainConfig
 
     for argv in (["train"], ["sweep", "--method", "grid"], ["mix", "--method", "grid"]):

@@ -147,6 +147,11 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of the parsed flags; it checks its own values."""
+    return TrainConfig(**config_values(args))
+
+
 def flag_sections() -> dict[str, str]:
     """Each TrainConfig flag's dest -> its field's section (for --config files)."""
     return {_dest(flag): field.metadata["section"]

@@ -24,8 +24,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from mixjax.commands.flags import train_config_from_args
     from mixjax.commands.method_options import method_options
-    from mixjax.commands.train import train_config_from_args
     from mixjax.data.prepared import PreparedData
     from mixjax.io import check_output_path
     from mixjax.report import random_start_note

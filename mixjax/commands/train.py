@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from mixjax.commands.config_file import add_config_argument, write_resolved
-from mixjax.commands.flags import add_checkpoint_arguments, add_train_arguments, config_values
+from mixjax.commands.flags import add_checkpoint_arguments, add_train_arguments, train_config_from_args
 from mixjax.errors import MixjaxError
 from mixjax.io import write_json_atomic
 from mixjax.observations import weights_in_file
@@ -114,13 +114,6 @@ def check_output_dir(path: str | Path, flag: str) -> None:
                 what = "an existing file" if p == path else f"{p} is a file"
                 raise MixjaxError(f"{flag} {path}: {what}, not a directory")
             return
-
-
-def train_config_from_args(args):
-    """The TrainConfig of the parsed flags (mixjax.commands.flags); it checks its own values."""
-    from mixjax.train import TrainConfig
-
-    return TrainConfig(**config_values(args))
 
 
 def register(subparsers) -> None:
