@@ -1,0 +1,72 @@
+"""The README's "Extending mixjax" steps, followed on a toy law and a toy method: what the README
+says to write and register is enough for the commands to take it by name."""
+
+import json
+import sys
+import types
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mixjax import laws
+from mixjax.cli import main
+
+
+class ToyParams(NamedTuple):
+    c: jax.Array  # (K,) the loss with unlimited data
+    a: jax.Array  # (K,) > 0
+
+
+def toy_law_module() -> types.ModuleType:
+    """`mixjax/laws/toy.py` as the README describes it: L_i = c_i + a_i n_i^(-1/2)."""
+    module = types.ModuleType("mixjax.laws.toy")
+
+    def domain_loss(p, tokens_K, i):
+        return p.c + p.a * tokens_K[i] ** -0.5
+
+    def random_raw(key, tokens_RxK, losses_R, weights_R, i):
+        mean = jnp.sum(weights_R * losses_R) / jnp.maximum(jnp.sum(weights_R), 1e-12)
+        return jnp.stack([mean, 0.1 * jax.random.normal(key, (), losses_R.dtype)])
+
+    module.LAW = laws.Law(
+        name="toy", params_type=ToyParams,
+        field_shapes=lambda K: {"c": (K,), "a": (K,)},
+        n_free=lambda K: 2,
+        domain_loss=domain_loss,
+        unpack=lambda raw_P, K, i: ToyParams(c=raw_P[0], a=jnp.exp(raw_P[1])),
+        pack=lambda p, K, i: jnp.stack([p.c, jnp.log(p.a)]),
+        random_raw=random_raw,
+        rescale=lambda p, r: ToyParams(c=p.c, a=p.a * r ** 0.5),
+        check=lambda fields: None if np.all(np.asarray(fields["a"]) > 0) else "params.a must be > 0",
+        uses_proportions=False,
+    )
+    return module
+
+
+def test_a_law_written_and_registered_as_the_readme_says_is_fitted_and_optimised(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "mixjax.laws.toy", toy_law_module())
+    monkeypatch.setitem(laws.LAW_MODULES, "toy", "toy")
+    c, a = np.array([1.5, 2.0, 0.8]), np.array([0.3, 0.6, 1.2])
+    rng = np.random.default_rng(0)
+    tokens = np.round(rng.uniform(0.2e6, 3e6, (8, 3)))  # whole tokens, as a CSV of runs has
+    losses = c + a * (tokens / 1e6) ** -0.5  # the law, in its default unit of 1e6 tokens
+    rows = ["run," + ",".join(f"tokens_{d}" for d in "xyz") + "," + ",".join(f"loss_{d}" for d in "xyz")]
+    rows += [f"r{r}," + ",".join(f"{t:.0f}" for t in tokens[r]) + "," + ",".join(repr(float(v)) for v in losses[r])
+             for r in range(8)]
+    (tmp_path / "runs.csv").write_text("\n".join(rows) + "\n")
+
+    assert main(["fit", "--law", "toy", "--observations", str(tmp_path / "runs.csv"), "--out",
+                 str(tmp_path / "law.json"), "--starts", "8", "--bootstrap", "0", "--no-loo"]) == 0
+    law_file = json.loads((tmp_path / "law.json").read_text())
+    assert law_file["law"] == "toy"
+    np.testing.assert_allclose(law_file["params"]["c"], c, rtol=1e-6)
+    np.testing.assert_allclose(law_file["params"]["a"], a, rtol=1e-6)
+
+    assert main(["optimize", "--law-file", str(tmp_path / "law.json"), "--budget-tokens", "4M",
+                 "--out", str(tmp_path / "weights.json")]) == 0
+    result = json.loads((tmp_path / "weights.json").read_text())["results"][0]
+    # minimising sum_i a_i (w_i B)^(-1/2) on the simplex: w_i proportional to a_i^(2/3)
+    expected = a ** (2 / 3) / np.sum(a ** (2 / 3))
+    np.testing.assert_allclose([result["weights"][d] for d in "xyz"], expected, atol=1e-4)
