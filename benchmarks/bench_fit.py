@@ -152,7 +152,8 @@ def main() -> int:
 
     from mixjax.fit import FitOptions
     from mixjax.laws import FittedLaw
-    from mixjax.testing import perturbation_design, simulate
+    from mixjax.methods.li2025_design import perturbation_design
+    from mixjax.testing import simulate
     from mixjax.optimize import optimize
 
     variants = {  # library defaults (optimised XLA), and the CLI's quick-compile setting

@@ -17,7 +17,7 @@ step size, `DoReMi(update_every=5)`). DoReMi's reference model is a short run (o
 differ); Skill-It's single-domain losses are stand-ins (likewise).
 
 (b) For 3 domains at `--budget` tokens: offline methods' proposed runs, online methods'
-prerequisite and proxy runs (`mixjax.runners.mix.planned_spend`).
+prerequisite and proxy runs (`mixjax.runners.mix.plan_runs`).
 
     python benchmarks/bench_methods.py [--steps 250] [--rounds 2] [--batch 16] [--seq 256] [--budget 5e6]
 
@@ -129,15 +129,12 @@ class Timed:
 
 
 def callback_for(name: str, reference_dir: Path, default_eval_batches: int, warmup: bool = False):
-    from mixjax.methods.online_callback import OnlineMethodCallback
-
     method_name, options, eval_batches, _ = CONFIGURATIONS[name]
     if warmup and method_name in ("doremi", "doge"):  # a short run that still compiles their update
         options = {**options, "update_every": 2}
     method = new_method(method_name, options, reference_dir)
     eval_batches = eval_batches or default_eval_batches
-    make = getattr(method, "make_callback", None)
-    return make(eval_batches) if make else OnlineMethodCallback(method, eval_max_batches=eval_batches)
+    return method.make_callback(eval_batches)
 
 
 def overhead(args, data, config, workdir: Path) -> dict:
@@ -196,13 +193,13 @@ def overhead(args, data, config, workdir: Path) -> dict:
 
 def spend(budget: int) -> dict:
     from mixjax.methods import get, is_online, names
-    from mixjax.runners.mix import planned_spend
+    from mixjax.runners.mix import plan_runs
 
     rows = {}
     for name in names():
-        method = get(name, len(DOMAINS))
-        runs, tokens = planned_spend(method, list(DOMAINS), budget)
-        proxy = bool(getattr(method, "proxy_fraction", None))
+        plan = plan_runs(get(name, len(DOMAINS)), list(DOMAINS), budget)
+        runs, tokens = plan.spend()
+        proxy = plan.proxy_tokens is not None
         rows[name] = {"kind": "online" if is_online(name) else "offline", "extra_runs": runs, "extra_tokens": tokens,
                       "extra_tokens_per_budget": tokens / budget,
                       "final_run": "separate" if proxy or not is_online(name) else "the online run"}

@@ -1,4 +1,4 @@
-"""Adaptive perturbation design (mixjax.adaptive) against li2025's fixed design, in simulation.
+"""Adaptive perturbation design (mixjax.methods.adaptive_design) against li2025's fixed design, in simulation.
 
 Ground truth: li2025 laws with random parameters (per domain C in [1.5, 4], k in [0.1, 0.8],
 alpha in [0.3, 0.7], beta in [0.2, 0.5], E in [0.5, 1.2]; token unit 1e6, the ranges of the
@@ -50,7 +50,7 @@ def random_law(K: int, rng):
 
 
 def simulate_runs(truth, runs, noise, rng):
-    from mixjax.adaptive import run_tokens
+    from mixjax.methods.adaptive_design import run_tokens
     from mixjax.testing import simulate
 
     tokens = np.array([[run_tokens(r)[d] for d in truth.domains] for r in runs])
@@ -75,7 +75,8 @@ def error(w, truth_w) -> float:
 
 
 def one_trial(K, noise, seed, tolerance, fit_options, quick, criterion="weights"):
-    from mixjax import adaptive, laws
+    from mixjax import laws
+    from mixjax.methods import adaptive_design as adaptive
     from mixjax.errors import MixjaxError
     from mixjax.methods.base import ProposedRun
     from mixjax.methods.li2025_design import perturbation_runs
@@ -275,7 +276,7 @@ def main(argv=None) -> int:
 
 
 def run(args, argv) -> int:
-    from mixjax.adaptive import should_stop
+    from mixjax.methods.adaptive_design import should_stop
     from mixjax.errors import MixjaxError
     from mixjax.fit import FitOptions
 

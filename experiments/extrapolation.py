@@ -170,7 +170,7 @@ def train_design(method, runs, data, config, out: Path):
     from mixjax.starter import cached_run
 
     for run in runs:
-        run_cfg = method.run_config(config, run) if hasattr(method, "run_config") else config
+        run_cfg = method.run_config(config, run)
         cached_run(run_cfg, data, run.weights, int(run.budget_tokens), out / "runs" / run.name)
     return observations_from_results(out, runs, data.domains)
 

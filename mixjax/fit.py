@@ -158,7 +158,7 @@ _compiled_fit = QuickCompiled(
     _fit_from_starts, ("law", "solver", "n_random", "huber_delta", "max_steps")
 )
 _compiled_first_starts = QuickCompiled(_first_starts, ("law",))
-# the optimal weights of many parameter draws in one compiled call (the bootstrap's; mixjax.adaptive's)
+# the optimal weights of many parameter draws in one compiled call (the bootstrap's; mixjax.methods.adaptive_design's)
 compiled_bootstrap_weights = QuickCompiled(_bootstrap_weights_kw, ("law",))
 
 

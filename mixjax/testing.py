@@ -1,20 +1,12 @@
 """Runs simulated from a known law, for the tests, the benchmarks and the experiments that check
-what the fit and the optimiser recover: no training, the losses are the law's plus noise."""
+what the fit and the optimiser recover: no training, the losses are the law's plus noise. (The
+runs of li2025's design as a table of tokens: `mixjax.methods.li2025_design.perturbation_design`.)"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from mixjax.observations import LI2025_FACTORS, Observations, perturbation_mixtures
-
-
-def perturbation_design(
-    domains: list[str], base_tokens: float, factors=LI2025_FACTORS
-) -> tuple[list[str], np.ndarray]:
-    """Run names and tokens (1 + K * len(factors), K) of the li2025 design (Algorithm 1)."""
-    runs = perturbation_mixtures(list(domains), base_tokens, factors)
-    tokens = [[weights[d] * budget for d in domains] for _, weights, budget in runs]
-    return [name for name, _, _ in runs], np.array(tokens, np.float64)
+from mixjax.observations import Observations
 
 
 def simulate(fitted_law, runs: list[str], tokens_RxK: np.ndarray, noise: float = 0.0, seed: int = 0):

@@ -1,4 +1,4 @@
-"""mixjax.adaptive (issue 18): the D-optimal choice against log det gains computed independently
+"""mixjax.methods.adaptive_design (issue 18): the D-optimal choice against log det gains computed independently
 (numpy, finite differences), the weight criterion (the weight Jacobian against the implicit function
 theorem, its Sherman-Morrison reductions against recomputed traces), the start design, the stopping
 rule, candidate names, the one-line errors, `mixjax next` end to end, and
@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mixjax import adaptive, laws
+from mixjax import laws
+from mixjax.methods import adaptive_design as adaptive
 from mixjax.cli import main
 from mixjax.errors import MixjaxError
 from mixjax.names import check_run_name

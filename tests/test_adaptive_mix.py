@@ -41,7 +41,7 @@ def simulated(monkeypatch):
 
 
 def _initial(sim):
-    from mixjax import adaptive
+    from mixjax.methods import adaptive_design as adaptive
     return adaptive.initial_runs(sim.truth.domains, BUDGET, OPTIONS["base_fraction"])
 
 

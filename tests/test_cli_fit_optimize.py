@@ -9,7 +9,8 @@ import yaml
 from mixjax.cli import main
 from mixjax.laws import FittedLaw
 from mixjax.observations import write_csv
-from mixjax.testing import perturbation_design, simulate
+from mixjax.methods.li2025_design import perturbation_design
+from mixjax.testing import simulate
 from tests.law_fixtures import PAPER_LIKE
 
 DOMAINS = ["if", "math", "code"]

@@ -9,7 +9,8 @@ from mixjax.errors import MixjaxError
 from mixjax.fit import FitOptions, fit, huberize
 from mixjax.laws import FittedLaw
 from mixjax.observations import Observations
-from mixjax.testing import perturbation_design, simulate
+from mixjax.methods.li2025_design import perturbation_design
+from mixjax.testing import simulate
 from tests.law_fixtures import paper_like_law
 from mixjax.optimize import optimize
 

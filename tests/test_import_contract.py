@@ -12,7 +12,7 @@ functions (lazy imports) count as much as those at the top of a file. Layers, lo
                                        kernels (Pallas), apart from the layers that call them
     4  model                           the decoder, HF import/export
     5  train                           the train step, checkpoints, the loop
-    6  methods, adaptive               mixture methods, the rules: the runs they propose, the weights
+    6  methods                         mixture methods, the rules: the runs they propose, the weights
                                        they set as a run trains
     7  runners                         training the runs a method asks for (sweeps, prerequisite
                                        runs, `run_mix` end to end): runners above rules
@@ -38,7 +38,7 @@ LAYERS = [
     {"data", "kernels"},
     {"model"},
     {"train"},
-    {"methods", "adaptive"},
+    {"methods"},
     {"runners"},
     {"plan", "starter", "demo"},
     {"commands", "cli"},

@@ -5,7 +5,7 @@ import pytest
 
 from mixjax.errors import MixjaxError
 from mixjax.observations import parse_csv, read_csv, to_csv_text, write_csv
-from mixjax.testing import perturbation_design
+from mixjax.methods.li2025_design import perturbation_design
 
 GOOD = """run,tokens_if,tokens_math,loss_if,loss_math,seed
 base,1000,1000,2.5,1.5,0

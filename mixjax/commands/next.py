@@ -45,15 +45,16 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import math
 
-    from mixjax import adaptive, laws
+    from mixjax import laws
     from mixjax.errors import MixjaxError
     from mixjax.fit import FitOptions
     from mixjax.io import check_output_path
+    from mixjax.methods import adaptive_design
     from mixjax.observations import read_csv
     from mixjax.token_counts import parse_tokens
 
     check_output_path(args.out, "--out")
-    adaptive.should_stop([0.0], args.tolerance)  # checks --tolerance before any work
+    adaptive_design.should_stop([0.0], args.tolerance)  # checks --tolerance before any work
     if args.runs < 1:
         raise MixjaxError(f"--runs: must be at least 1, got {args.runs}")
     budget = parse_tokens(args.budget_tokens, "--budget-tokens")
@@ -65,11 +66,11 @@ def run(args) -> int:
         raise MixjaxError(f"--huber: must be a delta > 0, or 0 for least squares; got {args.huber:g}")
     if not (args.base_fraction > 0):
         raise MixjaxError(f"--base-fraction: must be positive, got {args.base_fraction:g}")
-    if adaptive.identification_problems(obs, law):
+    if adaptive_design.identification_problems(obs, law):
         return _propose_identifying(obs, law, budget, args)
-    a = adaptive.assess(obs, law, budget, n_boot=args.samples, seed=args.seed, method=args.uncertainty,
+    a = adaptive_design.assess(obs, law, budget, n_boot=args.samples, seed=args.seed, method=args.uncertainty,
                         fit_options=FitOptions(huber_delta=args.huber or None))
-    stop = adaptive.should_stop(a.widths, args.tolerance)
+    stop = adaptive_design.should_stop(a.widths, args.tolerance)
     print(f"law {law.name} on {len(obs.runs)} runs; optimal weights at {budget:,} tokens "
           f"(90% interval, {args.uncertainty}):")
     for j, d in enumerate(a.domains):
@@ -81,8 +82,8 @@ def run(args) -> int:
     else:
         print(f"stop: no - {a.domains[widest]}'s interval is {a.widths[widest]:.4f} wide "
               f"(tolerance {args.tolerance:g})")
-        candidates = adaptive.candidate_runs(obs, a.domains, budget, args.base_fraction, weights=a.weights)
-        proposed = adaptive.propose_next(obs, law, budget, candidates, n=args.runs, fitted=a.fitted)
+        candidates = adaptive_design.candidate_runs(obs, a.domains, budget, args.base_fraction, weights=a.weights)
+        proposed = adaptive_design.propose_next(obs, law, budget, candidates, n=args.runs, fitted=a.fitted)
         for r in proposed:
             mix = ", ".join(f"{d} {w:.3f}" for d, w in r.weights.items())
             print(f"next: {r.name}  ({r.budget_tokens:,} tokens: {mix})")
@@ -101,10 +102,10 @@ def _write_runs(out, proposed) -> int:
 def _propose_identifying(obs, law, budget, args) -> int:
     """Runs too few or too alike to fit the law: no weights yet, but the runs that would identify it
     (from the adaptive design's start), and why."""
-    from mixjax import adaptive
+    from mixjax.methods import adaptive_design
 
-    problems = adaptive.identification_problems(obs, law)
-    proposed = adaptive.identifying_runs(obs, law, budget, args.base_fraction)
+    problems = adaptive_design.identification_problems(obs, law)
+    proposed = adaptive_design.identifying_runs(obs, law, budget, args.base_fraction)
     print(f"law {law.name} on {len(obs.runs)} runs: not identified yet, so no optimal weights - "
           + " | ".join(problems))
     print(f"stop: no - train these {len(proposed)} run(s) first (from the adaptive design's start; together "

@@ -50,14 +50,16 @@ def run(args) -> int:
         print(random_start_note(config))
     method = get(args.method, len(data.domains), **options)
     if args.run_list:
-        if getattr(method, "adaptive", False):
+        if method.adaptive:
             raise MixjaxError("--run-list: the runs of an --adaptive sweep are chosen as it goes; give one or the other")
         method = RunList(read_run_list(args.run_list, data.domains), like=method)
-    elif not getattr(method, "adaptive", False):
+    elif not method.adaptive:
         from mixjax.runners.mix import announce_design
 
-        announce_design(method.propose(list(data.domains), budget), budget, method, args.method)
-    if getattr(method, "adaptive", False):
+        proposed = method.propose(list(data.domains), budget)  # asked once: the runs announced are those trained
+        announce_design(proposed, budget, method, args.method)
+        method = RunList(proposed, like=method)
+    if method.adaptive:
         from mixjax.runners.adaptive_sweep import run_adaptive_sweep
 
         if shard != (0, 1):

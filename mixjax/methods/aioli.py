@@ -29,6 +29,7 @@ import dataclasses
 import numpy as np
 
 from mixjax.errors import MixjaxError
+from mixjax.methods.base import OnlineMethod
 from mixjax.methods.online_rules import (
     aioli_update, normalise_interactions, smoothed_one_hot, solve_interaction_matrix)
 
@@ -76,7 +77,7 @@ def released(num_domains: int | None, **options) -> "Aioli":
 released.options_from = AioliConfig  # its options are the config's fields
 
 
-class Aioli:
+class Aioli(OnlineMethod):
     name = "aioli"
 
     def __init__(self, config: AioliConfig | None = None):
@@ -139,10 +140,6 @@ class Aioli:
         r, offset = self._round_offset(step)
         return r is not None and offset < self.lp_length
 
-    def current_weights(self) -> np.ndarray:
-        """The weights the method holds now (those it recommends), whatever the batch samples."""
-        return np.asarray(self.state["weights"])
-
     def eval_due(self, step: int) -> bool:
         r, offset = self._round_offset(step)
         if r is None or step >= self.num_steps:
@@ -150,9 +147,7 @@ class Aioli:
         return offset <= self.lp_length and offset % self.config.lp_steps == 0
 
     # -- observations ---------------------------------------------------------------------------
-    def observe_train(self, step: int, train_loss: np.ndarray) -> None:
-        pass  # Aioli learns from validation losses only
-
+    # Aioli learns from validation losses only: `observe_train` is the base class's (nothing)
     def observe_eval(self, step: int, val_loss: np.ndarray) -> None:
         c, st = self.config, self.state
         r, offset = self._round_offset(step)
@@ -182,9 +177,3 @@ class Aioli:
         st["raw_a"].append(raw.tolist())
         st["a"].append(a.tolist())
         st["trajectory"].append([step, weights.tolist()])
-
-    def state_dict(self) -> dict:
-        return self.state
-
-    def load_state_dict(self, state: dict) -> None:
-        self.state = state

@@ -52,8 +52,8 @@ class DoGE(ProxyMethod):
         self.check_domains(domains)
         return []
 
-    def make_callback(self, eval_max_batches=None):
-        return DoGECallback(self, eval_max_batches)
+    def make_callback(self, eval_max_batches=None, log=print):
+        return DoGECallback(self, eval_max_batches, log)
 
     def begin(self, domains, num_steps):
         super().begin(domains, num_steps)

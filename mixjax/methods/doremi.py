@@ -64,8 +64,8 @@ class DoReMi(ProxyMethod):
         if self.reference is None:
             self.reference_dir = results["reference"].dir
 
-    def make_callback(self, eval_max_batches=None):
-        return DoReMiCallback(self, eval_max_batches)
+    def make_callback(self, eval_max_batches=None, log=print):
+        return DoReMiCallback(self, eval_max_batches, log)
 
     def begin(self, domains, num_steps):
         super().begin(domains, num_steps)

@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 
 from mixjax.errors import MixjaxError
-from mixjax.methods.base import ProposedRun, as_weights
+from mixjax.methods.base import OfflineMethod, ProposedRun, as_weights
 from mixjax.methods.li2025_design import DEFAULT_FACTORS, perturbation_runs
 
 
@@ -21,10 +21,13 @@ def dirichlet_runs(prefix: str, domains: list[str], n_runs: int, budget_tokens: 
             for i, w in enumerate(mixtures)]
 
 
-class _LawMethod:
+class _LawMethod(OfflineMethod):
     """Fit `law_name` to the observations and optimise it at the target budget."""
 
     law_name: str
+    caps_weights = True
+    r_star: float | None = None  # li2025-repeat's R* when fixed (Li2025)
+    target_budget: int | None = None  # the budget repetition-matched runs are cut for (Li2025)
 
     def __init__(self, fit_options=None, available: dict | None = None, max_epochs: float | None = None):
         # available: each domain's training tokens; the optimum keeps tokens_i <= available_i x max_epochs
@@ -50,8 +53,8 @@ class _LawMethod:
         if not self.available or any(d not in self.available for d in domains):
             raise MixjaxError(f"law {self.law_name} needs each domain's training tokens (`available`; "
                               "the prepared data's, which `mix` passes)")
-        return {"unique": {d: float(self.available[d]) for d in domains}, "R_star": getattr(self, "r_star", None),
-                "match_budget": getattr(self, "target_budget", None)}
+        return {"unique": {d: float(self.available[d]) for d in domains}, "R_star": self.r_star,
+                "match_budget": self.target_budget}
 
     def recommend(self, observations, domains, budget_tokens):
         from mixjax import laws
@@ -279,12 +282,13 @@ def quadratic_features(p_NxK: np.ndarray) -> np.ndarray:
     return np.concatenate([p_NxK, (p_NxK[:, :, None] * p_NxK[:, None, :])[:, upper[0], upper[1]]], axis=1)
 
 
-class RegMix:
+class RegMix(OfflineMethod):
     """RegMix (Liu et al.): many small Dirichlet runs, a ridge regression of total validation loss
     on quadratic features of the mixture, and the mean of the best `top_k` of many sampled
     mixtures as the answer (RegMix averages its top predictions)."""
 
     name = "regmix"
+    caps_weights = True
 
     def __init__(self, n_runs: int | None = None, budget_fraction: float = 0.25, ridge: float = 1e-4,
                  n_candidates: int = 100_000, top_k: int = 100, seed: int = 0, available: dict | None = None,

@@ -39,7 +39,7 @@ class OnlineMethodCallback(Callback):
         mixtures (`probing`, Aioli's LearnParams) records its own weights, the probe beside them,
         so the trajectory's weights end at the weights it reports."""
         probe = None
-        if getattr(self.method, "probing", lambda step: False)(step):
+        if self.method.probing(step):
             probe, weights = weights.tolist(), np.asarray(self.method.current_weights(), np.float64)
         point = (step, weights.tolist()) if probe is None else (step, weights.tolist(), probe)
         last = self.trajectory[-1] if self.trajectory else None
@@ -52,7 +52,7 @@ class OnlineMethodCallback(Callback):
         other proportions (`sampling_weights`, the reweighted proxies), the trainer's loss weights."""
         weights = np.asarray(self.method.weights(step), np.float64)
         self._record(step, weights)
-        sampling = getattr(self.method, "sampling_weights", lambda step: None)(step)
+        sampling = self.method.sampling_weights(step)
         if sampling is None:
             ctx.sampler.set_weights(weights / weights.sum())
         else:
@@ -62,7 +62,7 @@ class OnlineMethodCallback(Callback):
     def on_train_start(self, ctx) -> None:
         self.domains, self.num_steps = list(ctx.domains), int(ctx.num_steps)
         self.method.begin(self.domains, self.num_steps)
-        if getattr(self.method, "note", None):
+        if self.method.note:
             self.log(self.method.note)
         if self.method.eval_due(0):
             self.method.observe_eval(0, self._evaluate(ctx))
@@ -77,9 +77,8 @@ class OnlineMethodCallback(Callback):
             self._set_weights(ctx, done)
 
     def recommended_weights(self) -> np.ndarray:
-        """`final_weights()` where the method defines it (an average over the run), else the last."""
-        final = getattr(self.method, "final_weights", None)
-        return np.asarray(final() if final is not None else self.method.state_dict()["weights"], np.float64)
+        """The method's `final_weights()` (the last, or an average over the run)."""
+        return np.asarray(self.method.final_weights(), np.float64)
 
     def on_train_end(self, ctx, result: dict) -> dict:
         return {"online": {"method": self.method.name, "evaluations": self.evaluations,

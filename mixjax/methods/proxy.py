@@ -13,11 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 from mixjax.errors import MixjaxError
+from mixjax.methods.base import OnlineMethod
 
 
-class ProxyMethod:
-    keep_prerequisite_params = False
-
+class ProxyMethod(OnlineMethod):
     def __init__(self, eta: float | None, update_every: int, proxy_fraction: float, sampling: str = "reweight"):
         if eta is not None and not eta > 0:
             raise MixjaxError(f"`eta` {eta}: must be positive")
@@ -33,9 +32,6 @@ class ProxyMethod:
     def check_domains(self, domains) -> None:
         if len(domains) < 2:
             raise MixjaxError(f"`method` {self.name} needs at least 2 domains (the data has {len(domains)})")
-
-    def proxy_tokens(self, budget_tokens: int) -> int:
-        return int(self.proxy_fraction * budget_tokens)
 
     # -- the online-method protocol -------------------------------------------------------------
     def begin(self, domains: list[str], num_steps: int) -> None:
@@ -54,18 +50,9 @@ class ProxyMethod:
         stratified, the weights enter the loss instead); None: sample at `weights`."""
         return None if self.sampling == "resample" else np.full(len(self.domains), 1.0 / len(self.domains))
 
-    def eval_due(self, step: int) -> bool:
-        return False
-
     def update_due(self, step: int) -> bool:
         """Whether an update follows the training of batch `step` (0-based)."""
         return (step + 1) % self.update_every == 0
-
-    def observe_train(self, step: int, train_loss: np.ndarray) -> None:
-        pass
-
-    def observe_eval(self, step: int, val_loss: np.ndarray) -> None:
-        pass
 
     def _set_weights(self, step: int, weights: np.ndarray) -> None:
         """New weights from batch `step + 1` on; the old ones were used for batches since..step."""
@@ -79,9 +66,3 @@ class ProxyMethod:
         st = self.state
         total = np.asarray(st["weighted_sum"]) + (self.num_steps - st["since"]) * np.asarray(st["weights"])
         return total / total.sum()
-
-    def state_dict(self) -> dict:
-        return self.state
-
-    def load_state_dict(self, state: dict) -> None:
-        self.state = state

@@ -32,12 +32,12 @@ from __future__ import annotations
 import numpy as np
 
 from mixjax.errors import MixjaxError
-from mixjax.methods.base import ProposedRun
+from mixjax.methods.base import OnlineMethod, ProposedRun
 from mixjax.methods.online_callback import OnlineMethodCallback
 from mixjax.methods.online_rules import skillit_graph, skillit_weights
 
 
-class SkillIt:
+class SkillIt(OnlineMethod):
     """Defaults: the released settings, eta 0.2, 20 evaluations per run, an update every 500 steps
     (400 for more than 6 domains) from the sum of the last 3 evaluations' losses."""
 
@@ -86,8 +86,8 @@ class SkillIt:
     def domains_of(results) -> list[str]:
         return [name.removeprefix("single-") for name in results]
 
-    def make_callback(self, eval_max_batches=None):
-        return SkillItCallback(self, eval_max_batches)
+    def make_callback(self, eval_max_batches=None, log=print):
+        return SkillItCallback(self, eval_max_batches, log)
 
     # -- the online run -------------------------------------------------------------------------
     def begin(self, domains, num_steps):
@@ -139,12 +139,6 @@ class SkillIt:
             st["trajectory"][-1] = [step, st["weights"]]
         else:
             st["trajectory"].append([step, st["weights"]])
-
-    def state_dict(self) -> dict:
-        return self.state
-
-    def load_state_dict(self, state: dict) -> None:
-        self.state = state
 
 
 class SkillItCallback(OnlineMethodCallback):

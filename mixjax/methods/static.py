@@ -8,7 +8,7 @@ from fractions import Fraction
 import numpy as np
 
 from mixjax.errors import MixjaxError
-from mixjax.methods.base import ProposedRun, as_weights, uniform
+from mixjax.methods.base import OfflineMethod, ProposedRun, as_weights, uniform
 
 
 def simplex_grid(k: int, step: float, include_zero: bool = False) -> np.ndarray:
@@ -29,7 +29,7 @@ def simplex_grid(k: int, step: float, include_zero: bool = False) -> np.ndarray:
     return np.array(points, np.float64) / units
 
 
-class Stratified:
+class Stratified(OfflineMethod):
     """Uniform weights; no runs needed."""
 
     name = "stratified"
@@ -41,7 +41,7 @@ class Stratified:
         return as_weights(domains, uniform(len(domains)))
 
 
-class Grid:
+class Grid(OfflineMethod):
     """Train every grid mixture; recommend the one with the lowest total validation loss."""
 
     name = "grid"

@@ -1,12 +1,12 @@
 """li2025 with an adaptive design: train runs one at a time until the optimal weights are known.
 
-Starts from `adaptive.initial_runs` (a small set that identifies the li2025 law), then alternates:
-fit and assess the optimal weights at the budget (`adaptive.assess`: their 90% intervals); stop
-when every interval is narrower than the tolerance (`adaptive.should_stop`) or `max_runs` runs are
-done; otherwise train the candidate that `adaptive.propose_next` picks. The runs train into
-SWEEP_DIR/runs/<name> with li2025's run settings (`Li2025.run_config`), SWEEP_DIR/observations.csv
-holds every finished run, and SWEEP_DIR/adaptive.json records the run list and every round (runs
-so far, weights, intervals, the run proposed). A proposed run is recorded before it trains, so a
+Starts from `adaptive_design.initial_runs` (a small set that identifies the li2025 law), then
+alternates: fit and assess the optimal weights at the budget (`adaptive_design.assess`: their 90%
+intervals); stop when every interval is narrower than the tolerance (`adaptive_design.should_stop`)
+or `max_runs` runs are done; otherwise train the candidate that `adaptive_design.propose_next`
+picks. The runs train into SWEEP_DIR/runs/<name> with li2025's run settings (`Li2025.run_config`),
+SWEEP_DIR/observations.csv holds every finished run, and SWEEP_DIR/adaptive.json records the run
+list and every round (runs so far, weights, intervals, the run proposed). A proposed run is recorded before it trains, so a
 killed sweep resumes with the same runs; the list only grows.
 """
 
@@ -54,13 +54,14 @@ def run_adaptive_sweep(method, method_name: str, options: dict, data, budget_tok
                        log=print, n_samples: int = 200, seed: int = 0):
     """Train li2025's adaptive design (module doc); returns (runs, observations, record) with
     record = {"stopped": why, "rounds": [...]}."""
-    from mixjax import adaptive, laws
+    from mixjax import laws
+    from mixjax.methods import adaptive_design
 
     out = Path(out)
     domains = list(data.domains)
-    tolerance = method.tolerance if method.tolerance is not None else adaptive.DEFAULT_TOLERANCE
+    tolerance = method.tolerance if method.tolerance is not None else adaptive_design.DEFAULT_TOLERANCE
     max_runs = method.max_runs if method.max_runs is not None else default_max_runs(len(domains))
-    initial = adaptive.initial_runs(domains, budget_tokens, method.base_fraction)
+    initial = adaptive_design.initial_runs(domains, budget_tokens, method.base_fraction)
     if max_runs < len(initial):
         raise MixjaxError(f"`max_runs` {max_runs}: the adaptive design starts with {len(initial)} runs "
                           f"(a spread-out start that identifies the li2025 law); give at least that")
@@ -72,7 +73,7 @@ def run_adaptive_sweep(method, method_name: str, options: dict, data, budget_tok
     runs, rounds = _read_runs(out / RECORD, initial)
     while True:
         observations = train_runs(method, runs, runs, data, out, config, log, log_done=False)
-        a = adaptive.assess(observations, law, budget_tokens, n_boot=n_samples, seed=seed,
+        a = adaptive_design.assess(observations, law, budget_tokens, n_boot=n_samples, seed=seed,
                             fit_options=method.fit_options)
         widest = int(np.argmax(a.widths))
         entry = {"runs": len(runs), "weights": dict(zip(domains, a.weights.tolist())),
@@ -81,14 +82,14 @@ def run_adaptive_sweep(method, method_name: str, options: dict, data, budget_tok
         log(f"{len(runs)} runs: optimum {shown}; widest 90% interval {domains[widest]} "
             f"{a.widths[widest]:.4f} (tolerance {tolerance:g})")
         stopped = None
-        if adaptive.should_stop(a.widths, tolerance):
+        if adaptive_design.should_stop(a.widths, tolerance):
             stopped = f"every 90% interval narrower than {tolerance:g}"
         elif len(runs) >= max_runs:
             stopped = f"--max-runs {max_runs} reached"
         else:
-            candidates = adaptive.candidate_runs(observations, domains, budget_tokens, method.base_fraction,
+            candidates = adaptive_design.candidate_runs(observations, domains, budget_tokens, method.base_fraction,
                                                  weights=a.weights)
-            proposed = adaptive.propose_next(observations, law, budget_tokens, candidates, n=1, fitted=a.fitted)
+            proposed = adaptive_design.propose_next(observations, law, budget_tokens, candidates, n=1, fitted=a.fitted)
             if not proposed:
                 stopped = "no candidate run left"
             else:

@@ -17,42 +17,54 @@ another one is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
-
 from mixjax.errors import MixjaxError
 from mixjax.io import write_json_atomic
-from mixjax.methods import get, is_online
-from mixjax.runners.sweep import RunList, read_result, trained_tokens
+from mixjax.methods import get
+from mixjax.methods.base import OnlineMethod, ProposedRun
 from mixjax.names import check_domain_name
+from mixjax.runners.sweep import RunList, read_result, trained_tokens
 
 
-def planned_spend(method, domains: list[str], budget_tokens: int, config=None) -> tuple[int, int]:
-    """(runs, tokens) a method trains besides the final run, known before training: an offline
-    method's proposed runs; an online method's prerequisite runs and its proxy run; with `config`,
-    the tokens they really train (whole steps). (li2025's extra runs depend on the results and are
-    counted only by `run_mix`.)"""
-    from mixjax.runners.sweep import trained_tokens
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """What a method trains besides its final run, known before training (asked of the method
+    once): an offline method's proposed runs, or an online method's prerequisite runs and the
+    tokens of its proxy run (None: no proxy run). li2025's extra runs depend on the results and
+    are not in it."""
 
-    def tokens(budget) -> int:
-        return int(budget) if config is None else trained_tokens(budget, config)
+    runs: list[ProposedRun]
+    proxy_tokens: int | None = None
+    may_add_runs: bool = False  # li2025: more runs if these leave its law under-determined
 
-    if hasattr(method, "propose"):
-        runs = method.propose(domains, budget_tokens)
-        return len(runs), sum(tokens(r.budget_tokens) for r in runs)
-    prereqs = method.prerequisite_runs(domains, budget_tokens) if hasattr(method, "prerequisite_runs") else []
-    runs, spent = len(prereqs), sum(tokens(r.budget_tokens) for r in prereqs)
-    if getattr(method, "proxy_fraction", None):
-        runs, spent = runs + 1, spent + tokens(method.proxy_tokens(budget_tokens))
-    return runs, spent
+    def spend(self, config=None) -> tuple[int, int]:
+        """(runs, tokens) the plan trains; with `config`, the tokens they really train (whole steps)."""
+        def tokens(budget) -> int:
+            return int(budget) if config is None else trained_tokens(budget, config)
+
+        runs, spent = len(self.runs), sum(tokens(r.budget_tokens) for r in self.runs)
+        if self.proxy_tokens is not None:
+            runs, spent = runs + 1, spent + tokens(self.proxy_tokens)
+        return runs, spent
+
+
+def plan_runs(method, domains: list[str], budget_tokens: int) -> RunPlan:
+    """The method's `RunPlan` for `budget_tokens` (its options' errors raised here, before any file)."""
+    if isinstance(method, OnlineMethod):
+        proxy = method.proxy_tokens(budget_tokens) if method.proxy_fraction else None
+        return RunPlan(method.prerequisite_runs(domains, budget_tokens), proxy)
+    return RunPlan(method.propose(domains, budget_tokens), may_add_runs=method.add_runs)
 
 
 def use_data_caps(method, data, config) -> None:
     """An offline method that optimises weights keeps each domain's tokens within its training tokens
     x config.max_epochs (the limit the final run's sampler enforces), unless it was given caps."""
-    train_tokens = getattr(data, "train_tokens", None)
-    if train_tokens is None or not hasattr(method, "available") or method.available is not None:
+    train_tokens = getattr(data, "train_tokens", None)  # a prepared collection's (absent in some tests' data)
+    if train_tokens is None or isinstance(method, OnlineMethod) or not method.caps_weights \
+            or method.available is not None:
         return
     method.available = {d: float(n) for d, n in train_tokens().items()}
     method.max_epochs = float(config.max_epochs)
@@ -61,7 +73,7 @@ def use_data_caps(method, data, config) -> None:
 def design_record(runs, budget_tokens: int, method) -> dict:
     """The sizes of the runs an offline method trained and how far the target lies past them."""
     sizes = [int(r.budget_tokens) for r in runs]
-    return {"design_budget": int(getattr(method, "design_budget", None) or budget_tokens),
+    return {"design_budget": int(method.design_budget or budget_tokens),
             "target_budget": int(budget_tokens), "run_tokens": {"min": min(sizes), "max": max(sizes)},
             "extrapolation_ratio": float(budget_tokens) / max(sizes)}
 
@@ -88,23 +100,22 @@ def _describe_mix(method_name, options, budget_tokens, data, config) -> dict:
             "train_config": {k: v for k, v in config.to_dict().items() if k not in ("progress", "resume")}}
 
 
-def _offline(method, method_name, options, data, budget_tokens, out, config, log):
+def _offline(method, plan, method_name, options, data, budget_tokens, out, config, log):
     from mixjax.runners.sweep import run_sweep
 
     domains = list(data.domains)
     design = None
-    if getattr(method, "adaptive", False):
+    if method.adaptive:
         from mixjax.runners.adaptive_sweep import run_adaptive_sweep
 
         runs, observations, design = run_adaptive_sweep(method, method_name, options, data, budget_tokens,
                                                         out / "sweep", config, log=log)
     else:
-        runs, observations = run_sweep(method, method_name, options, data, budget_tokens, out / "sweep", config,
-                                       log=log)
+        runs, observations = run_sweep(RunList(plan.runs, like=method), method_name, options, data, budget_tokens,
+                                       out / "sweep", config, log=log)
     if len(observations.runs) < len(runs):
         raise MixjaxError(f"{out / 'sweep'}: {len(runs) - len(observations.runs)} run(s) unfinished")
-    extra = method.extra_runs(observations, domains, budget_tokens) \
-        if hasattr(method, "extra_runs") and design is None else []
+    extra = method.extra_runs(observations, domains, budget_tokens) if design is None else []
     if extra:
         log(f"{method_name}: the runs leave the law under-determined; {len(extra)} more run(s) "
             f"({', '.join(r.name for r in extra)})")
@@ -113,7 +124,7 @@ def _offline(method, method_name, options, data, budget_tokens, out, config, log
         observations, runs = observations.concat(more), runs + extra
     weights = method.recommend(observations, domains, budget_tokens)
     summary = {}
-    fitted = getattr(method, "fitted", None)
+    fitted = method.fitted
     if fitted is not None:
         write_json_atomic(out / "law.json", json.loads(json.dumps(fitted.to_json(), default=float)))
         summary["law"] = fitted.law.name
@@ -121,7 +132,7 @@ def _offline(method, method_name, options, data, budget_tokens, out, config, log
     summary.update(extra_runs=len(runs), extra_tokens=sum(trained_tokens(r.budget_tokens, config) for r in runs))
     if runs:
         summary["design"] = design_record(runs, budget_tokens, method)
-    if getattr(method, "result", None) is not None:
+    if method.result is not None:
         summary["optimum"] = method.result  # the WeightsResult: passes, the caps that bind (run_mix writes them)
     if design is not None:
         summary["adaptive"] = {"stopped": design["stopped"], "rounds": len(design["rounds"])}
@@ -172,27 +183,23 @@ def _finished_online_run(run_dir: Path, domains: list[str]) -> dict | None:
     return result
 
 
-def _online(method, method_name, options, data, budget_tokens, out, config, eval_max_batches, log):
-    from mixjax.methods.online_callback import OnlineMethodCallback
+def _online(method, plan, method_name, options, data, budget_tokens, out, config, eval_max_batches, log):
     from mixjax.runners.prerequisites import train_prerequisites
     from mixjax.train import run_training
 
     domains = list(data.domains)
-    n_runs, n_tokens = planned_spend(method, domains, budget_tokens, config)
-    if hasattr(method, "prerequisite_runs"):
-        results = train_prerequisites(method, method_name, options, data, budget_tokens, out / "prereq",
-                                      config, log=log)
-        if results:
-            method.use_prerequisites(results)
-    proxy = getattr(method, "proxy_fraction", None)
+    n_runs, n_tokens = plan.spend(config)
+    if plan.runs:
+        method.use_prerequisites(train_prerequisites(plan.runs, method.keep_prerequisite_params, method_name,
+                                                     options, data, budget_tokens, out / "prereq", config, log=log))
+    proxy = plan.proxy_tokens is not None
     run_dir = out / ("proxy" if proxy else "final")
-    tokens = method.proxy_tokens(budget_tokens) if proxy else budget_tokens
+    tokens = plan.proxy_tokens if proxy else budget_tokens
     result = _finished_online_run(run_dir, domains)
     if result is not None:
         log(f"{method_name}: {'proxy' if proxy else 'online'} run done already ({run_dir})")
     else:
-        make = getattr(method, "make_callback", None)
-        callback = make(eval_max_batches) if make else OnlineMethodCallback(method, eval_max_batches=eval_max_batches, log=log)
+        callback = method.make_callback(eval_max_batches, log=log)
         log(f"{method_name}: {'proxy' if proxy else 'one'} run of {tokens:,} tokens, weights set while it trains")
         result = run_training(config, data, {d: 1 / len(domains) for d in domains}, tokens,
                               out_dir=run_dir, callbacks=[callback])
@@ -209,14 +216,13 @@ def _online(method, method_name, options, data, budget_tokens, out, config, eval
     return weights, final, {"extra_runs": n_runs, "extra_tokens": n_tokens, "evaluations": record["evaluations"]}
 
 
-def _announce(method, method_name, n_runs, n_tokens, budget_tokens, config, log) -> None:
+def _announce(plan, method_name, budget_tokens, config, log) -> None:
     """Before the first run: the tokens the whole mix trains (whole steps), its runs and the final one."""
-    from mixjax.runners.sweep import trained_tokens
-
+    n_runs, n_tokens = plan.spend(config)
     final = trained_tokens(budget_tokens, config)
     rounds = "" if final == int(budget_tokens) else (
         f" ({int(budget_tokens):,} rounded down to whole steps of {config.batch_size} x {config.seq_len})")
-    maybe = " (more if its runs leave the law under-determined)" if getattr(method, "add_runs", False) else ""
+    maybe = " (more if its runs leave the law under-determined)" if plan.may_add_runs else ""
     log(f"{method_name}: {n_runs} run(s) of {n_tokens:,} tokens and a final run of {final:,}{rounds}: "
         f"{n_tokens + final:,} tokens to train{maybe}")
 
@@ -229,19 +235,20 @@ def run_mix(method_name: str, options: dict, data, budget_tokens: int, out, conf
     domains = list(data.domains)
     method = get(method_name, len(domains), **options)
     use_data_caps(method, data, config)
-    n_runs, n_tokens = planned_spend(method, domains, budget_tokens, config)  # bad options: fail before any file
-    if hasattr(method, "propose") and not getattr(method, "adaptive", False):
-        announce_design(method.propose(domains, budget_tokens), budget_tokens, method, method_name, log)
-    if hasattr(method, "prerequisite_runs"):  # folders MIX_DIR/prereq/<name> (a sweep checks its own)
-        check_run_names(method.prerequisite_runs(domains, budget_tokens), f"`method` {method_name}")
+    plan = plan_runs(method, domains, budget_tokens)  # bad options: fail before any file
+    online = isinstance(method, OnlineMethod)
+    if not online and not method.adaptive:
+        announce_design(plan.runs, budget_tokens, method, method_name, log)
+    if online:  # folders MIX_DIR/prereq/<name> (a sweep checks its own)
+        check_run_names(plan.runs, f"`method` {method_name}")
     check_sweep_dir(out, _describe_mix(method_name, options, budget_tokens, data, config),
                     filename="mix.json", what="a mix")
-    _announce(method, method_name, n_runs, n_tokens, budget_tokens, config, log)
-    if is_online(method_name):
-        weights, final, spent = _online(method, method_name, options, data, budget_tokens, out, config,
+    _announce(plan, method_name, budget_tokens, config, log)
+    if online:
+        weights, final, spent = _online(method, plan, method_name, options, data, budget_tokens, out, config,
                                         eval_max_batches, log)
     else:
-        weights, final, spent = _offline(method, method_name, options, data, budget_tokens, out, config, log)
+        weights, final, spent = _offline(method, plan, method_name, options, data, budget_tokens, out, config, log)
     optimum = spent.pop("optimum", None)
     entry = {"budget": int(budget_tokens), "weights": weights, "val_loss": final["val_loss"]}
     if optimum is not None:  # passes at the budget, caps that bind, the optimum without them, ratio

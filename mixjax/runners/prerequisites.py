@@ -13,7 +13,6 @@ from mixjax.methods.base import ProposedRun
 from mixjax.runners.sweep import read_result
 
 
-
 @dataclasses.dataclass(frozen=True)
 class PrerequisiteResult:
     """A finished prerequisite run: what was asked, where it lives, its result.json."""
@@ -23,16 +22,15 @@ class PrerequisiteResult:
     result: dict
 
 
-def train_prerequisites(method, method_name: str, options: dict, data, budget_tokens: int, out, config,
+def train_prerequisites(runs, keep: bool, method_name: str, options: dict, data, budget_tokens: int, out, config,
                         log=print) -> dict[str, PrerequisiteResult]:
-    """Train the method's prerequisite runs that are not finished; {name: PrerequisiteResult}."""
+    """Train the prerequisite runs `runs` (a method's `prerequisite_runs`) that are not finished,
+    keeping their final parameters with `keep`; {name: PrerequisiteResult}."""
     from mixjax.runners.sweep import check_sweep_dir, describe_runs
     from mixjax.train import FINAL_CHECKPOINT_ONLY, run_training
     from mixjax.train.checkpoint import find_checkpoint
 
     out = Path(out)
-    runs = method.prerequisite_runs(list(data.domains), int(budget_tokens))
-    keep = getattr(method, "keep_prerequisite_params", False)
     if keep and not config.checkpoint_every:
         config = dataclasses.replace(config, checkpoint_every=FINAL_CHECKPOINT_ONLY)
     if runs:

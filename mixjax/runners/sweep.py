@@ -21,6 +21,7 @@ import numpy as np
 
 from mixjax.errors import MixjaxError
 from mixjax.io import write_json_atomic
+from mixjax.methods.base import OfflineMethod, ProposedRun
 from mixjax.names import check_domain_name, check_run_name
 
 
@@ -63,29 +64,28 @@ def check_run_names(runs, where: str) -> None:
         seen.add(run.name)
 
 
-class RunList:
+class RunList(OfflineMethod):
     """A fixed list of runs as an offline method (to train them with `run_sweep`), trained and
-    recorded as `like`'s own runs (its `run_config` and `run_selection`, when it has them)."""
+    recorded as `like`'s own runs (its `run_config`, `run_selection` and `along_run`)."""
 
-    def __init__(self, runs, like=None):
-        self.runs, self.like = list(runs), like
+    def __init__(self, runs, like: OfflineMethod | None = None):
+        self.runs, self.like = list(runs), like if like is not None else OfflineMethod()
+        self.along_run = self.like.along_run
 
     def propose(self, domains, budget_tokens):
         return self.runs
 
     def run_selection(self):
-        return self.like.run_selection() if hasattr(self.like, "run_selection") else None
+        return self.like.run_selection()
 
     def run_config(self, config, run):
-        return self.like.run_config(config, run) if hasattr(self.like, "run_config") else config
+        return self.like.run_config(config, run)
 
 
 def read_run_list(path, domains) -> list:
     """The runs of a run-list file ([{"name", "weights", "budget_tokens"}], as `mixjax next` and
     sweep.json's "runs" write them) for the prepared `domains`, or a one-line error naming the file
     and the entry."""
-    from mixjax.methods.base import ProposedRun
-
     path = Path(path)
     try:
         entries = json.loads(path.read_text())
@@ -236,7 +236,7 @@ def run_sweep(method, method_name: str, options: dict, data, budget_tokens: int,
     out = Path(out)
     runs = method.propose(list(data.domains), int(budget_tokens))
     check_run_names(runs, f"`method` {method_name}")
-    selection = method.run_selection() if hasattr(method, "run_selection") else None
+    selection = method.run_selection()
     check_sweep_dir(out, describe_runs(method_name, options, runs, budget_tokens, data, config, selection))
     mine = [r for i, r in enumerate(runs) if i % shard[1] == shard[0]]
     return runs, train_runs(method, mine, runs, data, out, config, log)
@@ -283,7 +283,7 @@ def train_runs(method, mine, runs, data, out: Path, config, log=print, log_done:
     from mixjax.observations import write_csv
     from mixjax.train import run_training
 
-    along = bool(getattr(getattr(method, "like", method), "along_run", 0))  # li2025's rows along each run
+    along = bool(method.along_run)  # li2025's rows along each run
     todo = [r for r in mine if not (out / "runs" / r.name / "result.json").is_file()]
     if todo:
         announce_runs(todo, config, log)
@@ -295,7 +295,7 @@ def train_runs(method, mine, runs, data, out: Path, config, log=print, log_done:
             continue
         weights = ", ".join(f"{d}={w:.3f}" for d, w in run.weights.items())
         log(f"[{number}/{len(mine)}] {run.name}: {trained_tokens(run.budget_tokens, config):,} tokens at {weights}")
-        run_cfg = method.run_config(config, run) if hasattr(method, "run_config") else config
+        run_cfg = method.run_config(config, run)
         result = run_training(run_cfg, data, run.weights, run.budget_tokens, out_dir=run_dir)
         if run is todo[0]:
             _estimate_after_first(result, run, todo[1:], config, log)
