@@ -21,9 +21,10 @@ def parse_tokens(text: str, flag: str) -> int:
     try:
         value = tokens_value(text)
     except ValueError:
-        raise MixjaxError(f"{flag}: expected a number of tokens (e.g. 5e6 or 5M), got {text!r}") from None
-    if not math.isfinite(value):
-        raise MixjaxError(f"{flag}: expected a finite number of tokens (e.g. 5e6 or 5M), got {text!r}")
+        value = None
+    if value is None or not math.isfinite(value):
+        finite = "" if value is None else "finite "
+        raise MixjaxError(f"{flag}: expected a {finite}number of tokens (e.g. 5e6 or 5M), got {text!r}")
     if value <= 0:
         raise MixjaxError(f"{flag}: must be positive")
     return int(value)
