@@ -9,6 +9,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from mixjax import laws
 from mixjax.cli import main
@@ -70,3 +71,52 @@ def test_a_law_written_and_registered_as_the_readme_says_is_fitted_and_optimised
     # minimising sum_i a_i (w_i B)^(-1/2) on the simplex: w_i proportional to a_i^(2/3)
     expected = a ** (2 / 3) / np.sum(a ** (2 / 3))
     np.testing.assert_allclose([result["weights"][d] for d in "xyz"], expected, atol=1e-4)
+
+
+def toy_method_module() -> types.ModuleType:
+    """`mixjax/methods/toy.py` as the README describes it: an offline method that trains one run
+    leaning towards each domain and gives each domain a weight in proportion to its loss there."""
+    from mixjax.methods.base import OfflineMethod, ProposedRun
+
+    class Lean(OfflineMethod):
+        name = "toy"
+
+        def __init__(self, lean: float = 0.75):
+            self.lean = lean
+
+        def propose(self, domains, budget_tokens):
+            rest = (1 - self.lean) / (len(domains) - 1)
+            return [ProposedRun(f"toy-{d}", {e: self.lean if e == d else rest for e in domains}, budget_tokens)
+                    for d in domains]
+
+        def recommend(self, observations, domains, budget_tokens):
+            own = [observations.losses[observations.runs.index(f"toy-{d}"), j] for j, d in enumerate(domains)]
+            return {d: float(loss / sum(own)) for d, loss in zip(domains, own)}
+
+    module = types.ModuleType("mixjax.methods.toy")
+    module.Lean = Lean
+    return module
+
+
+def test_a_method_written_and_registered_as_the_readme_says_is_mixed(tmp_path, monkeypatch):
+    import csv
+
+    from mixjax import methods
+    from tests.data_fixtures import prepared_domains
+
+    monkeypatch.setitem(sys.modules, "mixjax.methods.toy", toy_method_module())
+    monkeypatch.setitem(methods.METHOD_FACTORIES, "toy", "toy:Lean")
+    monkeypatch.setattr(methods, "OFFLINE", methods.OFFLINE + ("toy",))  # made from METHOD_FACTORIES
+    data_dir = prepared_domains(tmp_path, "ab")
+    assert main(["mix", "--method", "toy", "--data", str(data_dir), "--budget-tokens", "256",
+                 "--out", str(tmp_path / "mix"), "--model", "tiny", "--batch-size", "8", "--seq-len", "16",
+                 "--quiet"]) == 0
+    with open(tmp_path / "mix" / "sweep" / "observations.csv") as f:
+        runs = {row["run"]: row for row in csv.DictReader(f)}
+    assert {name: (int(r["tokens_a"]), int(r["tokens_b"])) for name, r in runs.items()} == {
+        "toy-a": (192, 64), "toy-b": (64, 192)}
+    own = {d: float(runs[f"toy-{d}"][f"loss_{d}"]) for d in "ab"}
+    weights = json.loads((tmp_path / "mix" / "weights.json").read_text())["results"][0]["weights"]
+    assert weights == pytest.approx({d: own[d] / sum(own.values()) for d in "ab"}, rel=1e-6)
+    final = json.loads((tmp_path / "mix" / "final" / "result.json").read_text())
+    assert sum(final["tokens"].values()) == 256
