@@ -208,7 +208,7 @@ def test_mix_li2025_least_squares_and_evaluation_flags(data_dir, tmp_path, capsy
 def test_sweep_help_offers_only_the_options_sweep_takes(capsys):
     """`sweep` takes offline methods only: its help lists no option of an online method (which it
     would then reject), while `mix --help` lists them all."""
-    from mixjax.commands.method_options import OPTION_TARGETS
+    from mixjax.commands.method_options import method_flags
     from mixjax.methods import OFFLINE
 
     def help_of(command):
@@ -217,12 +217,36 @@ def test_sweep_help_offers_only_the_options_sweep_takes(capsys):
         return capsys.readouterr().out
 
     sweep, mix = help_of("sweep"), help_of("mix")
-    for dest, (methods, _) in OPTION_TARGETS.items():
+    for dest, (methods, _) in method_flags().items():
         flag = "--" + dest.replace("_", "-")
         assert flag in mix
         assert (flag in sweep) == any(m in OFFLINE for m in methods), flag
     assert "--online-eval-batches" in mix and "--online-eval-batches" not in sweep
     assert "--eta" not in sweep and "--grid-step" in sweep
+
+
+def test_readme_methods_table_states_the_constructors_defaults():
+    """Every `--flag VALUE` with a number (or n/K) in the README's methods table is the default the
+    method's constructor gives that option for K = 3 domains (`Method.option_defaults`), and the flag
+    is one of that method's."""
+    import re
+    from pathlib import Path
+
+    from mixjax.commands.method_options import method_flags
+    from mixjax.methods import method_class
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \| (.*)$", readme, flags=re.M)
+    flags, checked = method_flags(), 0
+    for method, row in rows:
+        defaults = method_class(method).option_defaults(3)
+        for flag, value in re.findall(r"`--([\w-]+) ([\d.e/K-]+)`", row):
+            dest = flag.replace("-", "_")
+            assert method in flags[dest][0], (method, flag)
+            stated = 1 / 3 * float(value[:-2]) if value.endswith("/K") else float(value)
+            assert stated == pytest.approx(defaults[flags[dest][1]], rel=1e-12), (method, flag, value)
+            checked += 1
+    assert {m for m, _ in rows} >= {"grid", "doremi", "doge", "skillit"} and checked >= 10
 
 
 @pytest.mark.slow

@@ -105,8 +105,8 @@ def test_a_method_written_and_registered_as_the_readme_says_is_mixed(tmp_path, m
     from tests.data_fixtures import prepared_domains
 
     monkeypatch.setitem(sys.modules, "mixjax.methods.toy", toy_method_module())
-    monkeypatch.setitem(methods.METHOD_FACTORIES, "toy", "toy:Lean")
-    monkeypatch.setattr(methods, "OFFLINE", methods.OFFLINE + ("toy",))  # made from METHOD_FACTORIES
+    monkeypatch.setitem(methods.METHOD_CLASSES, "toy", "toy:Lean")
+    monkeypatch.setattr(methods, "OFFLINE", methods.OFFLINE + ("toy",))  # made from METHOD_CLASSES
     data_dir = prepared_domains(tmp_path, "ab")
     assert main(["mix", "--method", "toy", "--data", str(data_dir), "--budget-tokens", "256",
                  "--out", str(tmp_path / "mix"), "--model", "tiny", "--batch-size", "8", "--seq-len", "16",

@@ -15,7 +15,7 @@ import math
 import typing
 from typing import Any, Callable
 
-from mixjax.commands.method_options import OPTION_TARGETS
+from mixjax.commands.method_options import RENAMES
 from mixjax.errors import MixjaxError
 from mixjax.plan import parse_mesh  # the one --mesh parser (sizes >= 1, at most one -1); no jax import
 from mixjax.token_counts import parse_tokens, tokens_value
@@ -93,9 +93,9 @@ def _own_flag(name: str) -> str:
 
 # Library arguments (not TrainConfig fields) whose flag is not --name: a run's folder, the budgets of
 # `fit` and `optimize`, and the methods' constructor keywords whose option has another name
-# (n_runs -> --runs, step -> --grid-step; read from method_options.OPTION_TARGETS).
+# (n_runs -> --runs, step -> --grid-step; read from method_options.RENAMES).
 OTHER_FLAGS = {"out_dir": "--out", "budgets": "--budget-tokens",
-               **{keyword: _own_flag(dest) for dest, (_, keyword) in OPTION_TARGETS.items() if keyword != dest}}
+               **{keyword: _own_flag(dest) for keyword, dest in RENAMES.items()}}
 
 
 def flags_of(field: dataclasses.Field) -> Flags:

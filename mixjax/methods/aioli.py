@@ -25,11 +25,12 @@ current round's partial loss drops and the history.
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import numpy as np
 
 from mixjax.errors import MixjaxError
-from mixjax.methods.base import OnlineMethod
+from mixjax.methods.base import OnlineMethod, format_value, option_specs_of
 from mixjax.methods.online_rules import (
     aioli_update, normalise_interactions, smoothed_one_hot, solve_interaction_matrix)
 
@@ -49,7 +50,7 @@ class AioliConfig:
     diagonal: bool = False
     prior_weights: list[float] | None = None
     prior_steps: int = 0
-    dynamic_start: str = "uniform"    # restricted setting: rounds start from "uniform" or the "prior"
+    dynamic_start: Literal["uniform", "prior"] = "uniform"  # restricted setting: rounds start from the "prior"
     seed: int = 0
 
     @classmethod
@@ -68,20 +69,47 @@ class AioliConfig:
         return cls(**{**base, **overrides})
 
 
-def released(num_domains: int | None, **options) -> "Aioli":
-    """Aioli at the released scripts' settings for `num_domains` (3 when not known yet, see
-    `AioliConfig.released`), `options` overriding them: the factory `mixjax.methods.get` calls."""
-    return Aioli(AioliConfig.released(num_domains or 3, **options))
-
-
-released.options_from = AioliConfig  # its options are the config's fields
-
-
 class Aioli(OnlineMethod):
     name = "aioli"
+    options = {  # AioliConfig's fields
+        "eta": "EG step size",
+        "lp_rounds": "LearnParams sweeps per round",
+        "lp_steps": "steps per LearnParams interval",
+        "one_hot_factor": "weight of the interval's own domain",
+        "update_steps": "steps per round",
+        "ema": "weight of the old EMA of the interaction matrix; the weights are recomputed from uniform each round",
+        "cumulative": "accumulate each round's EG step instead (the release without --ema)",
+        "dynamic_start": "restricted setting: after --prior-steps the rounds start from uniform (the release) "
+                         "or from --prior-weights",
+        "prior_weights": "start from these weights (restricted)",
+        "prior_steps": "steps at --prior-weights first",
+    }
 
     def __init__(self, config: AioliConfig | None = None):
         self.config = config or AioliConfig()
+
+    @classmethod
+    def create(cls, num_domains: int | None, **options) -> "Aioli":
+        """Aioli at the released scripts' settings for `num_domains` (3 when not known yet, see
+        `AioliConfig.released`), `options` overriding them."""
+        return cls(AioliConfig.released(num_domains or 3, **options))
+
+    @classmethod
+    def option_specs(cls):
+        return option_specs_of(AioliConfig.__init__, cls.options)
+
+    @classmethod
+    def option_defaults(cls, num_domains: int) -> dict:
+        return dataclasses.asdict(AioliConfig.released(num_domains))
+
+    @classmethod
+    def shown_default(cls, name: str) -> str | None:
+        """The released value for 2, 3-4 and more domains where they differ."""
+        values = [getattr(AioliConfig.released(k), name) for k in (2, 3, 5)]
+        if len(set(values)) == 1:
+            return super().shown_default(name)
+        return "{} for 2 domains, {} for 3-4, {} for more".format(
+            *("none" if v is None else format_value(v) for v in values))
 
     # -- schedule (pure functions of the step) -------------------------------------------------
     def begin(self, domains: list[str], num_steps: int) -> None:

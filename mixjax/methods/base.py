@@ -13,8 +13,13 @@ runners (`mixjax.runners`) call them without asking whether a method has them.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import typing
+from typing import Any
 
 import numpy as np
+
+Tokens = typing.NewType("Tokens", int)  # a number of tokens (the command line takes 5M, 500k or 2e7)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,11 +31,74 @@ class ProposedRun:
     budget_tokens: int
 
 
-class OfflineMethod:
+@dataclasses.dataclass(frozen=True)
+class OptionSpec:
+    """One keyword of a method's constructor: its default, its type annotation and, for an option
+    the command line sets, its help (`Method.options`; None: no flag)."""
+
+    name: str
+    default: Any
+    hint: Any
+    help: str | None
+
+
+def option_specs_of(function, helps: dict[str, str]) -> dict[str, OptionSpec]:
+    """The keyword parameters of `function` (a constructor) as OptionSpecs, with `helps`' help."""
+    hints = typing.get_type_hints(function)
+    return {p.name: OptionSpec(p.name, p.default, hints.get(p.name), helps.get(p.name))
+            for p in list(inspect.signature(function).parameters.values())[1:]  # not self
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+class Method:
+    """What every method has: a name, its constructor's options, and how it is built."""
+
+    name: str
+    # the constructor's keywords that are command-line options (`mixjax mix`/`sweep` make a flag of
+    # each: its name, type and default from the signature), with their help
+    options: dict[str, str] = {}
+
+    @classmethod
+    def create(cls, num_domains: int | None, **options) -> "Method":
+        """The method with `options` (a method whose defaults depend on the number of domains uses it)."""
+        return cls(**options)
+
+    @classmethod
+    def option_specs(cls) -> dict[str, OptionSpec]:
+        """Every keyword option of the constructor, following `**kwargs` up to the base classes'."""
+        specs = {}
+        for klass in inspect.getmro(cls)[:-1]:  # not object
+            if "__init__" not in vars(klass):
+                continue
+            for name, spec in option_specs_of(klass.__init__, cls.options).items():
+                specs.setdefault(name, spec)
+            if not any(p.kind == p.VAR_KEYWORD for p in inspect.signature(klass.__init__).parameters.values()):
+                break
+        return specs
+
+    @classmethod
+    def option_defaults(cls, num_domains: int) -> dict[str, Any]:
+        """The value each option takes for `num_domains` domains when not given."""
+        return {name: spec.default for name, spec in cls.option_specs().items()}
+
+    @classmethod
+    def shown_default(cls, name: str) -> str | None:
+        """An option's default as its flag's help shows it (None: the help says it, or a switch)."""
+        default = cls.option_specs()[name].default
+        return None if default is None or isinstance(default, bool) else format_value(default)
+
+
+def format_value(value) -> str:
+    """A default as the command line writes it: 0.001, 1, 0.25,0.5,2,3."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(format_value(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+class OfflineMethod(Method):
     """An offline method: `propose` the runs to train, `recommend` weights from their results. The
     members below are the defaults a method overrides where it does more."""
 
-    name: str
     adaptive = False  # proposes its runs one at a time as results come in (li2025 --adaptive)
     add_runs = False  # may add runs once the first ones are in (`extra_runs`)
     along_run = 0  # evaluations per run recorded as observations of their own (li2025)
@@ -62,14 +130,13 @@ class OfflineMethod:
         return None
 
 
-class OnlineMethod:
+class OnlineMethod(Method):
     """An online method; the members below are the defaults a method overrides where it does more:
     runs to train first (`prerequisite_runs`, whose results `use_prerequisites` hands back; with
     `keep_prerequisite_params` their final parameters are kept as a checkpoint), a proxy run
     (`proxy_fraction` of the budget; None: the online run is the final model), the weights it
     recommends (`final_weights`), and the trainer callback that runs it (`make_callback`)."""
 
-    name: str
     keep_prerequisite_params = False
     proxy_fraction: float | None = None
     note: str | None = None  # said once when the run starts (set by `begin`)

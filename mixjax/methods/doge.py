@@ -25,6 +25,7 @@ clipped, where the release clips each domain's before weighting them.
 from __future__ import annotations
 
 import weakref
+from typing import Literal
 
 import numpy as np
 
@@ -38,10 +39,16 @@ class DoGE(ProxyMethod):
     100 steps, a proxy run as long as the final run, reweighted."""
 
     name = "doge"
+    options = {**ProxyMethod.options, "eta": "EG step size, 1/mu (default as released: 100 for up to 4 domains, "
+                                             "10 for more)"}
 
     def __init__(self, eta: float | None = None, update_every: int = 100, proxy_fraction: float = 1.0,
-                 sampling: str = "reweight"):
+                 sampling: Literal["reweight", "resample"] = "reweight"):
         super().__init__(eta, update_every, proxy_fraction, sampling)
+
+    @classmethod
+    def option_defaults(cls, num_domains: int) -> dict:
+        return {**super().option_defaults(num_domains), "eta": cls.released_eta(num_domains)}
 
     @staticmethod
     def released_eta(k: int) -> float:

@@ -22,6 +22,7 @@ per-step updates.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -38,9 +39,14 @@ class DoReMi(ProxyMethod):
 
     name = "doremi"
     keep_prerequisite_params = True
+    options = {**ProxyMethod.options,
+               "proxy_fraction": "proxy and reference run size as a fraction of the budget",
+               "smoothing": "weight of the uniform distribution mixed in",
+               "reference": "an existing reference run with a checkpoint (default: train one at stratified weights)"}
 
     def __init__(self, eta: float = 1.0, smoothing: float = 1e-3, update_every: int = 1,
-                 proxy_fraction: float = 1.0, reference: str | None = None, sampling: str = "reweight"):
+                 proxy_fraction: float = 1.0, reference: str | None = None,
+                 sampling: Literal["reweight", "resample"] = "reweight"):
         super().__init__(eta, update_every, proxy_fraction, sampling)
         if not 0 <= smoothing <= 1:
             raise MixjaxError(f"`smoothing` {smoothing}: must be in [0, 1]")

@@ -5,11 +5,13 @@ law) and regmix (many small Dirichlet runs + a regression of total loss on the m
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import numpy as np
 
 from mixjax.errors import MixjaxError
-from mixjax.methods.base import OfflineMethod, ProposedRun, as_weights
+from mixjax.methods.adaptive_design import DEFAULT_TOLERANCE
+from mixjax.methods.base import OfflineMethod, ProposedRun, Tokens, as_weights
 from mixjax.methods.li2025_design import DEFAULT_FACTORS, perturbation_runs
 
 
@@ -100,12 +102,39 @@ class Li2025(_LawMethod):
 
     name = "li2025"
     law_name = "li2025"
+    options = {
+        "factors": "perturbation factors",
+        "base_fraction": "base run size as a fraction of the budget",
+        "add_runs": "do not add runs when the fit would be under-determined",
+        "huber_delta": "fit with a Huber loss of this delta (the paper's); 0 = least squares",
+        "perturbation_evals": "evaluate each perturbation run at most N times (every ceil(steps / N) steps) and "
+                              "record its best evaluation, as the paper keeps the best checkpoint; 0 = the final loss",
+        "adaptive": "train the runs one at a time, each the one that most narrows the optimal weights' "
+                    "intervals (`mixjax next`), until every 90% interval is narrower than --tolerance or "
+                    "--max-runs runs are done",
+        "max_runs": "with --adaptive, at most N runs in all (default 1 + 4K, the fixed design's count)",
+        "tolerance": "with --adaptive, stop when every weight's 90% interval is narrower "
+                     f"(default {DEFAULT_TOLERANCE:g})",
+        "law": "the law fitted (default li2025; li2025-repeat with --target-budget); li2025-repeat counts a "
+               "domain's repeated tokens as Muennighoff et al.'s effective data, from the data's training tokens",
+        "r_star": "with --law li2025-repeat, fix R* (repetitions at which a repeated token's value has decayed "
+                  "by 1/e; their fit: 15); default fitted per domain",
+        "target_budget": "cut each domain's training data to run budget / T for each run, so it repeats as often "
+                         "as in a run of T tokens; the law li2025-repeat then learns how repetition pays (R*)",
+        "along_run": "train the runs at a constant learning rate and record N evaluations of each, every one an "
+                     "observation of the fit (0: one per run)",
+        "scales": "the perturbation design at each of these sizes of its base run (e.g. 1,0.25: runs at two sizes)",
+        "design_budget": "size the perturbation runs as for this budget (e.g. 500k; at most --budget-tokens, its "
+                         "default) and optimise the law at --budget-tokens; weights.json records the runs' sizes "
+                         "and the ratio target / largest run",
+    }
 
-    def __init__(self, base_fraction: float = 0.25, factors=DEFAULT_FACTORS, add_runs: bool = True,
-                 huber_delta: float | None = 1e-3, perturbation_evals: int = 10, adaptive: bool = False,
-                 max_runs: int | None = None, tolerance: float | None = None, law: str | None = None,
-                 r_star: float | None = None, target_budget: int | None = None, along_run: int = 0,
-                 scales=(1.0,), design_budget: int | None = None, **kwargs):
+    def __init__(self, base_fraction: float = 0.25, factors: tuple[float, ...] = DEFAULT_FACTORS,
+                 add_runs: bool = True, huber_delta: float | None = 1e-3, perturbation_evals: int = 10,
+                 adaptive: bool = False, max_runs: int | None = None, tolerance: float | None = None,
+                 law: Literal["li2025", "li2025-pairwise", "li2025-repeat"] | None = None,
+                 r_star: float | None = None, target_budget: Tokens | None = None, along_run: int = 0,
+                 scales: tuple[float, ...] = (1.0,), design_budget: Tokens | None = None, **kwargs):
         super().__init__(**kwargs)
         self._set_repetition_options(law, r_star, target_budget, along_run, scales, adaptive)
         if design_budget is not None and (isinstance(design_budget, bool) or not isinstance(design_budget, (int, np.integer))
@@ -262,6 +291,7 @@ class DataMixingLaws(_LawMethod):
 
     name = "dml"
     law_name = "loglinear"
+    options = {"n_runs": "number of Dirichlet runs (default 2K + 2)"}
 
     def __init__(self, n_runs: int | None = None, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
@@ -289,6 +319,7 @@ class RegMix(OfflineMethod):
 
     name = "regmix"
     caps_weights = True
+    options = {"n_runs": "number of Dirichlet runs (default 4K + 4)"}
 
     def __init__(self, n_runs: int | None = None, budget_fraction: float = 0.25, ridge: float = 1e-4,
                  n_candidates: int = 100_000, top_k: int = 100, seed: int = 0, available: dict | None = None,

@@ -17,6 +17,14 @@ from mixjax.methods.base import OnlineMethod
 
 
 class ProxyMethod(OnlineMethod):
+    options = {
+        "eta": "EG step size",
+        "update_every": "steps between weight updates",
+        "proxy_fraction": "proxy run size as a fraction of the budget",
+        "sampling": "sample the proxy stratified and weight each domain's loss (reweight, the releases) or "
+                    "sample at the current weights (resample)",
+    }
+
     def __init__(self, eta: float | None, update_every: int, proxy_fraction: float, sampling: str = "reweight"):
         if eta is not None and not eta > 0:
             raise MixjaxError(f"`eta` {eta}: must be positive")

@@ -42,6 +42,13 @@ class SkillIt(OnlineMethod):
     (400 for more than 6 domains) from the sum of the last 3 evaluations' losses."""
 
     name = "skillit"
+    options = {
+        "eta": "EG step size",
+        "update_steps": "steps per round (default 500, 400 for more than 6 domains)",
+        "window": "evaluations whose losses are summed",
+        "single_fraction": "each single-domain run's size as a fraction of the budget (default 1/K)",
+        "evaluations": "validation evaluations per run, every num_steps/N steps from step 0",
+    }
 
     def __init__(self, eta: float = 0.2, update_steps: int | None = None, window: int = 3,
                  single_fraction: float | None = None, evaluations: int | None = 20):
@@ -60,6 +67,16 @@ class SkillIt(OnlineMethod):
         self.evaluations = None if evaluations is None else int(evaluations)
         self.single_fraction = single_fraction
         self.loss_after = self.loss_before = None
+
+    @classmethod
+    def option_defaults(cls, num_domains: int) -> dict:
+        return {**super().option_defaults(num_domains), "update_steps": cls.released_update_steps(num_domains),
+                "single_fraction": 1 / num_domains}
+
+    @staticmethod
+    def released_update_steps(k: int) -> int:
+        """Steps per round of the released scripts: 500 for up to 6 domains, 400 for more."""
+        return 500 if k <= 6 else 400
 
     # -- prerequisites --------------------------------------------------------------------------
     def prerequisite_runs(self, domains, budget_tokens):
@@ -92,7 +109,7 @@ class SkillIt(OnlineMethod):
     # -- the online run -------------------------------------------------------------------------
     def begin(self, domains, num_steps):
         self.domains, self.num_steps, k = list(domains), int(num_steps), len(domains)
-        self.every = self.update_steps if self.update_steps is not None else (500 if k <= 6 else 400)
+        self.every = self.update_steps if self.update_steps is not None else self.released_update_steps(k)
         self.eval_every = None if self.evaluations is None else max(1, self.num_steps // self.evaluations)
         self.last_update = (self.num_steps - 1) // self.every * self.every  # 0: no update in the run
         graph, weights = None, np.full(k, 1.0 / k)

@@ -45,6 +45,7 @@ class Grid(OfflineMethod):
     """Train every grid mixture; recommend the one with the lowest total validation loss."""
 
     name = "grid"
+    options = {"step": "weight step (0.125: the paper's 21 mixtures)"}
 
     def __init__(self, step: float = 0.125, include_zero: bool = False):
         self.step, self.include_zero = step, include_zero
