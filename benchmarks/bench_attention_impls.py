@@ -29,7 +29,7 @@ B, H, K, E = 1, 4, 2, 32
 
 def step_fn(impl: str, block: int):
     import jax
-    from mixjax.model.attention import packed_attention
+    from mixjax.kernels.attention import packed_attention
 
     def grads(q, k, v, seg, w):
         def loss(q, k, v):

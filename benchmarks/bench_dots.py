@@ -5,7 +5,7 @@ For y = x @ w with x [N, D] (N = batch x sequence tokens) and w [D, F], training
     dx       dx = dy @ w^T     the weight's transpose (YNNPACK handles a transposed right operand)
     dw       dw = x^T @ dy     contracts the token axis of both x and dy
 XLA CPU hands the last one to Eigen. mixjax's `project` instead transposes the narrower operand
-explicitly and runs a row-major dot (mixjax/model/decoder.py). This times each form, with the
+explicitly and runs a row-major dot (mixjax/kernels/cpu.py). This times each form, with the
 library XLA picked (from the compiled HLO), at the tiny and small presets' shapes.
 
 Also the batched dots of attention (per batch element and KV head: rows = query heads per KV head

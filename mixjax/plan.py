@@ -49,10 +49,14 @@ import time
 from typing import Any, Callable, Sequence
 
 from mixjax.errors import MixjaxError
+from mixjax.kernels import registry
 
 MAX_FAKE_DEVICES = 4096
-ATTENTION_STAND_IN = {"auto": "blockwise", "cudnn": "blockwise", "pallas": "blockwise",
-                      "blockwise": "blockwise", "plain": "plain"}
+# A plan on the CPU compiles the attention implementations the CPU runs itself; the others (the
+# GPU/TPU kernels, and 'auto', which picks one of them there) are stood in for by "blockwise" (also
+# O(L) memory).
+ATTENTION_STAND_IN = {name: name if name in registry.native("cpu") else "blockwise" for name in registry.NAMES}
+STOOD_IN = tuple(name for name, compiled in ATTENTION_STAND_IN.items() if compiled != name)
 ESTIMATE_NOTE = (
     "Estimated by XLA's CPU compiler for {n} fake CPU device(s): memory_analysis() of the real "
     "train step on abstract inputs (nothing allocated). An estimate of a GPU's memory, not a "
@@ -119,8 +123,7 @@ def _fmt(shape) -> str:
 def compiled_attention(requested: str, platform: str = "cpu") -> str:
     """The attention implementation a plan compiles: on the CPU the GPU kernels (and "auto") are
     stood in for by "blockwise" (also O(L) memory); on other backends the requested one."""
-    if requested not in ATTENTION_STAND_IN:
-        raise MixjaxError(f"`attention` {requested!r}: expected one of {', '.join(ATTENTION_STAND_IN)}")
+    registry.check_name(requested)
     return ATTENTION_STAND_IN[requested] if platform == "cpu" else requested
 
 

@@ -1,4 +1,4 @@
-"""Packed causal GQA attention (mixjax.model.attention): every implementation that runs on the CPU
+"""Packed causal GQA attention (mixjax.kernels.attention): every implementation that runs on the CPU
 against the textbook reference (values and gradients), the reference against a numpy loop, the
 O(L) memory of the blockwise backward, and the one-line errors of `resolve_attention`."""
 
@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from mixjax.errors import MixjaxError
-from mixjax.model import attention as A
+from mixjax.kernels import attention as A
+from mixjax.kernels import registry
+from mixjax.kernels.platform import lowering_for
 
 
 def _segments(rows, l):
@@ -69,9 +71,25 @@ def _check_against_reference(impl, b, l, h, kv, e, seg, tol=2e-5, dtype=jnp.floa
         _assert_close(g, g_ref, tol)
 
 
-def test_implementations_tuple_matches_config():
-    from mixjax.model.config import ATTENTION_IMPLS
-    assert A.IMPLEMENTATIONS == ATTENTION_IMPLS
+def test_flag_help_config_check_and_plan_read_the_one_registry():
+    """The implementations are stated once (`mixjax.kernels.registry`): `--attention`'s help,
+    ModelConfig's check, `resolve_attention`'s and the plan's stand-ins list exactly them."""
+    from mixjax.commands.flags import SPECIAL
+    from mixjax.model import ModelConfig
+    from mixjax.plan import ATTENTION_STAND_IN
+
+    assert registry.NAMES == ("auto", "plain", "blockwise", "cudnn", "pallas")
+    flag_help = SPECIAL["model_overrides"].options["--attention"]["help"]
+    assert flag_help.startswith("auto|plain|blockwise|cudnn|pallas (default auto: ")
+    want = "attention 'flash': expected one of auto, plain, blockwise, cudnn, pallas"
+    with pytest.raises(MixjaxError) as info:
+        ModelConfig(vocab_size=8, dim=8, n_layers=1, n_heads=1, n_kv_heads=1, hidden_dim=8, attention="flash")
+    assert str(info.value) == want
+    with pytest.raises(MixjaxError) as info:
+        A.resolve_attention("flash", "cpu")
+    assert str(info.value) == want
+    assert ATTENTION_STAND_IN == {"auto": "blockwise", "plain": "plain", "blockwise": "blockwise",
+                                  "cudnn": "blockwise", "pallas": "blockwise"}
 
 
 def test_reference_matches_numpy_loop():
@@ -162,7 +180,7 @@ def test_resolve_explicit_and_errors(monkeypatch):
     assert msg == "attention cudnn is not available on the cpu backend (available: plain, blockwise)"
     assert "available: plain, blockwise)" in _one_line_error("pallas", "cpu")
     assert "expected one of auto, plain" in _one_line_error("flash", "cpu")
-    monkeypatch.setattr(A, "_cudnn_status", lambda: "compute capability 7.5 < 8.0")
+    monkeypatch.setattr(A, "cudnn_status", lambda: "compute capability 7.5 < 8.0")
     assert _one_line_error("cudnn", "gpu") == ("attention cudnn is not available on the gpu backend "
                                                "(compute capability 7.5 < 8.0) (available: plain, blockwise, pallas)")
     assert A.resolve_attention("pallas", "gpu") == "pallas"
@@ -173,7 +191,7 @@ def test_resolve_explicit_and_errors(monkeypatch):
 
 def test_resolve_auto(monkeypatch):
     assert A.resolve_attention("auto", "cpu") == "plain"
-    monkeypatch.setattr(A, "_cudnn_status", lambda: None)
+    monkeypatch.setattr(A, "cudnn_status", lambda: None)
     for dtype in (jnp.bfloat16, jnp.float32, None):  # the Triton kernel (cuDNN only when asked for)
         assert A.resolve_attention("auto", "gpu", dtype=dtype) == "pallas"
     assert A.resolve_attention("cudnn", "gpu") == "cudnn"
@@ -187,8 +205,8 @@ def test_check_attention_refuses_what_cudnn_cannot_run_before_compiling(monkeypa
     """cuDNN in float32, or with a tensor axis that does not divide the kv heads (q and k/v would be
     split differently, which cuDNN's partitioner refuses at compile time): one line naming the
     setting to change."""
-    monkeypatch.setattr(A, "_cudnn_status", lambda: None)
-    with A.lowering_for("gpu"):
+    monkeypatch.setattr(A, "cudnn_status", lambda: None)
+    with lowering_for("gpu"):
         assert A.check_attention("auto", jnp.float32, 2, {"tensor": 4}) == "pallas"
         assert A.check_attention("cudnn", jnp.bfloat16, 8, {"data": 1, "fsdp": 2, "tensor": 4}) == "cudnn"
         with pytest.raises(MixjaxError) as info:

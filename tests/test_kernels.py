@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mixjax.kernels import flash_gqa_gpu as F
-from mixjax.model.attention import reference_attention
+from mixjax.kernels.attention import reference_attention
 
 
 def _rows_of_segments(l, rows):

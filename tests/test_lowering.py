@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import pytest
 
 from mixjax.model import ModelConfig
-from mixjax.model import attention as A
+from mixjax.kernels.platform import lowering_for
 from mixjax.train.mesh import abstract_arrays, make_mesh
 from mixjax.train.step import BATCH_KEYS, StepConfig, Stepper
 
@@ -24,7 +24,7 @@ TRITON = "__gpu$xla.gpu.triton"
 def export_train_step(impl: str, platform: str = "cuda", seq_len: int = 256):
     """The train step of QWEN_LIKE with attention `impl` and the default compute dtype ('auto'),
     exported for `platform`: its StableHLO text."""
-    with A.lowering_for("gpu" if platform == "cuda" else platform):
+    with lowering_for("gpu" if platform == "cuda" else platform):
         st = Stepper(StepConfig(QWEN_LIKE.replace(attention=impl), 8, seq_len, 3), make_mesh((1, 8, 1)))
         assert st.compute_dtype == "bfloat16"  # 'auto' on an accelerator
         state = abstract_arrays(st.abstract_state, st.state_shardings)

@@ -168,7 +168,8 @@ def test_attention_gradient_matches_plain_autodiff():
     """`attend`'s hand-written backward (keys-major weights, only E-wide operands transposed)
     equals autodiff of the plain formula, under a causal mask that also cuts segments, and none of
     its compiled dots contracts a left operand's major axis (autodiff's dK and dV do)."""
-    from mixjax.model.decoder import _attend_plain, _attend_row_major
+    from mixjax.kernels.cpu import attend_row_major
+    from mixjax.kernels.plain import attend_plain
 
     rng = np.random.default_rng(0)
     b, k, m, s, e = 2, 2, 12, 10, 8
@@ -184,10 +185,10 @@ def test_attention_gradient_matches_plain_autodiff():
     def loss(fn):
         return lambda q, key, val: jnp.sum(jnp.sin(fn(q, key, val, keep)) * dout)
 
-    ours = jax.jit(jax.grad(loss(_attend_row_major), argnums=(0, 1, 2)))
-    plain = jax.jit(jax.grad(loss(_attend_plain), argnums=(0, 1, 2)))
-    np.testing.assert_allclose(np.asarray(_attend_row_major(q, key, val, keep)),
-                               np.asarray(_attend_plain(q, key, val, keep)), rtol=1e-5, atol=1e-6)
+    ours = jax.jit(jax.grad(loss(attend_row_major), argnums=(0, 1, 2)))
+    plain = jax.jit(jax.grad(loss(attend_plain), argnums=(0, 1, 2)))
+    np.testing.assert_allclose(np.asarray(attend_row_major(q, key, val, keep)),
+                               np.asarray(attend_plain(q, key, val, keep)), rtol=1e-5, atol=1e-6)
     for got, want in zip(ours(q, key, val), plain(q, key, val)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5)
     assert _dots_contracting_a_major_axis(plain.lower(q, key, val).compile().as_text())  # the check sees them

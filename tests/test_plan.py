@@ -206,8 +206,8 @@ def test_parse_bytes():
 
 
 def test_blockwise_attention_temporaries_grow_about_linearly_in_sequence():
-    if importlib.util.find_spec("mixjax.model.attention") is None:
-        pytest.skip("mixjax.model.attention (the blockwise attention) is not in the tree yet")
+    if importlib.util.find_spec("mixjax.kernels.blockwise") is None:
+        pytest.skip("mixjax.kernels.blockwise (the blockwise attention) is not in the tree yet")
     cfg = CFG.replace(attention="blockwise")
     temps = {l: plan_step(cfg, devices=1, mesh_shape=(1, 1, 1), batch_size=1, seq_len=l,
                           compute_dtype="float32", num_domains=K)["bytes_per_device"]["temporaries"]

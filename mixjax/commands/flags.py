@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from mixjax.commands.method_options import RENAMES
 from mixjax.errors import MixjaxError
+from mixjax.kernels import registry
 from mixjax.plan import parse_mesh  # the one --mesh parser (sizes >= 1, at most one -1); no jax import
 from mixjax.token_counts import parse_tokens, tokens_value
 from mixjax.train.config import TrainConfig
@@ -71,9 +72,7 @@ SPECIAL: dict[str, Flags] = {
                                     "help": "mesh (data, fsdp, tensor); default all data"}},
                         lambda args: UNSET if args.mesh is None else parse_mesh(args.mesh)),
     "model_overrides": Flags({
-        "--attention": {"default": None, "metavar": "IMPL",
-                        "help": "auto|plain|blockwise|cudnn|pallas (default auto: the backend's best; blockwise "
-                                "and the fused kernels never keep sequence x sequence scores)"},
+        "--attention": {"default": None, "metavar": "IMPL", "help": registry.flag_help()},
         "--remat": {"default": None, "metavar": "POLICY",
                     "help": "none|dots|full: recompute each layer in the backward pass (dots keeps the "
                             "projections, full only the layer inputs); default none"},

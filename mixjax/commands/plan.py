@@ -6,12 +6,15 @@ import argparse
 import inspect
 from pathlib import Path
 
-DESCRIPTION = """Compile the train step that `mixjax train` would run (same model, mesh, batch,
+from mixjax.kernels import registry
+from mixjax.plan import STOOD_IN
+
+DESCRIPTION = f"""Compile the train step that `mixjax train` would run (same model, mesh, batch,
 precision, rematerialisation and attention) ahead of time on abstract inputs, on N fake CPU devices,
 without allocating the model, and report XLA's memory analysis per device (arguments, outputs,
 donated, temporaries, total), FLOPs and compile time. Writes --out (JSON) and prints a summary.
 The numbers are the CPU compiler's estimate of a GPU's memory, not a measurement; GPU-only
-attention kernels (auto, cudnn, pallas) are compiled as 'blockwise' in their place.
+attention kernels ({', '.join(STOOD_IN)}) are compiled as 'blockwise' in their place.
 With --device-memory it also says whether the step fits and searches the largest global batch
 that does (doubling, then bisection; each probe is one more compile).
 Exit status: 0 = planned (and fits, when --device-memory is given); 1 = does not fit (one line on
@@ -49,8 +52,9 @@ def register(subparsers) -> None:
     p.add_argument("--remat", default=None, metavar="POLICY",
                    help="none, dots or full: what the backward recomputes (default: the model's, none)")
     p.add_argument("--attention", default=None, metavar="IMPL",
-                   help="auto, plain, blockwise, cudnn or pallas (default auto); auto, cudnn and pallas "
-                        "are compiled as blockwise on the CPU (recorded as attention_compiled)")
+                   help=f"{', '.join(registry.NAMES[:-1])} or {registry.NAMES[-1]} (default auto); "
+                        f"{', '.join(STOOD_IN[:-1])} and {STOOD_IN[-1]} are compiled as blockwise on the CPU "
+                        "(recorded as attention_compiled)")
     p.add_argument("--loss-chunk", type=int, default=None, metavar="N",
                    help="cross-entropy N positions at a time (must divide --seq-len)")
     p.add_argument("--device-memory", default=None, metavar="SIZE",

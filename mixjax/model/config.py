@@ -6,8 +6,8 @@ import dataclasses
 from typing import Any
 
 from mixjax.errors import MixjaxError
+from mixjax.kernels import registry
 
-ATTENTION_IMPLS = ("auto", "plain", "blockwise", "cudnn", "pallas")
 REMAT_POLICIES = ("none", "dots", "full")
 EXECUTION_FIELDS = ("attention", "remat", "scan_layers", "shard_activations", "attn_blocks")
 SCAN_ABOVE_LAYERS = 4  # scan_layers=None: unroll up to this many layers (compiles fast, runs faster)
@@ -15,8 +15,8 @@ SCAN_ABOVE_LAYERS = 4  # scan_layers=None: unroll up to this many layers (compil
 
 def check_execution(attention: str | None = None, remat: str | None = None) -> None:
     """One-line errors for an unknown `attention` or `remat` (None: not given)."""
-    if attention is not None and attention not in ATTENTION_IMPLS:
-        raise MixjaxError(f"`attention` {attention!r}: expected one of {', '.join(ATTENTION_IMPLS)}")
+    if attention is not None:
+        registry.check_name(attention)
     if remat is not None and remat not in REMAT_POLICIES:
         raise MixjaxError(f"`remat` {remat!r}: expected one of {', '.join(REMAT_POLICIES)}")
 
@@ -50,7 +50,7 @@ class ModelConfig:
     embed_impl: str = "auto"
     attn_blocks: int = 0  # causal query blocks in the plain CPU attention; 0 = auto (sequence length / 64, at most 8)
     # How the step computes, not what the model is (any value gives the same function):
-    attention: str = "auto"   # see mixjax.model.attention.IMPLEMENTATIONS; auto picks per backend
+    attention: str = "auto"   # see mixjax.kernels.registry; auto picks per backend
     remat: str = "none"       # none | dots | full: what the backward recomputes (jax.checkpoint policy)
     # layers under one scan (compile time flat in depth) or unrolled; None = scan deeper models
     # than SCAN_ABOVE_LAYERS (scanning all put tiny and small at 0.92x and 0.81x on the CPU, README)

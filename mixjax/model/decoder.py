@@ -16,6 +16,10 @@ import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from mixjax.kernels.attention import packed_attention, resolve_attention
+from mixjax.kernels.cpu import matmul
+from mixjax.kernels.plain import attention_mask, plain_attention
+from mixjax.kernels.platform import traced_mesh_batch_axes
 from mixjax.model.config import ModelConfig
 
 
@@ -94,119 +98,16 @@ def apply_rope(x_xE, cos_xE2, sin_xE2):
     return jnp.concatenate([x1 * cos_xE2 - x2 * sin_xE2, x2 * cos_xE2 + x1 * sin_xE2], axis=-1).astype(dtype)
 
 
-@jax.custom_vjp
-def _matmul_transposed_wgrad(x_NxD, w_DxF):
-    """x @ w whose weight gradient contracts two row-major operands, for XLA CPU.
-
-    The weight gradient x^T dy contracts the token axis, the major axis of both x [N, D] and
-    dy [N, F]. XLA CPU hands such a dot to Eigen: 49-62 GFLOP/s on one core at the tiny preset's
-    shapes, 69-79 at small's, where YNNPACK runs a row-major x @ w at 77-86
-    (benchmarks/bench_dots.py). Transposing the narrower operand first, explicitly (optimization
-    barriers keep XLA from folding either transpose back into a dot), lets YNNPACK take the dot.
-    The transpose of x is shared by every projection of the same input (q, k, v; gate, up). On two
-    cores this wins by up to 1.4x (tiny's MLP down projection) and loses a few percent (small's
-    gate/up) per dot; the tiny train step gained 1-4% and small's 0-2% in side-by-side runs."""
-    return x_NxD @ w_DxF
-
-
-def _matmul_fwd(x_NxD, w_DxF):
-    return x_NxD @ w_DxF, (x_NxD, w_DxF)
-
-
-def _matmul_bwd(res, dy_NxF):
-    x_NxD, w_DxF = res
-    dx_NxD = jax.lax.dot_general(dy_NxF, w_DxF, (((1,), (1,)), ((), ())))
-    # The barriers on the products keep a transpose that follows (of dw_FxD here, or of a tied
-    # embedding's [D, V] head) from being folded into the dot too.
-    if x_NxD.shape[1] <= dy_NxF.shape[1]:
-        dw_DxF = jax.lax.optimization_barrier(jax.lax.optimization_barrier(x_NxD.T) @ dy_NxF)
-    else:
-        dw_FxD = jax.lax.optimization_barrier(jax.lax.optimization_barrier(dy_NxF.T) @ x_NxD)
-        dw_DxF = dw_FxD.T
-    return dx_NxD.astype(x_NxD.dtype), dw_DxF.astype(w_DxF.dtype)
-
-
-_matmul_transposed_wgrad.defvjp(_matmul_fwd, _matmul_bwd)
-
-
 def project(x_BxLxD, w_Dx_):
     """x [B, L, D] times a weight [D, ...] (heads etc. flattened for the matmul) -> [B, L, ...].
 
-    On CPU the weight gradient goes through `_matmul_transposed_wgrad`; elsewhere (cuBLAS and the
-    TPU handle transposed operands natively) it is plain autodiff."""
+    The matmul is `mixjax.kernels.cpu.matmul` (on CPU a weight gradient XLA CPU runs fast)."""
     b, l, d = x_BxLxD.shape
-    x_NxD, w_DxF = x_BxLxD.reshape(b * l, d), w_Dx_.reshape(d, -1)
-    from mixjax.model.attention import target_backend
-
-    out = _matmul_transposed_wgrad(x_NxD, w_DxF) if target_backend() == "cpu" else x_NxD @ w_DxF
+    out = matmul(x_BxLxD.reshape(b * l, d), w_Dx_.reshape(d, -1))
     # named so that remat policy "dots" keeps it (a policy on dot primitives would miss the CPU
     # path's custom VJP)
     out = checkpoint_name(out, "projection")
     return out.reshape(b, l, *w_Dx_.shape[1:])
-
-
-def _attend_plain(q_BxKxMxE, k_BxKxSxE, v_BxKxSxE, keep_Bx1xSxM):
-    """The textbook form, scores [M, S], for backends that differentiate it well (GPU, TPU)."""
-    s_BxKxMxS = jnp.einsum("bkme,bkse->bkms", q_BxKxMxE, k_BxKxSxE, preferred_element_type=jnp.float32)
-    s_BxKxMxS = jnp.where(jnp.swapaxes(keep_Bx1xSxM, -1, -2), s_BxKxMxS, jnp.finfo(jnp.float32).min)
-    p_BxKxMxS = jax.nn.softmax(s_BxKxMxS, axis=-1).astype(q_BxKxMxE.dtype)
-    return jnp.einsum("bkms,bkse->bkme", p_BxKxMxS, v_BxKxSxE)
-
-
-@jax.custom_vjp
-def _attend_row_major(q_BxKxMxE, k_BxKxSxE, v_BxKxSxE, keep_Bx1xSxM):
-    """`_attend_plain` computed keys-major, with a backward written out so that all six matmuls
-    (forward and backward) contract a row-major left operand's minor axis, for XLA CPU.
-
-    Autodiff of attention contracts the query axis of the [M, S] weights and of dO (for dV) or
-    of dS and Q (for dK): the major axis of both operands, which XLA CPU gives to Eigen (28 GFLOP/s
-    at the tiny preset's shapes, against 44 for YNNPACK's row-major form; benchmarks/bench_dots.py).
-    With the weights kept keys-major ([S, M]) those products are row-major, and the other two
-    (O and dQ) become row-major by transposing only E-wide operands (V, K), not score-sized ones.
-    Barriers keep XLA from folding the transposes of V, K, dO, O and dQ back into the dots.
-    """
-    return _attend_row_major_fwd(q_BxKxMxE, k_BxKxSxE, v_BxKxSxE, keep_Bx1xSxM)[0]
-
-
-def _attend_row_major_fwd(q_BxKxMxE, k_BxKxSxE, v_BxKxSxE, keep_Bx1xSxM):
-    dt = q_BxKxMxE.dtype
-    s_BxKxSxM = jnp.einsum("bkse,bkme->bksm", k_BxKxSxE, q_BxKxMxE, preferred_element_type=jnp.float32)
-    s_BxKxSxM = jnp.where(keep_Bx1xSxM, s_BxKxSxM, jnp.finfo(jnp.float32).min)
-    p_BxKxSxM = jax.nn.softmax(s_BxKxSxM, axis=-2).astype(dt)  # each query a column
-    v_BxKxExS = jax.lax.optimization_barrier(jnp.swapaxes(v_BxKxSxE, -1, -2))
-    o_BxKxExM = jax.lax.optimization_barrier(jnp.einsum("bkes,bksm->bkem", v_BxKxExS, p_BxKxSxM))
-    o_BxKxMxE = jnp.swapaxes(o_BxKxExM, -1, -2)
-    return o_BxKxMxE, (q_BxKxMxE, k_BxKxSxE, v_BxKxSxE, keep_Bx1xSxM, p_BxKxSxM, o_BxKxMxE)
-
-
-def _attend_row_major_bwd(res, do_BxKxMxE):
-    q_BxKxMxE, k_BxKxSxE, v_BxKxSxE, keep_Bx1xSxM, p_BxKxSxM, o_BxKxMxE = res
-    dt, f32 = q_BxKxMxE.dtype, jnp.float32
-    do_BxKxMxE = do_BxKxMxE.astype(dt)
-    dv_BxKxSxE = jnp.einsum("bksm,bkme->bkse", p_BxKxSxM, do_BxKxMxE)
-    do_BxKxExM = jax.lax.optimization_barrier(jnp.swapaxes(do_BxKxMxE, -1, -2))
-    dp_BxKxSxM = jnp.einsum("bkse,bkem->bksm", v_BxKxSxE, do_BxKxExM, preferred_element_type=f32)
-    # softmax backward: dS = P * (dP - rowsum(dP * P)), and rowsum(dP * P) = rowsum(dO * O)
-    delta_BxKx1xM = jnp.sum(do_BxKxMxE.astype(f32) * o_BxKxMxE.astype(f32), axis=-1)[:, :, None, :]
-    ds_BxKxSxM = (p_BxKxSxM.astype(f32) * (dp_BxKxSxM - delta_BxKx1xM)).astype(dt)
-    dk_BxKxSxE = jnp.einsum("bksm,bkme->bkse", ds_BxKxSxM, q_BxKxMxE)
-    k_BxKxExS = jax.lax.optimization_barrier(jnp.swapaxes(k_BxKxSxE, -1, -2))
-    dq_BxKxExM = jax.lax.optimization_barrier(jnp.einsum("bkes,bksm->bkem", k_BxKxExS, ds_BxKxSxM))
-    return jnp.swapaxes(dq_BxKxExM, -1, -2), dk_BxKxSxE, dv_BxKxSxE, None
-
-
-_attend_row_major.defvjp(_attend_row_major_fwd, _attend_row_major_bwd)
-
-
-def attend(q_BxKxMxE, k_BxKxSxE, v_BxKxSxE, keep_Bx1xSxM):
-    """Softmax attention of M query rows (the G heads of a kv head, times positions) over S keys
-    -> [B, K, M, E]; `keep` [B, 1, S, M] says which key each query sees. Queries must be scaled.
-
-    On CPU the gradient goes through `_attend_row_major`; elsewhere it is plain autodiff."""
-    from mixjax.model.attention import target_backend
-
-    fn = _attend_row_major if target_backend() == "cpu" else _attend_plain
-    return fn(q_BxKxMxE, k_BxKxSxE, v_BxKxSxE, keep_Bx1xSxM)
 
 
 class RMSNorm(nnx.Module):
@@ -240,8 +141,6 @@ class Attention(nnx.Module):
     def __call__(self, x_BxLxD, cos, sin, mask: "AttentionMask"):
         if mask.impl == "plain":
             return self._plain(x_BxLxD, cos, sin, mask.keep_Bx1xSxL)
-        from mixjax.model.attention import packed_attention
-
         dt = x_BxLxD.dtype
         b, l, d = x_BxLxD.shape
         q_BxLxHxE = project(x_BxLxD, self.q_DxHxE[...].astype(dt))
@@ -277,18 +176,7 @@ class Attention(nnx.Module):
         cos_Bx1x1xLxE2, sin_Bx1x1xLxE2 = cos[:, None, None], sin[:, None, None]
         q_BxKxGxLxE = apply_rope(q, cos_Bx1x1xLxE2, sin_Bx1x1xLxE2) * jnp.asarray(1.0 / math.sqrt(e), dt)
         k_BxKxSxE = apply_rope(k, cos_Bx1x1xLxE2[:, :, 0], sin_Bx1x1xLxE2[:, :, 0])
-        # Causal blocks: query block i only meets keys [0, end of block i), so the masked upper
-        # triangle is mostly not computed ((n+1)/2n of the full score matrix for n blocks).
-        n = self.query_blocks(l)
-        c = l // n
-        outs = []
-        for i in range(n):
-            hi = (i + 1) * c
-            q_BxKxMxE = q_BxKxGxLxE[:, :, :, i * c:hi].reshape(b, k_heads, g * c, e)
-            keep_Bx1xSxGxC = jnp.broadcast_to(keep_Bx1xSxL[:, :, :hi, None, i * c:hi], (b, 1, hi, g, c))
-            o_BxKxMxE = attend(q_BxKxMxE, k_BxKxSxE[:, :, :hi], v[:, :, :hi], keep_Bx1xSxGxC.reshape(b, 1, hi, g * c))
-            outs.append(o_BxKxMxE.reshape(b, k_heads, g, c, e))
-        o_BxKxGxLxE = outs[0] if n == 1 else jnp.concatenate(outs, axis=3)
+        o_BxKxGxLxE = plain_attention(q_BxKxGxLxE, k_BxKxSxE, v, keep_Bx1xSxL, self.query_blocks(l))
         o_BxLxHxE = o_BxKxGxLxE.transpose(0, 3, 1, 2, 4).reshape(b, l, k_heads * g * e)
         return project(o_BxLxHxE, self.o_HxExD[...].astype(dt).reshape(-1, d))
 
@@ -328,23 +216,12 @@ class Block(nnx.Module):
         return x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD))
 
 
-def attention_mask(segment_ids_BxL):
-    """[B, 1, S, L], keys-major (as `attend` takes it): key s is seen by query l when s <= l and
-    both are in the same segment (padding, id 0, attends to itself)."""
-    l = segment_ids_BxL.shape[1]
-    causal_SxL = jnp.triu(jnp.ones((l, l), dtype=bool))
-    same_BxSxL = segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :]
-    return (causal_SxL[None] & same_BxSxL)[:, None]
-
-
 def shard_over_batch(x_Bx_):
     """Constrain activations [B, ...] to be split by rows over the mesh's batch axes ("data",
     "fsdp"), when the caller traces under a mesh (the train step does). Without it XLA's
     propagation follows the fsdp-sharded embedding: the residual stream is split along D and
     [B*L, D] activations are all-gathered, so every device's memory grows with the global batch
     (llama-3.1-8b, fsdp 8, remat dots: 164 GiB per device against 45 GiB with it, `mixjax plan`)."""
-    from mixjax.model.attention import traced_mesh_batch_axes
-
     _, axes = traced_mesh_batch_axes(x_Bx_.shape[0])
     if not axes:
         return x_Bx_
@@ -398,8 +275,6 @@ class Decoder(nnx.Module):
 
     def hidden(self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None, dtype=None):
         """Final normalised hidden states [B, L, D]."""
-        from mixjax.model.attention import resolve_attention
-
         dtype = dtype or self.embed_VxD[...].dtype
         b, l = tokens_BxL.shape
         if positions_BxL is None:

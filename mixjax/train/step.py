@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mixjax.data.batch import PackedBatch, next_token_targets
 from mixjax.errors import MixjaxError
-from mixjax.model.attention import check_attention
+from mixjax.kernels.attention import check_attention
 from mixjax.model.config import ModelConfig
 from mixjax.model.decoder import Decoder, init_params
 from mixjax.train import mesh as meshlib
@@ -39,7 +39,7 @@ def resolve_compute_dtype(name: str, backend: str | None = None) -> str:
     """`compute_dtype` -> "float32" or "bfloat16". "auto": bfloat16 on GPU and TPU (their matmul
     units run it at several times float32's rate), float32 on CPU (where bfloat16 is slower,
     benchmarks/README.md). Master weights and optimizer state stay float32 either way."""
-    from mixjax.model.attention import target_backend
+    from mixjax.kernels.platform import target_backend
 
     if name == "auto":
         return "bfloat16" if (backend or target_backend()) in ("gpu", "tpu") else "float32"
