@@ -80,6 +80,7 @@ def toy_method_module() -> types.ModuleType:
 
     class Lean(OfflineMethod):
         name = "toy"
+        options = {"lean": "toy: the weight of each run's own domain"}  # a flag, --lean
 
         def __init__(self, lean: float = 0.75):
             self.lean = lean
@@ -108,13 +109,13 @@ def test_a_method_written_and_registered_as_the_readme_says_is_mixed(tmp_path, m
     monkeypatch.setitem(methods.METHOD_CLASSES, "toy", "toy:Lean")
     monkeypatch.setattr(methods, "OFFLINE", methods.OFFLINE + ("toy",))  # made from METHOD_CLASSES
     data_dir = prepared_domains(tmp_path, "ab")
-    assert main(["mix", "--method", "toy", "--data", str(data_dir), "--budget-tokens", "256",
+    assert main(["mix", "--method", "toy", "--lean", "0.875", "--data", str(data_dir), "--budget-tokens", "256",
                  "--out", str(tmp_path / "mix"), "--model", "tiny", "--batch-size", "8", "--seq-len", "16",
                  "--quiet"]) == 0
     with open(tmp_path / "mix" / "sweep" / "observations.csv") as f:
         runs = {row["run"]: row for row in csv.DictReader(f)}
     assert {name: (int(r["tokens_a"]), int(r["tokens_b"])) for name, r in runs.items()} == {
-        "toy-a": (192, 64), "toy-b": (64, 192)}
+        "toy-a": (224, 32), "toy-b": (32, 224)}  # --lean 0.875 of 256 tokens
     own = {d: float(runs[f"toy-{d}"][f"loss_{d}"]) for d in "ab"}
     weights = json.loads((tmp_path / "mix" / "weights.json").read_text())["results"][0]["weights"]
     assert weights == pytest.approx({d: own[d] / sum(own.values()) for d in "ab"}, rel=1e-6)
