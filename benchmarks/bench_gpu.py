@@ -71,6 +71,9 @@ RECOMMENDED = {"qwen2.5-0.5b": {"batch_per_device": 4, "remat": "full"},
                "llama-3.2-3b": {"batch_per_device": 1, "remat": "full"},
                "llama-3.1-8b": {"batch_per_device": 1, "remat": "full"},
                "tiny": {"batch_per_device": 2, "remat": "dots"}}
+# The registry's implementations but 'auto' (mixjax.kernels.registry), in the order they are timed
+# and recorded: the CPU's two, then auto's GPU pick before cudnn.
+ATTENTION_IMPLS = ("plain", "blockwise", "pallas", "cudnn")
 MIN_CHILD_S = 20  # a child given less than this is not started (recorded as skipped)
 # dense bf16 FLOP/s per chip, matched against jax.devices()[0].device_kind (first match wins)
 PEAKS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("A100", 312e12))
@@ -189,7 +192,6 @@ def attention_micro(model: str, args) -> list[dict]:
     import jax.numpy as jnp
 
     from mixjax.kernels import attention as A
-    from mixjax.kernels.registry import NAMES
     from mixjax.model.config import get_config
 
     cfg = get_config(model, args.vocab_size if model in ("tiny", "small", "base", "1b") else None)
@@ -202,7 +204,7 @@ def attention_micro(model: str, args) -> list[dict]:
     seg = jnp.asarray(random_batch(b, l, 2, 1)["segment_ids"])
     flops = 7 * b * h * l * l * hd / 2  # forward 2 B H L^2 E (causal half) + backward 2.5x
     out = []
-    for impl in NAMES[1:]:  # every implementation but 'auto'
+    for impl in ATTENTION_IMPLS:
         row = {"model": model, "impl": impl, "shape": [b, l, h, kv, hd], "dtype": jnp.dtype(dtype).name}
         try:
             A.resolve_attention(impl)
