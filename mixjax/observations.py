@@ -182,28 +182,6 @@ def write_csv(obs: Observations, path) -> None:
     write_text_atomic(path, to_csv_text(obs))
 
 
-def weights_in_file(obj, where: str) -> dict:
-    """The weights a parsed weights file holds: the first result of the format `mixjax optimize`
-    and `mixjax mix` write ({"results": [{"weights": {...}}, ...]}) or a plain {domain: weight}
-    object. A file with no results, an empty result or no weights is a one-line error naming
-    `where` (the flag and the file); the caller checks the numbers."""
-    if isinstance(obj, dict) and "results" in obj:
-        results = obj["results"]
-        if not isinstance(results, list) or not results:
-            raise MixjaxError(f"{where}: no results (its 'results' list is empty)")
-        first = results[0]
-        if not isinstance(first, dict) or not isinstance(first.get("weights"), dict) or not first["weights"]:
-            raise MixjaxError(f"{where}: its first result has no weights")
-        obj = first["weights"]
-    elif isinstance(obj, dict) and any(k in obj and not isinstance(obj[k], (int, float)) for k in ("law", "domains")):
-        raise MixjaxError(f"{where}: no 'results' (a weights file from `mixjax optimize` lists them)")
-    if not isinstance(obj, dict) or not obj:
-        raise MixjaxError(f"{where}: holds no weights object")
-    for name in obj:
-        check_domain_name(name, where)
-    return obj
-
-
 def _format(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(float(x))
 

@@ -36,6 +36,7 @@ def simulated_training(truth, noise: float = 0.0, fail_at=()):
     import numpy as np
 
     from mixjax.errors import MixjaxError
+    from mixjax.mixture import Mixture
     from mixjax.testing import simulate
 
     trained = []
@@ -43,6 +44,7 @@ def simulated_training(truth, noise: float = 0.0, fail_at=()):
     def run_training(config, data, weights, budget_tokens, *, out_dir=None, callbacks=()):
         if out_dir.name in fail_at:
             raise MixjaxError(f"killed while training {out_dir.name}")
+        weights = weights.as_dict() if isinstance(weights, Mixture) else weights  # a mix's final run: a Mixture
         tokens = {d: weights.get(d, 0.0) * budget_tokens for d in truth.domains}
         loss = simulate(truth, ["r"], np.array([[tokens[d] for d in truth.domains]])).losses[0]
         if noise:

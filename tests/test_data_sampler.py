@@ -172,6 +172,24 @@ def test_bad_weights(data, weights, message):
         _sampler(data, weights)
 
 
+def test_a_mixture_is_normalised_once():
+    """Mixture.of divides the weights by their sum in float64 (the rule trained runs use); a Mixture
+    handed on is taken as it is, never divided again (which would move some weights by an ulp)."""
+    from mixjax.mixture import Mixture
+
+    rng = np.random.default_rng(0)
+    moved = 0
+    for _ in range(50):
+        w = rng.dirichlet(np.ones(4))
+        given = dict(zip("dcba", w[::-1]))  # a mapping in another order than the domains
+        m = Mixture.of(given, list("abcd"))
+        np.testing.assert_array_equal(m.weights, w / w.sum())
+        assert Mixture.of(m, list("abcd")) is m and m.as_dict() == {d: float(x) for d, x in zip("abcd", w / w.sum())}
+        moved += not np.array_equal(m.weights / m.weights.sum(), m.weights)
+    assert moved  # a second division would have changed some of them
+    assert Mixture.of(m, list("dcba")).as_dict() == {d: m.as_dict()[d] for d in "dcba"}
+
+
 def test_budget_smaller_than_one_batch(data):
     with pytest.raises(MixjaxError, match=r"budget_tokens 100 is smaller than one batch \(4 x 32 = 128"):
         _sampler(data, {"a": 1.0}, budget_tokens=100)

@@ -3,7 +3,8 @@
 A module may import modules of its own layer or of lower ones, never of a higher one; imports inside
 functions (lazy imports) count as much as those at the top of a file. Layers, lowest first:
 
-    0  errors, io, names, progress, host_memory, token_counts (and the package's __init__)
+    0  errors, io, names, progress, host_memory, token_counts, mixture (and the package's __init__;
+       mixture: domains and normalised weights, weights files)
     1  laws, observations, testing     the law functions; the table of runs; runs simulated from a
                                        law (for tests, benchmarks and experiments)
     2  fit, optimize, report,          fit a law; weights from a law; tables and plots of weights;
@@ -32,7 +33,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "mixjax"
 
 LAYERS = [
-    {"", "errors", "io", "names", "progress", "host_memory", "token_counts"},
+    {"", "errors", "io", "names", "progress", "host_memory", "token_counts", "mixture"},
     {"laws", "observations", "testing"},
     {"fit", "optimize", "report", "validation"},
     {"data", "kernels"},

@@ -76,7 +76,7 @@ def test_cli_train_takes_the_weights_of_its_budget_and_says_so(data_dir, tmp_pat
 
 
 def test_weights_file_at_budget_and_a_single_result_of_another_budget():
-    from mixjax.commands.train import result_for_budget, weights_and_source
+    from mixjax.mixture import result_for_budget, weights_and_source
 
     obj = {"results": [{"budget": 5_000_000, "weights": {"a": 0.3, "b": 0.7}},
                        {"budget": 20_000_000, "weights": {"a": 0.6, "b": 0.4}}]}
@@ -93,7 +93,7 @@ def test_weights_file_at_budget_and_a_single_result_of_another_budget():
 
 
 def test_weights_file_at_budget_on_the_command_line(tmp_path):
-    from mixjax.commands.train import weights_and_source
+    from mixjax.mixture import weights_and_source
 
     path = tmp_path / "weights.json"
     path.write_text(json.dumps({"results": [{"budget": 5_000_000, "weights": {"a": 0.3, "b": 0.7}},

@@ -99,7 +99,7 @@ def datasets_snippet(weights: dict[str, float], header: str, data_dir: str | Non
 
 
 def run(args) -> int:
-    from mixjax.commands.train import weights_and_source
+    from mixjax.mixture import weights_and_source
     from mixjax.errors import MixjaxError
     from mixjax.io import check_output_path, write_text_atomic
     from mixjax.token_counts import parse_tokens

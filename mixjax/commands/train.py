@@ -2,97 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 from mixjax.commands.config_file import add_config_argument, write_resolved
 from mixjax.commands.flags import add_checkpoint_arguments, add_train_arguments, train_config_from_args
 from mixjax.errors import MixjaxError
 from mixjax.io import write_json_atomic
-from mixjax.observations import weights_in_file
+from mixjax.mixture import weights_and_source
 from mixjax.token_counts import parse_tokens, tokens_text
-
-
-def parse_weights(text: str | None, flag: str = "--weights", budget: int | None = None,
-                  warn=print) -> dict[str, float] | None:
-    """NAME=W,NAME=W,... summing to 1, or a weights JSON file: a plain {name: weight} object or the
-    output of `mixjax optimize`/`mix`, whose result for `budget` tokens is taken (FILE@BUDGET names
-    one). The sampler checks the weights (sum, sign, names)."""
-    return weights_and_source(text, flag, budget, warn)[0]
-
-
-def weights_and_source(text: str | None, flag: str = "--weights", budget: int | None = None,
-                       warn=print) -> tuple[dict[str, float] | None, dict | None]:
-    """(weights, where they come from: {"file", "budget"} for a weights file, else None)."""
-    if text is None:
-        return None, None
-    file_text, at, budget_text = (text.rpartition("@") if "@" in text and not Path(text).is_file()
-                                  else (text, "", ""))
-    path = Path(file_text)
-    source = None
-    if path.suffix == ".json" or path.is_file():
-        try:
-            obj = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise MixjaxError(f"{flag}: cannot read {file_text}: {e}") from None
-        chosen = parse_tokens(budget_text, f"{flag} {text}") if at else None
-        weights, result_budget = result_for_budget(obj, chosen or budget, f"{flag}: {file_text}",
-                                                   exact=chosen is not None, warn=warn)
-        source = {"file": str(path), "budget": result_budget}
-        if not isinstance(weights, dict):
-            raise MixjaxError(f"{flag}: {file_text} holds no weights object")
-    else:
-        weights = {}
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            name, eq, value = part.partition("=")
-            try:
-                if not eq or not name:
-                    raise ValueError
-                weights[name.strip()] = float(value)
-            except ValueError:
-                raise MixjaxError(f"{flag}: expected NAME=WEIGHT[,NAME=WEIGHT...], got {part!r}") from None
-    try:
-        weights = {str(k): float(v) for k, v in weights.items()}
-    except (TypeError, ValueError):
-        raise MixjaxError(f"{flag}: weights must be numbers") from None
-    if not weights:
-        raise MixjaxError(f"{flag}: no weights given")
-    return weights, source
-
-
-def result_for_budget(obj, budget: int | None, where: str, *, exact: bool = False,
-                      warn=print) -> tuple[dict, float | None]:
-    """(weights, the result's budget) of a parsed weights file for `budget` tokens. A file of
-    results (`mixjax optimize`/`mix`) gives the result whose budget equals `budget`; with none, a
-    file of several results (or `exact`) is a one-line error listing its budgets, and a file of one
-    result is used with a one-line warning naming both budgets (a researcher training a little
-    off the optimised budget usually means it). A plain {domain: weight} object has no budget."""
-    if not (isinstance(obj, dict) and isinstance(obj.get("results"), list) and obj["results"]):
-        return weights_in_file(obj, where), None
-    results = obj["results"]
-    budgets = [r.get("budget") if isinstance(r, dict) else None for r in results]
-    known = [b for b in budgets if isinstance(b, (int, float)) and not isinstance(b, bool)]
-    listed = ", ".join(tokens_text(b) for b in known) or "none"
-    if budget is None:
-        if len(results) > 1:
-            raise MixjaxError(f"{where}: holds results for budgets {listed}; name one "
-                              "(--budget-tokens, or FILE@BUDGET)")
-        index = 0
-    else:
-        matches = [i for i, b in enumerate(budgets) if b in known and math.isclose(b, budget, rel_tol=1e-9)]
-        if matches:
-            index = matches[0]
-        elif exact or len(results) > 1:
-            raise MixjaxError(f"{where}: no result for {tokens_text(budget)} tokens; it has budgets {listed} "
-                              f"(train at one of them, or pick one as FILE@BUDGET)")
-        else:
-            index = 0
-            if budgets[0] in known:
-                warn(f"warning: {where}: weights optimised for {tokens_text(budgets[0])} tokens, "
-                     f"training {tokens_text(budget)}")
-    weights = weights_in_file({"results": [results[index]]}, where)
-    return weights, (budgets[index] if budgets[index] in known else None)
 
 
 def describe_weights(weights: dict[str, float], source: dict | None) -> str:

@@ -12,7 +12,7 @@ domain, so it checkpoints into JSON and restores to exactly the same next batch.
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+from typing import Iterator
 
 import numpy as np
 
@@ -20,34 +20,10 @@ from mixjax.data.batch import PackedBatch
 from mixjax.data.packing import cut, pack_rows, pack_stream
 from mixjax.data.prepared import PreparedData
 from mixjax.errors import MixjaxError
-
-WEIGHT_TOLERANCE = 1e-6
-
+from mixjax.mixture import Mixture
 
 class DomainExhaustedError(MixjaxError):
     """A domain would be repeated more than `max_epochs` times."""
-
-
-def check_weights(weights, domains: list[str], where: str = "`weights`") -> np.ndarray:
-    """Weights as an array in domain order; a mapping may leave domains out (weight 0)."""
-    if isinstance(weights, Mapping):
-        unknown = [d for d in weights if d not in domains]
-        if unknown:
-            raise MixjaxError(f"{where}: unknown domain(s) {', '.join(map(str, unknown))}; "
-                              f"the data has {', '.join(domains)}")
-        array = np.array([float(weights.get(d, 0.0)) for d in domains], np.float64)
-    else:
-        array = np.asarray(weights, np.float64)
-        if array.shape != (len(domains),):
-            raise MixjaxError(f"{where}: expected {len(domains)} weights, got shape {array.shape}")
-    if not np.all(np.isfinite(array)):
-        raise MixjaxError(f"{where}: weights must be finite numbers")
-    if np.any(array < 0):
-        bad = [d for d, w in zip(domains, array) if w < 0]
-        raise MixjaxError(f"{where}: negative weight for {', '.join(bad)}")
-    if abs(array.sum() - 1.0) > WEIGHT_TOLERANCE:
-        raise MixjaxError(f"{where}: weights sum to {array.sum():.6g}, not 1")
-    return array / array.sum()
 
 
 def allocate(owed: np.ndarray, weights: np.ndarray, total: int) -> np.ndarray:
@@ -169,7 +145,7 @@ class MixtureSampler:
         self.max_epochs = max_epochs
         self.batch_tokens = batch_size * seq_len
         self.num_steps = int(num_steps)
-        self.weights = check_weights(weights, self.domains)
+        self.weights = Mixture.of(weights, self.domains).weights
         # train_subset < 1: each domain repeats as often as a run train_subset^-1 times larger will
         sources, self._available = subset_training_data(data, train_subset, seed)
         self.train_subset = float(train_subset)
@@ -200,7 +176,7 @@ class MixtureSampler:
 
     def set_weights(self, weights) -> None:
         """New weights from the next batch on."""
-        self.weights = check_weights(weights, self.domains, where="set_weights")
+        self.weights = Mixture.of(weights, self.domains, where="set_weights").weights
 
     def next_batch(self) -> PackedBatch:
         if self.step >= self.num_steps:

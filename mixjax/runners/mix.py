@@ -25,6 +25,7 @@ from mixjax.errors import MixjaxError
 from mixjax.io import write_json_atomic
 from mixjax.methods import get
 from mixjax.methods.base import OnlineMethod, ProposedRun
+from mixjax.mixture import Mixture
 from mixjax.names import check_domain_name
 from mixjax.runners.sweep import RunList, read_result, trained_tokens
 
@@ -122,7 +123,7 @@ def _offline(method, plan, method_name, options, data, budget_tokens, out, confi
         _, more = run_sweep(RunList(extra, like=method), f"{method_name} (extra runs)", options, data,
                             budget_tokens, out / "sweep-extra", config, log=log)
         observations, runs = observations.concat(more), runs + extra
-    weights = method.recommend(observations, domains, budget_tokens)
+    mixture = Mixture.of(method.recommend(observations, domains, budget_tokens), domains)
     summary = {}
     fitted = method.fitted
     if fitted is not None:
@@ -136,17 +137,18 @@ def _offline(method, plan, method_name, options, data, budget_tokens, out, confi
         summary["optimum"] = method.result  # the WeightsResult: passes, the caps that bind (run_mix writes them)
     if design is not None:
         summary["adaptive"] = {"stopped": design["stopped"], "rounds": len(design["rounds"])}
-    shown = ", ".join(f"{d}={w:.3f}" for d, w in weights.items())
+    shown = ", ".join(f"{d}={w:.3f}" for d, w in mixture.as_dict().items())
     log(f"{method_name}: recommends {shown}; final run of {budget_tokens:,} tokens")
-    final = _final_run(config, data, weights, budget_tokens, out / "final", log)
-    return weights, final, summary
+    final = _final_run(config, data, mixture, budget_tokens, out / "final", log)
+    return mixture.as_dict(), final, summary
 
 
-def _final_run(config, data, weights: dict, budget_tokens: int, run_dir: Path, log) -> dict:
-    """Train the final run at `weights`, or reuse one finished at the same weights (mix.json has
+def _final_run(config, data, mixture: Mixture, budget_tokens: int, run_dir: Path, log) -> dict:
+    """Train the final run at `mixture`, or reuse one finished at the same weights (mix.json has
     already checked that the rest of the configuration is the same)."""
     from mixjax.train import run_training
 
+    weights = mixture.as_dict()
     if (run_dir / "result.json").is_file():
         done = read_result(run_dir)
         done_weights = done.get("weights")
@@ -155,7 +157,7 @@ def _final_run(config, data, weights: dict, budget_tokens: int, run_dir: Path, l
                 and all(_is_number(done_weights[d]) and abs(done_weights[d] - w) < 1e-9 for d, w in weights.items()):
             log(f"final run done already ({run_dir})")
             return done
-    return run_training(config, data, weights, budget_tokens, out_dir=run_dir)
+    return run_training(config, data, mixture, budget_tokens, out_dir=run_dir)
 
 
 def _is_number(x) -> bool:
@@ -207,10 +209,12 @@ def _online(method, plan, method_name, options, data, budget_tokens, out, config
     write_json_atomic(out / "trajectory.json", {"domains": domains, "run": run_dir.name,
                                                 "trajectory": record["trajectory"]})
     weights = record["weights"]
-    if proxy:
+    if proxy:  # the final run trains at the proxy run's average weights, as weights.json records them
         shown = ", ".join(f"{d}={w:.3f}" for d, w in weights.items())
         log(f"{method_name}: average weights of the proxy run {shown}; final run of {budget_tokens:,} tokens")
-        final = _final_run(config, data, weights, budget_tokens, out / "final", log)
+        mixture = Mixture.of(weights, domains)
+        final = _final_run(config, data, mixture, budget_tokens, out / "final", log)
+        weights = mixture.as_dict()
     else:
         final = result
     return weights, final, {"extra_runs": n_runs, "extra_tokens": n_tokens, "evaluations": record["evaluations"]}

@@ -187,8 +187,9 @@ def _close_all(closers) -> None:
 def run_training(config: TrainConfig, data, weights, budget_tokens: int, *, out_dir: str | os.PathLike | None = None,
                  callbacks: Sequence[Callback] = (), sampler=None, validation_fn=None, devices=None,
                  check_result: bool = False) -> dict:
-    """Train one model on the mixture `weights` (dict domain -> weight, or an array in domain order)
-    of the prepared `data` for `budget_tokens` tokens. Returns (and writes to out_dir/result.json)
+    """Train one model on the mixture `weights` (a `Mixture`, taken as it is; or a dict domain ->
+    weight or an array in domain order, which `Mixture.of` checks and normalises) of the prepared
+    `data` for `budget_tokens` tokens (`config.run_steps` whole steps). Returns (and writes to out_dir/result.json)
     {"tokens", "loss_tokens", "val_loss", "train_loss", "val_history", "steps", "config", "model",
     "timings", ...}. `sampler` may replace the MixtureSampler (any object with its API);
     `validation_fn(data, domain, batch_size, seq_len)` the held-out batches.
