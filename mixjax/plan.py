@@ -43,13 +43,13 @@ XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise: a fit is judged against that shar
 
 from __future__ import annotations
 
-import math
 import re
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from mixjax.errors import MixjaxError
 from mixjax.kernels import registry
+from mixjax.train.config import resolve_mesh
 
 MAX_FAKE_DEVICES = 4096
 # A plan on the CPU compiles the attention implementations the CPU runs itself; the others (the
@@ -86,38 +86,6 @@ def parse_bytes(text: str, where: str = "`device_memory`") -> int:
     if value < 1:
         raise MixjaxError(f"{where}: must be at least one byte, got {text!r}")
     return int(value)
-
-
-def parse_mesh(text: str | Sequence[int] | None, where: str = "`mesh_shape`") -> tuple[int, int, int] | None:
-    """'D,F,T' (one of them may be -1: the rest of the devices) -> a tuple; None stays None."""
-    if text is None or text == "":
-        return None
-    try:
-        shape = tuple(int(x) for x in (text.split(",") if isinstance(text, str) else text))
-        if len(shape) != 3:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise MixjaxError(f"{where}: expected DATA,FSDP,TENSOR (e.g. 1,8,1 or -1,8,1), got {text!r}") from None
-    if any(s < 1 and s != -1 for s in shape) or shape.count(-1) > 1:
-        raise MixjaxError(f"{where} {text}: sizes must be >= 1, with at most one -1 (the rest)")
-    return shape
-
-
-def resolve_mesh(mesh_shape, devices: int) -> tuple[int, int, int]:
-    """The (data, fsdp, tensor) sizes for `devices` devices; default all data (as `mixjax train`)."""
-    shape = list(parse_mesh(mesh_shape) or (-1, 1, 1))
-    known = math.prod(s for s in shape if s != -1)
-    if -1 in shape:
-        if devices % known:
-            raise MixjaxError(f"`mesh_shape` {_fmt(shape)} does not divide `devices` {devices}")
-        shape[shape.index(-1)] = devices // known
-    if math.prod(shape) != devices:
-        raise MixjaxError(f"`mesh_shape` {_fmt(shape)} needs {math.prod(shape)} devices, `devices` is {devices}")
-    return tuple(shape)
-
-
-def _fmt(shape) -> str:
-    return ",".join(str(s) for s in shape)
 
 
 def compiled_attention(requested: str, platform: str = "cpu") -> str:

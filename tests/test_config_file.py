@@ -137,6 +137,7 @@ def test_train_config_sections_round_trip():
     ({"seq_len": 0}, "`seq_len` must be >= 1"),
     ({"eval_every": -1}, "`eval_every` must be >= 0 (0: at the end)"),
     ({"checkpoint_every": -2}, "`checkpoint_every` must be >= 0 (0: none)"),
+    ({"mesh_shape": (2, -1, -1)}, "`mesh_shape` (2, -1, -1): sizes must be >= 1, with at most one -1 (the rest)"),
 ])
 def test_train_config_refuses_a_bad_value_at_construction(values, message):
     """TrainConfig checks itself: a Python user hears of a bad value when making the config, in the
@@ -149,7 +150,8 @@ def test_train_config_refuses_a_bad_value_at_construction(values, message):
         TrainConfig(**values)
     assert caught.value.args[0] == message
     setting = next(iter(values))
-    assert caught.value.render(flag_name) == message.replace(f"`{setting}`", "--" + setting.replace("_", "-"))
+    shown = "--mesh" if setting == "mesh_shape" else "--" + setting.replace("_", "-")
+    assert caught.value.render(flag_name) == message.replace(f"`{setting}`", shown)
     assert TrainConfig(clip_norm=None).clip_norm is None  # None: clipping off, not a bad number
 
 

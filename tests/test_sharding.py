@@ -70,6 +70,17 @@ def test_fit_spec_drops_axes_that_do_not_divide():
     assert fit_spec((3,), P(None), mesh) == P(None)
 
 
+def test_make_mesh_reads_the_shape_as_plan_does():
+    """One reading of a mesh shape (train.config.resolve_mesh): -1 is the rest of the devices."""
+    from mixjax.errors import MixjaxError
+
+    assert dict(make_mesh((2, -1, 1), jax.devices()).shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+    with pytest.raises(MixjaxError, match=r"^mesh_shape 3,1,1 needs 3 devices, the device count is 8$"):
+        make_mesh((3, 1, 1), jax.devices())
+    with pytest.raises(MixjaxError, match=r"^mesh_shape 3,-1,1 does not divide the device count 8$"):
+        make_mesh((3, -1, 1), jax.devices())
+
+
 QWEN_STEPS = r"""
 import json, os, sys
 os.environ["JAX_PLATFORMS"] = "cpu"

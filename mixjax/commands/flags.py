@@ -18,9 +18,8 @@ from typing import Any, Callable
 from mixjax.commands.method_options import RENAMES
 from mixjax.errors import MixjaxError
 from mixjax.kernels import registry
-from mixjax.plan import parse_mesh  # the one --mesh parser (sizes >= 1, at most one -1); no jax import
 from mixjax.token_counts import parse_tokens, tokens_value
-from mixjax.train.config import TrainConfig
+from mixjax.train.config import TrainConfig, parse_mesh  # the one --mesh parser
 
 UNSET = object()  # a flag not given: its field keeps TrainConfig's default
 

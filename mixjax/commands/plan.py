@@ -73,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
     from mixjax.errors import MixjaxError
     from mixjax.io import write_json_atomic
     from mixjax.model.config import get_config
-    from mixjax.plan import (check_request, cpu_devices, memory_fraction, parse_bytes, parse_mesh, plan_with_fit,
-                             summary)
+    from mixjax.plan import check_request, cpu_devices, memory_fraction, parse_bytes, plan_with_fit, summary
+    from mixjax.train.config import parse_mesh
 
     # Everything that can be checked is checked before JAX starts (and before minutes of compiling).
     device_memory = parse_bytes(args.device_memory) if args.device_memory is not None else None

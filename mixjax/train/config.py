@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from mixjax.errors import MixjaxError
 from mixjax.optimize import DEFAULT_MAX_EPOCHS
@@ -36,6 +36,39 @@ def check_number(setting: str, value: float, *, minimum: float = 0.0, strict: bo
     if not (math.isfinite(value) and (value > minimum if strict else value >= minimum)):
         bound = f"{'>' if strict else '>='} {minimum:g}"
         raise MixjaxError(f"`{setting}` must be a finite number {bound}, got {value}")
+
+
+def parse_mesh(text: str | Sequence[int] | None, where: str = "`mesh_shape`") -> tuple[int, int, int] | None:
+    """'D,F,T' (one of them may be -1: the rest of the devices) -> a tuple; None stays None."""
+    if text is None or text == "":
+        return None
+    try:
+        shape = tuple(int(x) for x in (text.split(",") if isinstance(text, str) else text))
+        if len(shape) != 3:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise MixjaxError(f"{where}: expected DATA,FSDP,TENSOR (e.g. 1,8,1 or -1,8,1), got {text!r}") from None
+    if any(s < 1 and s != -1 for s in shape) or shape.count(-1) > 1:
+        raise MixjaxError(f"{where} {text}: sizes must be >= 1, with at most one -1 (the rest)")
+    return shape
+
+
+def resolve_mesh(mesh_shape, devices: int, devices_named: str = "`devices`") -> tuple[int, int, int]:
+    """The (data, fsdp, tensor) sizes of `mesh_shape` on `devices` devices, its -1 the rest; default
+    all data. The one reading of a mesh shape, for `mixjax plan` and the trainer (no jax import)."""
+    shape = list(parse_mesh(mesh_shape) or (-1, 1, 1))
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if devices % known:
+            raise MixjaxError(f"`mesh_shape` {_fmt(shape)} does not divide {devices_named} {devices}")
+        shape[shape.index(-1)] = devices // known
+    if math.prod(shape) != devices:
+        raise MixjaxError(f"`mesh_shape` {_fmt(shape)} needs {math.prod(shape)} devices, {devices_named} is {devices}")
+    return tuple(shape)
+
+
+def _fmt(shape) -> str:
+    return ",".join(str(s) for s in shape)
 
 
 @dataclasses.dataclass
@@ -105,6 +138,7 @@ class TrainConfig:
             raise MixjaxError("`eval_every` must be >= 0 (0: at the end)")
         if self.checkpoint_every < 0:
             raise MixjaxError("`checkpoint_every` must be >= 0 (0: none)")
+        parse_mesh(self.mesh_shape)  # sizes >= 1, at most one -1 (the rest)
 
     @property
     def batch_tokens(self) -> int:

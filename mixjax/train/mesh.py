@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from mixjax.errors import MixjaxError
+from mixjax.train.config import resolve_mesh
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -123,21 +124,11 @@ def apply_gpu_xla_flags(environ=os.environ) -> str | None:
 def make_mesh(shape: tuple[int, int, int] | None = None, devices=None) -> Mesh:
     """A (data, fsdp, tensor) mesh. `shape` may hold one -1 (the rest); default: all data."""
     devices = list(devices if devices is not None else jax.devices())
-    n = len(devices)
-    shape = list(shape or (-1, 1, 1))
-    if shape.count(-1) > 1:
-        raise MixjaxError(f"mesh shape {tuple(shape)}: at most one -1")
-    known = int(np.prod([s for s in shape if s != -1]))
-    if -1 in shape:
-        if n % known:
-            raise MixjaxError(f"mesh shape {tuple(shape)} does not divide {n} devices")
-        shape[shape.index(-1)] = n // known
-    if int(np.prod(shape)) != n:
-        raise MixjaxError(f"mesh shape {tuple(shape)} needs {int(np.prod(shape))} devices, have {n}")
-    grid = hybrid_device_grid(tuple(shape), devices)
+    shape = resolve_mesh(shape, len(devices), "the device count")
+    grid = hybrid_device_grid(shape, devices)
     if grid is not None:
         return Mesh(grid, AXES, axis_types=(AxisType.Auto,) * 3)
-    return jax.make_mesh(tuple(shape), AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
 def hybrid_device_grid(shape: tuple[int, int, int], devices) -> np.ndarray | None:
