@@ -105,7 +105,7 @@ class Aioli(OnlineMethod):
     @classmethod
     def shown_default(cls, name: str) -> str | None:
         """The released value for 2, 3-4 and more domains where they differ."""
-        values = [getattr(AioliConfig.released(k), name) for k in (2, 3, 5)]
+        values = [dataclasses.asdict(AioliConfig.released(k))[name] for k in (2, 3, 5)]
         if len(set(values)) == 1:
             return super().shown_default(name)
         return "{} for 2 domains, {} for 3-4, {} for more".format(
