@@ -18,7 +18,7 @@ functions (lazy imports) count as much as those at the top of a file. Layers, lo
     7  runners                         training the runs a method asks for (sweeps, prerequisite
                                        runs, `run_mix` end to end): runners above rules
     8  plan, starter, demo             programs built on the library (memory plans, the demo)
-    9  commands, cli                   the `mixjax` command
+    9  commands, cli                   the `mixjax` command (a command module imports no other)
 
 A module's layer is that of its first name under `mixjax` (`mixjax.train.step` is `train`). A new
 top-level module or package needs a row here. A module also never imports another module's
@@ -111,3 +111,15 @@ def test_no_private_names_imported_from_another_module():
               if imported.split(".")[0] == "mixjax" and imported != name
               for n in names if n.startswith("_") and (name, f"{imported}.{n}") not in ALLOWED_PRIVATE]
     assert not broken, "private names used across modules:\n" + "\n".join(broken)
+
+
+def test_no_command_module_imports_another():
+    """What two commands share lives below them (the library, or commands/flags.py for flags), so a
+    command module is read on its own; only the CLI dispatch (cli.py) reaches every command."""
+    from mixjax.commands import COMMAND_MODULES
+
+    commands = {f"mixjax.commands.{name}" for name in COMMAND_MODULES}
+    assert commands <= set(MODULES), "a command of COMMAND_MODULES has no module"
+    broken = sorted(f"{name} imports {imported}" for name in commands
+                    for imported, _ in _imports(name, MODULES[name]) if imported in commands - {name})
+    assert not broken, "command modules importing each other:\n" + "\n".join(broken)
