@@ -123,7 +123,7 @@ def _offline(method, plan, method_name, options, data, budget_tokens, out, confi
         _, more = run_sweep(RunList(extra, like=method), f"{method_name} (extra runs)", options, data,
                             budget_tokens, out / "sweep-extra", config, log=log)
         observations, runs = observations.concat(more), runs + extra
-    mixture = Mixture.of(method.recommend(observations, domains, budget_tokens), domains)
+    weights = method.recommend(observations, domains, budget_tokens)
     summary = {}
     fitted = method.fitted
     if fitted is not None:
@@ -137,10 +137,10 @@ def _offline(method, plan, method_name, options, data, budget_tokens, out, confi
         summary["optimum"] = method.result  # the WeightsResult: passes, the caps that bind (run_mix writes them)
     if design is not None:
         summary["adaptive"] = {"stopped": design["stopped"], "rounds": len(design["rounds"])}
-    shown = ", ".join(f"{d}={w:.3f}" for d, w in mixture.as_dict().items())
+    shown = ", ".join(f"{d}={w:.3f}" for d, w in weights.items())
     log(f"{method_name}: recommends {shown}; final run of {budget_tokens:,} tokens")
-    final = _final_run(config, data, mixture, budget_tokens, out / "final", log)
-    return mixture.as_dict(), final, summary
+    final = _final_run(config, data, Mixture.of(weights, domains), budget_tokens, out / "final", log)
+    return weights, final, summary
 
 
 def _final_run(config, data, mixture: Mixture, budget_tokens: int, run_dir: Path, log) -> dict:
@@ -209,12 +209,10 @@ def _online(method, plan, method_name, options, data, budget_tokens, out, config
     write_json_atomic(out / "trajectory.json", {"domains": domains, "run": run_dir.name,
                                                 "trajectory": record["trajectory"]})
     weights = record["weights"]
-    if proxy:  # the final run trains at the proxy run's average weights, as weights.json records them
+    if proxy:
         shown = ", ".join(f"{d}={w:.3f}" for d, w in weights.items())
         log(f"{method_name}: average weights of the proxy run {shown}; final run of {budget_tokens:,} tokens")
-        mixture = Mixture.of(weights, domains)
-        final = _final_run(config, data, mixture, budget_tokens, out / "final", log)
-        weights = mixture.as_dict()
+        final = _final_run(config, data, Mixture.of(weights, domains), budget_tokens, out / "final", log)
     else:
         final = result
     return weights, final, {"extra_runs": n_runs, "extra_tokens": n_tokens, "evaluations": record["evaluations"]}
