@@ -1,8 +1,8 @@
 """The attention implementations, stated once: their names, where each runs, and what 'auto' picks.
 
-`--attention`'s help, `ModelConfig`'s check and `mixjax plan`'s stand-ins read this table; the
-kernels themselves live beside it (`mixjax.kernels.attention` resolves a name for the backend being
-traced and dispatches). No JAX here: the command line reads it before JAX starts.
+`--attention`'s help, `ModelConfig`'s check, `resolve_attention` and `mixjax plan`'s stand-ins read
+this table; the kernels live beside it (`mixjax.kernels.attention` resolves a name for the backend
+being traced and dispatches). No JAX here: the command line reads it before JAX starts.
 """
 
 from __future__ import annotations
@@ -14,32 +14,29 @@ from mixjax.errors import MixjaxError
 
 @dataclasses.dataclass(frozen=True)
 class Implementation:
-    """One value of `attention`: the backends that run it natively (None: every backend; empty
-    for 'auto', a choice rather than a kernel) and where its code is."""
+    """One value of `attention` and the backends that run it natively (None: every backend;
+    empty for 'auto', a choice rather than a kernel)."""
 
     name: str
     backends: tuple[str, ...] | None
-    where: str
 
 
 IMPLEMENTATIONS = (
-    Implementation("auto", (), "the backend's best, `auto_choice`"),
-    Implementation("plain", None, "textbook scores per causal query block, "
-                   "row-major custom VJPs on the CPU (mixjax.kernels.plain)"),
-    Implementation("blockwise", None, "flash-attention 2 in pure JAX, O(L) memory "
-                   "(mixjax.kernels.blockwise)"),
-    Implementation("cudnn", ("gpu",), "jax.nn.dot_product_attention's cuDNN flash attention, "
-                   "bfloat16/float16 (mixjax.kernels.cudnn)"),
-    Implementation("pallas", ("gpu", "tpu"), "our Triton GQA kernel on GPU, splash attention on TPU "
-                   "(mixjax.kernels.pallas)"),
+    Implementation("auto", ()),  # the backend's best: `auto_choice`
+    # textbook scores per causal query block, row-major custom VJPs on the CPU (plain.py, cpu.py)
+    Implementation("plain", None),
+    Implementation("blockwise", None),  # flash-attention 2 in pure JAX, O(L) memory (blockwise.py)
+    # jax.nn.dot_product_attention's cuDNN flash attention, bfloat16/float16 only (cudnn.py)
+    Implementation("cudnn", ("gpu",)),
+    # our Triton GQA kernel on GPU (flash_gqa_gpu.py), splash attention on TPU (pallas.py)
+    Implementation("pallas", ("gpu", "tpu")),
 )
 NAMES = tuple(impl.name for impl in IMPLEMENTATIONS)
-BY_NAME = {impl.name: impl for impl in IMPLEMENTATIONS}
 
 
 def check_name(name: str) -> None:
     """A one-line MixjaxError for a name that is not an implementation."""
-    if name not in BY_NAME:
+    if name not in NAMES:
         raise MixjaxError(f"`attention` {name!r}: expected one of {', '.join(NAMES)}")
 
 

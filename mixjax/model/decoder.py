@@ -3,6 +3,7 @@
 Array names carry their shapes: B batch, L query length, S key length, D model dim, H query heads,
 K key/value heads, G = H // K query heads per kv head, E head dim, F MLP hidden dim, V vocabulary.
 Each parameter declares its sharding over the mesh axes ("data", "fsdp", "tensor") where it is made.
+The attention implementations and the CPU custom VJPs the layers call live in `mixjax.kernels`.
 """
 
 from __future__ import annotations
