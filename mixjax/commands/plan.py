@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from mixjax.errors import MixjaxError
-    from mixjax.io import write_json_atomic
+    from mixjax.io import check_output_path, write_json_atomic
     from mixjax.model.config import get_config
     from mixjax.plan import check_request, cpu_devices, memory_fraction, parse_bytes, plan_with_fit, summary
     from mixjax.train.config import parse_mesh
@@ -96,14 +96,8 @@ def run(args: argparse.Namespace) -> int:
     kw = dict(mesh_shape=mesh, batch_size=args.batch_size, seq_len=args.seq_len, grad_accum=args.grad_accum,
               loss_chunk=args.loss_chunk, num_domains=args.num_domains, compute_dtype=compute_dtype)
     check_request(cfg, devices=args.devices, **kw)
+    check_output_path(args.out, "--out")
     out = Path(args.out)
-    if out.is_dir():
-        raise MixjaxError(f"--out {args.out} is a directory; give a file name (e.g. {out / 'plan.json'})")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise MixjaxError(f"--out {args.out}: {parent} is not a directory")
-            break
 
     devices = cpu_devices(args.devices, cpu_only=True)
     plan = plan_with_fit(cfg, devices=devices, model_name=args.model, device_memory=device_memory,

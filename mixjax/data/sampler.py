@@ -22,6 +22,7 @@ from mixjax.data.prepared import PreparedData
 from mixjax.errors import MixjaxError
 from mixjax.mixture import Mixture
 
+
 class DomainExhaustedError(MixjaxError):
     """A domain would be repeated more than `max_epochs` times."""
 
