@@ -171,7 +171,7 @@ def test_dash_values_are_joined_for_every_command():
     (["--remat", "some"], "--remat 'some'"),
     (["--loss-chunk", "100"], "--loss-chunk 100 must be a positive divisor"),
     (["--device-memory", "80 parsecs"], "--device-memory: expected a size like 80GB"),
-    (["--out", "{tmp}"], "is a directory"),
+    (["--out", "{tmp}"], "is a folder; give the path of a file to write"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(argv, message, tmp_path, capsys):
     defaults = {"--model": "tiny", "--vocab-size": "256", "--devices": "8", "--mesh": "1,8,1",
