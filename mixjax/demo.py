@@ -7,8 +7,8 @@
 2. a base model: the tiny preset pre-trained on generic text (the Python documentation shipped with
    the standard library), cached, since SFT starts from a pretrained model;
 3. li2025's perturbation runs (1 + 4K), fine-tuned from the base model, each recording its final
-   loss (the authors' best of 10 evaluations, `mixjax mix`'s default, would cost 2-4 times their
-   training at these lengths);
+   loss (the authors' best of several evaluations, `mixjax mix`'s default of 3, would cost more
+   than their training at these lengths);
 4. the law fitted to every run's loss on every domain, and its optimal weights at a few budgets;
 5. verification runs at the optimised weights, at stratified weights and at the data's natural
    proportions (what concatenating the files gives), at the same budget and over two seeds, and

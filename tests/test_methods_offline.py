@@ -1,5 +1,7 @@
 """Offline designs: the simplex grid and li2025's perturbation runs."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -201,10 +203,11 @@ def test_li2025_repetition_options_shape_the_runs_and_refuse_bad_input():
     config = TrainConfig(batch_size=2, seq_len=100)
     run = matched.propose(domains, budget)[0]
     cut = matched.run_config(config, run)
-    assert cut.train_subset == run.budget_tokens / 800_000 and cut.select_best    # best of 10 evaluations kept
+    assert cut.train_subset == run.budget_tokens / 800_000 and cut.select_best    # best of 3 evaluations kept
     along = Li2025(along_run=4).run_config(config, run)                            # 100 steps
     assert (along.schedule, along.eval_every, along.select_best) == ("constant", 25, False)
-    assert dataclasses.replace(along, schedule="cosine", eval_every=0, select_best=False) == config
+    assert dataclasses.replace(along, schedule="cosine", eval_every=0, select_best=False,
+                               eval_max_batches=None) == config and along.eval_max_batches == 4
     with pytest.raises(MixjaxError, match=r"^target_budget 60,000 is smaller than the run budget 80,000"):
         Li2025(target_budget=60_000).propose(domains, budget)
     for kwargs, message in (({"law": "loglinear"}, "^law: li2025 fits"), ({"r_star": 15}, "^r_star: a positive"),
@@ -233,3 +236,26 @@ def test_along_run_rows_are_each_evaluation_at_the_tokens_trained_by_then(tmp_pa
     np.testing.assert_allclose(obs.tokens[:, 0], [3750, 7500, 11250, 15000])
     np.testing.assert_allclose(obs.losses[:, 0], [2.75, 2.5, 2.25, 2.0])
     assert observations_from_results(tmp_path, runs, ["a", "b"]).runs == ["base"]
+
+
+def test_li2025_perturbation_runs_evaluate_a_bounded_subset_unless_told():
+    """By default a perturbation run (100 steps here) is evaluated 3 times, every ceil(100 / 3) = 34
+    steps, picked on 1 batch per domain and reported on the first 4 batches per domain; the user's
+    --eval-max-batches wins, and --perturbation-batches 0 measures the whole split (None)."""
+    from mixjax.methods.offline import Li2025
+    from mixjax.train import TrainConfig
+
+    config = TrainConfig(batch_size=2, seq_len=100)
+    run = Li2025().propose(["a", "b"], 80_000)[0]
+    assert config.steps_for(run.budget_tokens) == 100
+    picked = Li2025().run_config(config, run)
+    assert (picked.eval_every, picked.select_best, picked.select_max_batches, picked.eval_max_batches) == (34, True, 1, 4)
+    assert Li2025().run_config(dataclasses.replace(config, eval_max_batches=8), run).eval_max_batches == 8
+    assert Li2025(perturbation_batches=0).run_config(config, run).eval_max_batches is None
+    final_loss = Li2025(perturbation_evals=0).run_config(config, run)
+    assert dataclasses.replace(final_loss, eval_max_batches=None) == config and final_loss.eval_max_batches == 4
+    assert Li2025().run_selection() == {"evaluations": 3, "val_loss": "best evaluation",
+                                        "select_max_batches_default": 1, "eval_max_batches_default": 4}
+    assert Li2025(perturbation_evals=0, perturbation_batches=0).run_selection() == {}
+    with pytest.raises(MixjaxError, match=r"^perturbation_batches: must be a whole number >= 0"):
+        Li2025(perturbation_batches=-1)

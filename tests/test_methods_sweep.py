@@ -128,16 +128,18 @@ def _best_evaluation(result):
 
 @pytest.mark.slow
 def test_li2025_sweep_runs_record_their_best_evaluation(data_dir, tmp_path, capsys):
-    """As the authors keep each perturbation run's best checkpoint: by default a li2025 run is
-    evaluated every steps // 10 steps and records its lowest-mean evaluation, without a checkpoint."""
+    """As the authors keep each perturbation run's best checkpoint: a li2025 run (--perturbation-evals
+    10) is evaluated every ceil(steps / 10) steps and records its lowest-mean evaluation, without a
+    checkpoint, measured on the first 4 validation batches of each domain (the default
+    --perturbation-batches, as --eval-max-batches is not given)."""
     out = tmp_path / "s"
     capsys.readouterr()
-    assert main(["sweep", "--method", "li2025", "--base-fraction", "1", "--data", str(data_dir),
-                 "--budget-tokens", "512", "--out", str(out), *TRAIN, "--lr", "0.1"]) == 0
+    assert main(["sweep", "--method", "li2025", "--base-fraction", "1", "--perturbation-evals", "10",
+                 "--data", str(data_dir), "--budget-tokens", "512", "--out", str(out), *TRAIN, "--lr", "0.1"]) == 0
     printed = capsys.readouterr().out.splitlines()
     sweep = json.loads((out / "sweep.json").read_text())
     assert sweep["run_selection"] == {"evaluations": 10, "val_loss": "best evaluation",
-                                      "select_max_batches_default": 1}
+                                      "select_max_batches_default": 1, "eval_max_batches_default": 4}
     rows = {l.split(",")[0]: [float(x) for x in l.split(",")[3:]]
             for l in (out / "observations.csv").read_text().splitlines()[1:]}
     assert len(rows) == 9
@@ -150,7 +152,7 @@ def test_li2025_sweep_runs_record_their_best_evaluation(data_dir, tmp_path, caps
         assert [h["step"] for h in result["val_history"]] == list(range(1, steps + 1))
         step, best = _best_evaluation(result)                         # on the first batch of each domain
         assert result["selection"]["val_loss"] == best and result["val_loss_step"] == step
-        assert result["val_loss_batches"] is None                      # reported: the whole split, at that step
+        assert result["config"]["eval_max_batches"] == result["val_loss_batches"] == 4  # reported, at that step
         assert row == pytest.approx([result["val_loss"]["a"], result["val_loss"]["b"]], rel=1e-12)  # fitted
         assert not (out / "runs" / name / "best").exists()
         not_final += step != steps

@@ -72,6 +72,8 @@ class _LawMethod(OfflineMethod):
 
 REST_FACTORS = (2.0, 0.5, 3.0, 0.25)
 SELECTION_BATCHES = 1  # validation batches per domain that pick a perturbation run's best evaluation
+PERTURBATION_EVALS = 3  # evaluations per perturbation run, the last step's included
+PERTURBATION_BATCHES = 4  # validation batches per domain a perturbation run's loss is measured on
 
 
 class Li2025(_LawMethod):
@@ -84,11 +86,16 @@ class Li2025(_LawMethod):
     delta; 0 or None = least squares; it replaces the huber_delta of `fit_options`, which set the
     rest), and each run records its best evaluation, not its final loss (they keep the checkpoint
     of lowest validation loss): `run_config` has the sweep evaluate a run every
-    ceil(steps / `perturbation_evals`) steps (at most 10 evaluations by default, the last step's
-    included) on the first SELECTION_BATCHES validation
+    ceil(steps / `perturbation_evals`) steps (at most PERTURBATION_EVALS evaluations by default, the
+    last step's included) on the first SELECTION_BATCHES validation
     batches of each domain (the same ones each time; `select_max_batches` sets another number) and
-    keep the parameters of the lowest mean, whose loss on the run's `eval_max_batches` (default the
-    whole split) is then measured once and reported; no checkpoint (0 = the final loss). One departure: the authors fit domain i's law
+    keep the parameters of the lowest mean, whose loss is then measured once and reported; no
+    checkpoint (0 = the final loss). That reported loss, the one the law is fitted to, is on the
+    first `perturbation_batches` (PERTURBATION_BATCHES) validation batches of each domain, the same
+    in every run, unless the user gives the runs' `eval_max_batches` (0: the whole split): on the
+    bundled data the whole split is as many tokens as a run trains, and measuring it made
+    evaluation half of a sweep (benchmarks/README.md). The final run at the budget still reports
+    the whole split. One departure: the authors fit domain i's law
     to the runs that vary its own tokens, in which the other domains' tokens m stay fixed, so they
     pin down only k_i m^alpha_i; mixjax fits every run's loss on every domain (runs perturbing
     another domain change m), which identifies the transfer terms k_i and alpha_i apart.
@@ -109,6 +116,9 @@ class Li2025(_LawMethod):
         "huber_delta": "fit with a Huber loss of this delta (the paper's); 0 = least squares",
         "perturbation_evals": "evaluate each perturbation run at most N times (every ceil(steps / N) steps) and "
                               "record its best evaluation, as the paper keeps the best checkpoint; 0 = the final loss",
+        "perturbation_batches": "measure each perturbation run's loss (the one the law is fitted to) on the first N "
+                                "validation batches of each domain, the same in every run, unless --eval-max-batches "
+                                "is given; 0 = the whole split (the final run always reports the whole split)",
         "adaptive": "train the runs one at a time, each the one that most narrows the optimal weights' "
                     "intervals (`mixjax next`), until every 90% interval is narrower than --tolerance or "
                     "--max-runs runs are done",
@@ -130,7 +140,8 @@ class Li2025(_LawMethod):
     }
 
     def __init__(self, base_fraction: float = 0.25, factors: tuple[float, ...] = DEFAULT_FACTORS,
-                 add_runs: bool = True, huber_delta: float | None = 1e-3, perturbation_evals: int = 10,
+                 add_runs: bool = True, huber_delta: float | None = 1e-3, perturbation_evals: int = PERTURBATION_EVALS,
+                 perturbation_batches: int = PERTURBATION_BATCHES,
                  adaptive: bool = False, max_runs: int | None = None, tolerance: float | None = None,
                  law: Literal["li2025", "li2025-pairwise", "li2025-repeat"] | None = None,
                  r_star: float | None = None, target_budget: Tokens | None = None, along_run: int = 0,
@@ -165,6 +176,11 @@ class Li2025(_LawMethod):
         self.base_fraction, self.factors, self.add_runs = base_fraction, tuple(factors), bool(add_runs)
         self.huber_delta = float(huber_delta) if huber_delta else None
         self.perturbation_evals = int(perturbation_evals)
+        if isinstance(perturbation_batches, bool) or not isinstance(perturbation_batches, (int, np.integer)) \
+                or perturbation_batches < 0:
+            raise MixjaxError(f"`perturbation_batches`: must be a whole number >= 0 (0: the whole split); "
+                              f"got {perturbation_batches}")
+        self.perturbation_batches = int(perturbation_batches)
 
     def _set_repetition_options(self, law, r_star, target_budget, along_run, scales, adaptive) -> None:
         """Check and keep the options of issue 24's variants: the law (li2025-repeat: repetition-
@@ -205,23 +221,27 @@ class Li2025(_LawMethod):
 
     def run_selection(self) -> dict:
         """How each run's loss is chosen, as recorded in sweep.json ({} = the final loss)."""
+        bounded = {"eval_max_batches_default": self.perturbation_batches} if self.perturbation_batches else {}
         if self.along_run:
             return {"evaluations": self.along_run, "val_loss": "every evaluation, one observation each",
-                    "schedule": "constant"}
+                    "schedule": "constant", **bounded}
         if not self.perturbation_evals:
-            return {}
+            return bounded
         return {"evaluations": self.perturbation_evals, "val_loss": "best evaluation",
-                "select_max_batches_default": SELECTION_BATCHES}
+                "select_max_batches_default": SELECTION_BATCHES, **bounded}
 
     def run_config(self, config, run: ProposedRun):
         """The training settings of one of this method's runs: `config` evaluated every
         ceil(steps / perturbation_evals) steps (at most that many evaluations) on `select_max_batches` (default SELECTION_BATCHES)
         batches per domain, reporting the loss of the lowest mean's parameters on the run's
         `eval_max_batches` (`select_best`, no checkpoint); `config` itself when perturbation_evals is 0.
+        Without the user's `eval_max_batches`, the runs' is `perturbation_batches` (when not 0).
         With `along_run`: a constant learning rate after warm-up (every evaluation is then a valid
         point of the loss against tokens) and `along_run` evaluations, each an observation. With
         `target_budget` T: each domain cut to run budget / T of its training examples."""
         steps = max(1, config.steps_for(run.budget_tokens))
+        if self.perturbation_batches and config.eval_max_batches is None:
+            config = dataclasses.replace(config, eval_max_batches=self.perturbation_batches)
         if self.along_run:
             config = dataclasses.replace(config, schedule="constant", eval_every=max(1, steps // self.along_run),
                                          select_best=False)
