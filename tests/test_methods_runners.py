@@ -334,6 +334,14 @@ def test_li2025_extra_runs_exactly_when_the_fit_is_under_determined():
     tokens = {d: extra[1].weights[d] * extra[1].budget_tokens for d in truth.domains}
     assert tokens == pytest.approx({"if": 2 * n, "math": n, "code": 2 * n})
     assert Li2025(factors=(0.5, 2.0), add_runs=False).extra_runs(short, truth.domains, budget) == []
+    # li2025-repeat fits 6 parameters a domain, 5 with R* fixed: 6 losses of math are enough only then
+    six = _simulated(truth, runs, drop=[(1, "math")])
+    available = {d: float(budget) for d in truth.domains}
+    repeat = Li2025(base_fraction=0.1, factors=(0.5, 2.0), law="li2025-repeat", available=available)
+    assert [r.name for r in repeat.extra_runs(six, truth.domains, budget)] == ["if-rest-x2", "math-rest-x2",
+                                                                               "code-rest-x2"]
+    fixed = Li2025(base_fraction=0.1, factors=(0.5, 2.0), law="li2025-repeat", r_star=15.0, available=available)
+    assert fixed.extra_runs(six, truth.domains, budget) == []
 
 
 def test_li2025_mix_adds_runs_and_refits_in_simulation(tmp_path, monkeypatch):

@@ -285,12 +285,15 @@ class Li2025(_LawMethod):
                               "runs cut to budget / target would need more than all the data")
 
     def extra_runs(self, observations, domains, budget_tokens) -> list[ProposedRun]:
-        """The runs to add when the observed ones leave a domain's law under-determined ([] if not)."""
+        """The runs to add when the observed ones leave a domain's law under-determined ([] if not),
+        counting the parameters the fit moves (li2025-repeat with `r_star` fixed: one fewer)."""
         from mixjax import laws
+        from mixjax.fit import bind_fixed
 
         if not self.add_runs:
             return []
-        n_free = laws.get(self.law_name).n_free(len(domains))
+        law = bind_fixed(laws.get(self.law_name), list(domains), self.fixed_fields(domains), scale=1.0)
+        n_free = law.n_free(len(domains))
         counts = observations.select(domains).observed.sum(axis=0) if len(observations.runs) else np.zeros(len(domains))
         missing = int(n_free + 1 - counts.min())  # fit flags a domain with <= n_free observations
         if missing <= 0:
