@@ -78,6 +78,7 @@ def _numpy_rows(raw_KxP, tokens_K, h=1e-3):
     return rows
 
 
+@pytest.mark.slow
 def test_propose_next_picks_the_largest_log_det_gain_computed_independently(truth, start_obs, start_fit):
     a = start_fit
     candidates = adaptive.candidate_runs(start_obs, truth.domains, BUDGET, weights=a.weights)
@@ -138,6 +139,7 @@ def _ift_weight_jacobian(raw_KxP, budget_units, h=1e-4):
     return np.transpose(dw.reshape(K, K, P), (1, 0, 2)), w
 
 
+@pytest.mark.slow
 def test_weight_jacobian_matches_the_implicit_function_theorem(start_fit):
     raw = adaptive.raw_params(start_fit.fitted)
     G_ift, w_ift = _ift_weight_jacobian(raw, BUDGET / 1e6)
@@ -152,6 +154,7 @@ def test_weight_jacobian_matches_the_implicit_function_theorem(start_fit):
                                atol=2e-5 * np.abs(G).max())
 
 
+@pytest.mark.slow
 def test_weight_variance_reduction_matches_recomputed_traces(truth, start_obs, start_fit):
     rng = np.random.default_rng(0)
     K, P = 3, 5

@@ -143,6 +143,7 @@ def test_blockwise_memory_is_linear_in_length():
     assert temp_bytes("blockwise") < square / 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kv, e", [(4, 16), (2, 24), (1, 32)])
 def test_pallas_gpu_kernel_interpreted(monkeypatch, kv, e):
     """Our Triton kernel (mixjax.kernels.flash_gqa_gpu) through packed_attention: GQA groups of

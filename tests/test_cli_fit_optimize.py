@@ -214,6 +214,7 @@ def test_bad_input_exits_2_with_one_line(make_argv, message, runs_csv, hand_writ
     assert not (tmp_path / "o.json").exists() and not (tmp_path / "w.json").exists()
 
 
+@pytest.mark.slow
 def test_fit_validate_predicts_held_out_runs(runs_csv, tmp_path, capsys):
     """--validate on Dirichlet runs the fit never saw: the CSV holds the measured losses and the
     fitted law's predictions; RMSE and Spearman printed match numpy and scipy on that CSV; and the
@@ -280,6 +281,7 @@ def test_validate_errors_are_one_line(runs_csv, tmp_path, capsys, extra, message
     assert rc == 2 and len(err.splitlines()) == 1 and message in err, err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("budgets", [[5e6, 2e7], [3e5, 3e6, 3e7], [1e6, 1.2e6, 1.5e6, 2e6, 3e6, 5e6, 8e6]])
 def test_weights_vs_budget_tick_labels_do_not_overlap(hand_written_law, budgets):
     """Budgets within two decades (the README's 5M and 20M) drew 2x10^6, 3x10^6, ... on top of

@@ -50,6 +50,7 @@ def test_method_options_in_a_json_file_for_mix(tmp_path):
     assert args.no_extra_runs is False  # the flag stores False: "do not add runs"
 
 
+@pytest.mark.slow
 def test_train_writes_settings_json_and_reruns_it_as_is(data, tmp_path, capsys):
     run = tmp_path / "run"
     (tmp_path / "c.yaml").write_text(f"data: {{data: {data}, budget_tokens: 768}}\n"

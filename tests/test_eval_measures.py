@@ -6,6 +6,7 @@ before training."""
 import json
 
 import numpy as np
+import pytest
 
 from mixjax.cli import main
 from tests.data_fixtures import letter_domain, write_jsonl
@@ -31,6 +32,7 @@ def _first_targets(data, domain):
     return np.array(out)
 
 
+@pytest.mark.slow
 def test_long_prompts_are_measured_and_named_before_training(tmp_path, capsys):
     from mixjax.data.prepared import PreparedData
 

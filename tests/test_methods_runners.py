@@ -54,6 +54,7 @@ def _time_average(trajectory, num_steps, domains):
 
 
 # -- DoReMi -------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_doremi_mix_end_to_end(doremi_mix):
     out, summary = doremi_mix
     assert summary["extra_runs"] == 2 and summary["extra_tokens"] == 2 * BUDGET   # reference + proxy
@@ -76,6 +77,7 @@ def test_doremi_mix_end_to_end(doremi_mix):
     assert summary["results"][0]["val_loss"] == final["val_loss"]
 
 
+@pytest.mark.slow
 def test_doremi_reference_loss_is_the_reference_models_loss_on_the_same_batch(doremi_mix, data, tmp_path):
     """The callback's reference losses equal an independent eval_step of the restored reference
     parameters on the batch the proxy just trained on; its proxy losses are the step's own."""
@@ -155,6 +157,7 @@ def test_domain_gradient_alignment_matches_per_domain_grads():
     np.testing.assert_allclose(out["val_gram"], gram, rtol=1e-4, atol=1e-5 * np.abs(gram).max())
 
 
+@pytest.mark.slow
 def test_doge_mix_end_to_end(data, tmp_path):
     out = tmp_path / "doge"
     summary = run_mix("doge", {"update_every": 2}, data, BUDGET, out, CONFIG, **QUIET)
@@ -271,6 +274,7 @@ def _one_line_error(capsys, argv) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_one_line_errors(data_dir, doremi_mix, tmp_path, tmp_path_factory, capsys):
     one = prepared_domains(tmp_path_factory.mktemp("one_domain"), "a")
     base = ["mix", "--budget-tokens", str(BUDGET), *CLI_TRAIN]
@@ -290,6 +294,7 @@ def test_one_line_errors(data_dir, doremi_mix, tmp_path, tmp_path_factory, capsy
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_broken_prerequisite_is_a_one_line_error(data, doremi_mix, tmp_path):
     import shutil
     out = tmp_path / "mix"

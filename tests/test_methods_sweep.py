@@ -44,6 +44,7 @@ def test_sweep_resume_and_shards_give_the_same_csv(data_dir, tmp_path, capsys):
     assert (tmp_path / "whole" / "observations.csv").read_text() == whole
 
 
+@pytest.mark.slow
 def test_sweep_refuses_a_directory_of_another_configuration(data_dir, tmp_path, capsys):
     assert _sweep(data_dir, tmp_path / "s", "--shard", "0/3") == 0
     capsys.readouterr()

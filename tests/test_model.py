@@ -216,8 +216,9 @@ def _packed_batch(b=2, l=24, vocab=61):
     return toks, jnp.asarray(seg), jnp.asarray(pos, jnp.int32)
 
 
-@pytest.mark.parametrize("remat,scan,attention", [("none", False, "plain"), ("full", True, "plain"),
-                                                  ("dots", True, "blockwise"), ("full", False, "blockwise")])
+@pytest.mark.parametrize("remat,scan,attention", [
+    pytest.param("none", False, "plain", marks=pytest.mark.slow), ("full", True, "plain"),
+    ("dots", True, "blockwise"), pytest.param("full", False, "blockwise", marks=pytest.mark.slow)])
 def test_remat_unrolled_layers_and_blockwise_attention_give_the_same_loss_and_gradients(remat, scan, attention):
     """Rematerialisation, unrolling and the attention implementation change how the step
     computes, not what: the same loss and gradients as the scanned, non-rematerialised decoder
@@ -242,6 +243,7 @@ def _grad_temp_bytes(cfg, b, l):
     return jax.jit(jax.grad(loss)).lower(params, toks).compile().memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.slow
 def test_remat_keeps_less_for_the_backward():
     """XLA's memory analysis of the scanned decoder's gradient (the large presets' form): full remat
     keeps less than dots, dots less than none (at a shape where the activations dominate)."""

@@ -205,6 +205,7 @@ def test_parse_bytes():
             parse_bytes(bad)
 
 
+@pytest.mark.slow
 def test_blockwise_attention_temporaries_grow_about_linearly_in_sequence():
     if importlib.util.find_spec("mixjax.kernels.blockwise") is None:
         pytest.skip("mixjax.kernels.blockwise (the blockwise attention) is not in the tree yet")

@@ -76,6 +76,7 @@ def unchanged(before, after):
 
 # 1. Names read from records, or proposed by a method, never become paths outside --out.
 
+@pytest.mark.slow
 def test_sweep_refuses_a_run_name_in_sweep_json_that_leaves_the_folder(data_dir, finished_sweep, tmp_path, capsys):
     out = tmp_path / "work" / "sweep"
     shutil.copytree(finished_sweep, out)
@@ -89,6 +90,7 @@ def test_sweep_refuses_a_run_name_in_sweep_json_that_leaves_the_folder(data_dir,
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_sweep_refuses_a_domain_name_in_a_runs_result_json(data_dir, finished_sweep, tmp_path, capsys):
     out = tmp_path / "work" / "sweep"
     shutil.copytree(finished_sweep, out)

@@ -66,6 +66,7 @@ def reference(data_dir, tmp_path_factory):
 
 
 # ---- 1. a rerun with other settings ------------------------------------------------------------
+@pytest.mark.slow
 def test_rerun_with_other_settings_is_refused_and_the_same_one_resumes(data_dir, reference, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(reference, run)
@@ -106,6 +107,7 @@ def test_rerun_with_other_settings_is_refused_and_the_same_one_resumes(data_dir,
 
 
 # ---- 2 + 3. a full disk while metrics.jsonl is written: a torn last line ------------------------
+@pytest.mark.slow
 def test_full_disk_in_metrics_leaves_a_torn_line_that_resume_drops(data_dir, reference, tmp_path, capsys,
                                                                    monkeypatch):
     from mixjax.train import metrics as metrics_mod
@@ -203,6 +205,7 @@ def _slow_state_write_at(monkeypatch, step):
     return lambda: monkeypatch.setattr(sch.StandardCheckpointHandler, "async_save", async_save)
 
 
+@pytest.mark.slow
 def test_full_disk_during_checkpoint_save_is_one_line_and_the_rerun_resumes(data_dir, reference, tmp_path,
                                                                           capsys, caplog, monkeypatch):
     run = tmp_path / "run"
@@ -292,6 +295,7 @@ def _largest(d: Path) -> Path:
     return max((p for p in d.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage,message", [
     (lambda s: os.truncate(_largest(s / "state" / "d"), 100), "not a readable mixjax checkpoint ("),
     (lambda s: (s / "state" / "manifest.ocdbt").unlink(), "not a readable mixjax checkpoint (NOT_FOUND"),
@@ -309,6 +313,7 @@ def test_init_from_a_damaged_checkpoint_is_one_line(data_dir, reference, tmp_pat
     assert files(src) == before and not out.exists()
 
 
+@pytest.mark.slow
 def test_resume_from_a_damaged_checkpoint_is_one_line(data_dir, reference, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(reference, run)

@@ -237,6 +237,7 @@ def test_init_from_checkpoint_and_hf_export(data, tmp_path):
         assert abs(from_hf["val_loss"][d] - first["val_loss"][d]) < 1e-5
 
 
+@pytest.mark.slow
 def test_old_per_layer_checkpoint_is_a_one_line_error(data, tmp_path):
     """A checkpoint without the stacked-layer marker (mixjax before scanned layers) is refused by
     name, for --init and for resume, instead of an orbax tree-mismatch traceback. Another --remat
@@ -263,6 +264,7 @@ def test_old_per_layer_checkpoint_is_a_one_line_error(data, tmp_path):
         run_training(cfg, data, {"a": 1.0}, 4 * BATCH, out_dir=tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_bf16_and_grad_accum_run(data):
     cfg = TrainConfig(**{**SHAPE, "compute_dtype": "bfloat16", "grad_accum": 2})
     import jax
