@@ -339,6 +339,7 @@ def test_mixjax_next_on_too_few_runs_proposes_the_runs_that_identify_the_law(tru
 
 # -- the experiment ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_adaptive_design_quick_runs(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
     import adaptive_design

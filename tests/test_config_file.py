@@ -101,6 +101,7 @@ def test_missing_config_file_is_one_line(tmp_path, capsys):
     assert err.startswith("mixjax sweep: error: --config ") and "unreadable" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_run_folder_with_its_settings_is_not_taken_for_a_hugging_face_model(data, tmp_path):
     """settings.json, not config.json: --init RUN_DIR must still read the run's checkpoint."""
     from mixjax.model import is_hf_dir

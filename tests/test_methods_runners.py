@@ -205,6 +205,7 @@ def skillit_mix(data, tmp_path_factory):
     return out, run_mix("skillit", {"update_steps": 2, "evaluations": 6}, data, BUDGET, out, CONFIG, **QUIET)
 
 
+@pytest.mark.slow
 def test_skillit_mix_end_to_end(skillit_mix):
     out, summary = skillit_mix
     assert summary["extra_runs"] == 3 and summary["extra_tokens"] == 3 * (BUDGET // 3)   # K runs, 1/K each
@@ -234,6 +235,7 @@ def test_skillit_mix_end_to_end(skillit_mix):
     assert sum(final["tokens"].values()) == BUDGET
 
 
+@pytest.mark.slow
 def test_skillit_initial_loss_is_the_initial_models(skillit_mix, data):
     """loss_before is the validation loss of the model every run starts from (same seed)."""
     state = json.loads((skillit_mix[0] / "final" / "result.json").read_text())["online"]["state"]

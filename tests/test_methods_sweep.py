@@ -70,6 +70,7 @@ def test_sweep_bad_input(data_dir, tmp_path, capsys, argv, message):
     assert message in err and "\n" not in err
 
 
+@pytest.mark.slow
 def test_mix_offline_and_online(data_dir, tmp_path, capsys):
     assert main(["mix", "--method", "grid", "--grid-step", "0.5", "--data", str(data_dir),
                  "--budget-tokens", "256", "--out", str(tmp_path / "g"), *TRAIN]) == 0
@@ -105,6 +106,7 @@ def test_mix_offline_and_online(data_dir, tmp_path, capsys):
     assert [t["learnparams"]["a"] for t in trajectory] in ([0.625, 0.375], [0.375, 0.625])
 
 
+@pytest.mark.slow
 def test_a_sweep_written_before_a_training_setting_existed_still_resumes(data_dir, tmp_path, capsys):
     assert _sweep(data_dir, tmp_path / "s", "--shard", "0/3") == 0
     path = tmp_path / "s" / "sweep.json"

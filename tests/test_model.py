@@ -217,7 +217,8 @@ def _packed_batch(b=2, l=24, vocab=61):
 
 
 @pytest.mark.parametrize("remat,scan,attention", [
-    pytest.param("none", False, "plain", marks=pytest.mark.slow), ("full", True, "plain"),
+    pytest.param("none", False, "plain", marks=pytest.mark.slow),
+    pytest.param("full", True, "plain", marks=pytest.mark.slow),
     ("dots", True, "blockwise"), pytest.param("full", False, "blockwise", marks=pytest.mark.slow)])
 def test_remat_unrolled_layers_and_blockwise_attention_give_the_same_loss_and_gradients(remat, scan, attention):
     """Rematerialisation, unrolling and the attention implementation change how the step

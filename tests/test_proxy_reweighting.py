@@ -126,6 +126,7 @@ class Reweighting(Callback):
         ctx.loss_weights = np.exp(losses) / np.exp(losses).sum()
 
 
+@pytest.mark.slow
 def test_loss_weights_are_logged_and_survive_a_kill_and_resume(data, tmp_path):
     cfg = TrainConfig(**SHAPE)
     budget = 8 * 8 * 16

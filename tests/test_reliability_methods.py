@@ -224,6 +224,7 @@ def test_fit_and_optimize_refuse_an_out_that_is_a_folder_before_the_work(tmp_pat
 
 # 4. A killed sweep's observations.csv holds every run finished before the kill.
 
+@pytest.mark.slow
 def test_a_killed_sweep_keeps_every_finished_run_in_observations_csv(data_dir, tmp_path, capsys, monkeypatch):
     import mixjax.train
 
