@@ -76,6 +76,13 @@ PERTURBATION_EVALS = 3  # evaluations per perturbation run, the last step's incl
 PERTURBATION_BATCHES = 4  # validation batches per domain a perturbation run's loss is measured on
 
 
+def _count(name: str, value, zero_means: str) -> int:
+    """`value` as a whole number >= 0 (0 meaning `zero_means`), else a one-line error naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise MixjaxError(f"`{name}`: must be a whole number >= 0 (0: {zero_means}); got {value}")
+    return int(value)
+
+
 class Li2025(_LawMethod):
     """Algorithm 1: a base run of `base_fraction` x budget split evenly, each domain perturbed by
     `factors`; fit the li2025 law on every run's loss on every domain; optimise at the budget.
@@ -169,18 +176,10 @@ class Li2025(_LawMethod):
             raise MixjaxError("`base_fraction` must be positive")
         if huber_delta is not None and not (np.isfinite(huber_delta) and huber_delta >= 0):
             raise MixjaxError(f"`huber_delta`: must be a positive delta, or 0 for least squares; got {huber_delta:g}")
-        if isinstance(perturbation_evals, bool) or not isinstance(perturbation_evals, (int, np.integer)) \
-                or perturbation_evals < 0:
-            raise MixjaxError(f"`perturbation_evals`: must be a whole number >= 0 (0: the final loss); "
-                              f"got {perturbation_evals}")
         self.base_fraction, self.factors, self.add_runs = base_fraction, tuple(factors), bool(add_runs)
         self.huber_delta = float(huber_delta) if huber_delta else None
-        self.perturbation_evals = int(perturbation_evals)
-        if isinstance(perturbation_batches, bool) or not isinstance(perturbation_batches, (int, np.integer)) \
-                or perturbation_batches < 0:
-            raise MixjaxError(f"`perturbation_batches`: must be a whole number >= 0 (0: the whole split); "
-                              f"got {perturbation_batches}")
-        self.perturbation_batches = int(perturbation_batches)
+        self.perturbation_evals = _count("perturbation_evals", perturbation_evals, "the final loss")
+        self.perturbation_batches = _count("perturbation_batches", perturbation_batches, "the whole split")
 
     def _set_repetition_options(self, law, r_star, target_budget, along_run, scales, adaptive) -> None:
         """Check and keep the options of issue 24's variants: the law (li2025-repeat: repetition-
